@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Golden replay test: every bundled capture through `vpmtun replay`, forward
+# and back, compared byte for byte with pcaps/expected/, checked by an
+# independent reading of the config (pcaps/verify.py) and by tshark's
+# checksum validation.
+#
+# usage: tests/golden/replay.sh VPMTUN [--update]     (--update rewrites pcaps/expected/)
+set -euo pipefail
+vpmtun="$(realpath "$1")"
+update="${2:-}"
+cd "$(dirname "$0")/../../pcaps"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+py=/usr/bin/python3
+fail=0
+checks=0
+
+bad_checksums() {  # prints the number of packets tshark finds a bad checksum in
+  tshark -r "$1" -o tcp.check_checksum:TRUE -o udp.check_checksum:TRUE -o ip.check_checksum:TRUE \
+    -Y 'tcp.checksum.status == 0 || udp.checksum.status == 0 || icmp.checksum.status == 0 || icmpv6.checksum.status == 0 || ip.checksum.status == 0' \
+    2>/dev/null | wc -l
+}
+
+check() {  # check DESCRIPTION COMMAND...
+  checks=$((checks + 1))
+  if "${@:2}"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi
+}
+
+# name of capture, config
+cases=(
+  "tcp-http demo" "tcp-http-raw demo" "udp demo" "frag demo" "icmp demo"
+  "tcp-http per-connection" "udp per-connection" "icmp per-connection"
+)
+mkdir -p expected
+for c in "${cases[@]}"; do
+  read -r name cfg <<<"$c"
+  id="$name.$cfg"
+  out="$tmp/$id.stack.pcap" back="$tmp/$id.back.pcap"
+  "$vpmtun" replay "$name.pcap" -c "$cfg.toml" -o "$out" 2>"$tmp/$id.warnings" | tail -n +2 >"$tmp/$id.summary"
+  if [ "$update" = "--update" ]; then
+    cp "$out" "expected/$id.stack.pcap"
+    cp "$tmp/$id.summary" "expected/$id.summary.txt"
+  fi
+  check "$id: output equals expected/$id.stack.pcap" cmp -s "$out" "expected/$id.stack.pcap"
+  check "$id: summary equals expected/$id.summary.txt" diff -u "expected/$id.summary.txt" "$tmp/$id.summary"
+  check "$id: independent check of ports and drops" $py verify.py "$cfg.toml" "$name.pcap" "$out"
+  check "$id: tshark finds no bad checksum" test "$(bad_checksums "$out")" -eq 0
+  "$vpmtun" replay "$out" -c "$cfg.toml" -o "$back" --reverse -q
+  drops=$(awk '$1 == "dropped" || $1 == "refused" { n += $2 } END { print n + 0 }' "$tmp/$id.summary")
+  check "$id: --reverse gives the input back (less $drops dropped)" $py verify.py --subsequence "$name.pcap" "$back" "$drops"
+  if [ "$drops" -eq 0 ]; then
+    check "$id: round trip is byte-identical as a file" cmp -s "$name.pcap" "$back"
+  fi
+done
+
+echo "golden replay: $((checks - fail)) passed, $fail failed"
+[ "$fail" -eq 0 ]

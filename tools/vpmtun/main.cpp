@@ -1,0 +1,103 @@
+// The vpmtun command: verbs, options and help.
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <set>
+
+#include "config_file.hpp"
+#include "replay.hpp"
+#include "vpm/rules.hpp"
+
+#ifndef VPMTUN_VERSION
+#define VPMTUN_VERSION "0.0.0"
+#endif
+
+namespace {
+
+// `vpmtun check`: what the configuration means, so a user can see the p2s.
+void describe_config(const vpm::Config& cfg) {
+  vpm::Ruleset rules(cfg);
+  fmt::print("{}: OK ({} app{}, {} listen{}, allocation {}, hidden ports {}-{})\n", cfg.file,
+             cfg.apps.size(), cfg.apps.size() == 1 ? "" : "s", rules.listens().size(),
+             rules.listens().size() == 1 ? "" : "s",
+             cfg.vpm.allocation == vpm::Allocation::per_app ? "per-app" : "per-connection",
+             cfg.vpm.range_lo, cfg.vpm.range_hi);
+  for (auto& l : rules.listens()) {
+    fmt::print("  {}/{}\n", vpm::Endpoint{l.vaddr, l.p1}.str(), vpm::proto_name(l.proto));
+    for (size_t a = 0; a < cfg.apps.size(); ++a) {
+      if (l.p2_of_app[a] == 0 && (cfg.vpm.allocation == vpm::Allocation::per_app)) continue;
+      bool listens_here = false;
+      for (auto& s : cfg.apps[a].listen)
+        listens_here |= s.at.addr == l.vaddr && s.at.port == l.p1 && s.proto == l.proto;
+      if (!listens_here) continue;
+      std::string rules_text;
+      for (auto& r : cfg.apps[a].clients) rules_text += (rules_text.empty() ? "" : ", ") + r.str();
+      if (l.fallback_app == a) rules_text += rules_text.empty() ? "unmatched clients" : ", unmatched clients";
+      std::string p2 = cfg.vpm.allocation == vpm::Allocation::per_app
+                           ? fmt::format("p2 {}", l.p2_of_app[a])
+                           : fmt::format("p2 {}-{} per connection", l.slice_lo, l.slice_hi);
+      fmt::print("    app {:<12} aid {:<6} {:<26} clients: {}\n", cfg.apps[a].name, cfg.apps[a].aid,
+                 p2, rules_text.empty() ? "(none)" : rules_text);
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  spdlog::set_default_logger(spdlog::stderr_color_st("vpmtun"));
+  spdlog::set_pattern("vpmtun: %^%l%$: %v");
+  CLI::App app{
+      "vpmtun - a virtual port multiplexer over a Linux TUN device.\n\n"
+      "Many application instances share one port (p1, say 9000) on a virtual address;\n"
+      "vpmtun gives each its own hidden port (p2) and rewrites TCP/UDP ports and\n"
+      "checksums so that clients and applications only ever see p1.\n"};
+  app.set_version_flag("--version", VPMTUN_VERSION);
+  app.require_subcommand(1);
+  app.footer(
+      "Examples:\n"
+      "  vpmtun check -c vpm.toml                       validate a configuration, show the p2s\n"
+      "  vpmtun replay in.pcap -c vpm.toml -o out.pcap  TUN-side capture -> stack-side view\n"
+      "  vpmtun replay out.pcap -c vpm.toml -o back.pcap --reverse\n"
+      "\nRun 'vpmtun VERB --help' for the options of a verb.");
+
+  std::string config_path;
+  auto* check = app.add_subcommand("check", "Validate a configuration file without starting anything");
+  check->add_option("-c,--config", config_path, "Configuration file (TOML)")->required();
+  check->footer(
+      "Prints every error as FILE:LINE: KEY: message and exits 1, or prints what the\n"
+      "configuration means (listens, apps, their hidden ports) and exits 0.\n\n"
+      "Example:\n  vpmtun check -c /etc/vpmtun/vpm.toml");
+
+  vpmtun::ReplayOptions ropt;
+  auto* rep = app.add_subcommand("replay", "Translate a capture file offline with the daemon's engine");
+  rep->add_option("input", ropt.input, "Capture to read (pcap or pcapng)")->required()->check(CLI::ExistingFile);
+  rep->add_option("-c,--config", config_path, "Configuration file (TOML)")->required();
+  rep->add_option("-o,--output", ropt.output, "Capture to write (pcap, same link type)")->required();
+  rep->add_flag("-r,--reverse", ropt.reverse, "Input is a stack-side capture (p2); map it back to the TUN side (p1)");
+  rep->add_flag("-p,--print", ropt.print, "Print one line per packet: what it was and what it became");
+  rep->add_flag("-q,--quiet", ropt.quiet, "No summary and no per-packet warnings");
+  rep->footer(
+      "A TUN-side capture is what clients send and receive (port p1); the stack side\n"
+      "is what the virtual endpoints see (port p2). Without --reverse the input is the\n"
+      "TUN side; with it, the stack side. Replaying forward and then back gives the\n"
+      "original file byte for byte. Packets the engine drops or refuses are left out\n"
+      "of the output and counted by reason in the summary; flows expire on the\n"
+      "capture's own clock. Reads raw IP, Ethernet, Linux cooked and loopback captures.\n\n"
+      "Examples:\n"
+      "  vpmtun replay pcaps/two-clients.pcap -c pcaps/demo.toml -o /tmp/stack.pcap -p\n"
+      "  vpmtun replay /tmp/stack.pcap -c pcaps/demo.toml -o /tmp/tun.pcap --reverse");
+
+  CLI11_PARSE(app, argc, argv);
+
+  auto cfg = vpmtun::load_config(config_path);
+  if (!cfg) return 1;
+  if (*check) {
+    describe_config(*cfg);
+    return 0;
+  }
+  if (*rep) return vpmtun::replay(*cfg, ropt);
+  return 2;
+}

@@ -1,0 +1,167 @@
+// `vpmtun replay`: TUN-side capture to stack-side capture (or back) through the engine.
+#include "replay.hpp"
+
+#include <fmt/core.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <filesystem>
+#include <stdexcept>
+#include <vector>
+
+#include "pcap_io.hpp"
+#include "vpm/engine.hpp"
+
+namespace vpmtun {
+
+namespace {
+
+constexpr uint64_t kSweepEveryMs = 1000;  // capture time between flow-expiry sweeps
+constexpr int kDropsShownPerReason = 5;
+
+// "tcp 10.200.1.5:40000 > 10.99.0.10:9000", or the protocol number for others.
+std::string describe(std::span<uint8_t> ip) {
+  vpm::PacketView v;
+  if (vpm::parse_packet(ip, v) != vpm::Drop::none) return "malformed IP packet";
+  auto ep = [&](const vpm::IpAddr& a, uint16_t port) {
+    return vpm::Endpoint{a, port}.str();
+  };
+  if (v.has_l4 && (v.proto == vpm::ipproto::tcp || v.proto == vpm::ipproto::udp))
+    return fmt::format("{} {} > {}", v.proto == vpm::ipproto::tcp ? "tcp" : "udp",
+                       ep(v.src(), v.src_port()), ep(v.dst(), v.dst_port()));
+  const char* name = v.proto == vpm::ipproto::icmp     ? "icmp"
+                     : v.proto == vpm::ipproto::icmpv6 ? "icmp6"
+                     : v.has_l4                        ? "proto"
+                                                       : "fragment";
+  return fmt::format("{} {} > {}", name, v.src().str(), v.dst().str());
+}
+
+class Progress {
+ public:
+  explicit Progress(uint64_t total) : total_(total), enabled_(isatty(STDERR_FILENO) == 1) {}
+  void update(uint64_t packets, uint64_t position) {
+    if (!enabled_ || (packets & 0xffff) != 0) return;
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_ < std::chrono::milliseconds(200)) return;
+    last_ = now;
+    double frac = total_ ? static_cast<double>(position) / static_cast<double>(total_) : 0.0;
+    int filled = static_cast<int>(frac * 30);
+    fmt::print(stderr, "\r[{:<30}] {:3.0f}% {} packets", std::string(static_cast<size_t>(filled), '#'),
+               frac * 100, packets);
+    shown_ = true;
+  }
+  ~Progress() {
+    if (shown_) fmt::print(stderr, "\r{:60}\r", "");
+  }
+
+ private:
+  uint64_t total_;
+  bool enabled_;
+  bool shown_ = false;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+void print_summary(const ReplayOptions& opt, const vpm::Engine& engine, uint64_t records,
+                   uint64_t non_ip, uint64_t snapped) {
+  const auto& c = engine.counters();
+  fmt::print("{} -> {} ({} view to {} view)\n", opt.input, opt.output,
+             opt.reverse ? "stack" : "TUN", opt.reverse ? "TUN" : "stack");
+  fmt::print("  {:<22}{:>12}\n", "packets read", records);
+  fmt::print("  {:<22}{:>12}\n", "translated", c.translated);
+  fmt::print("  {:<22}{:>12}\n", "passed untouched", c.passed + non_ip);
+  if (non_ip) fmt::print("    {:<20}{:>12}\n", "of which not IP", non_ip);
+  fmt::print("  {:<22}{:>12}\n", "dropped", c.dropped);
+  fmt::print("  {:<22}{:>12}\n", "refused", c.refused);
+  for (size_t r = 1; r < vpm::kDropCount; ++r)
+    if (c.by_reason[r])
+      fmt::print("    {:<20}{:>12}  {}\n", vpm::drop_name(static_cast<vpm::Drop>(r)), c.by_reason[r],
+                 vpm::drop_description(static_cast<vpm::Drop>(r)));
+  if (!opt.reverse) fmt::print("  {:<22}{:>12}\n", "flows created", c.flows_created);
+  if (snapped)
+    fmt::print("  note: {} packets were cut short by the capture's snaplen and could not be "
+               "translated; capture with -s 0\n", snapped);
+}
+
+}  // namespace
+
+int replay(const vpm::Config& cfg, const ReplayOptions& opt) {
+  std::error_code ec;
+  if (std::filesystem::equivalent(opt.input, opt.output, ec)) {
+    spdlog::error("{}: the output would overwrite the input; choose another -o", opt.output);
+    return 2;
+  }
+  try {
+    PcapReader in(opt.input);
+    if (!linktype_supported(in.linktype())) {
+      const char* name = pcap_datalink_val_to_name(in.linktype());
+      spdlog::error("{}: link type {} ({}) is not supported; replay reads raw IP, Ethernet, "
+                    "Linux cooked (SLL, SLL2) and loopback captures",
+                    opt.input, in.linktype(), name ? name : "unknown");
+      return 2;
+    }
+    PcapWriter out(opt.output, in.linktype(), in.snaplen(), in.nanosecond());
+    vpm::Engine engine(cfg);
+    Progress progress(in.file_size());
+    std::vector<uint8_t> frame(size_t{1} << 18);
+    std::array<int, vpm::kDropCount> shown{};
+    uint64_t records = 0, non_ip = 0, snapped = 0, clock = 0, last_sweep = 0;
+
+    pcap_pkthdr hdr{};
+    const uint8_t* data = nullptr;
+    while (in.next(hdr, data)) {
+      ++records;
+      progress.update(records, in.position());
+      if (hdr.caplen > frame.size()) frame.resize(hdr.caplen);
+      std::copy(data, data + hdr.caplen, frame.begin());
+      std::span<uint8_t> bytes(frame.data(), hdr.caplen);
+      auto at = ip_offset(in.linktype(), bytes);
+      if (!at) {
+        ++non_ip;  // ARP and friends: not ours, kept so the capture stays whole
+        out.write(hdr, frame.data());
+        continue;
+      }
+      uint64_t frac_ms = in.nanosecond() ? static_cast<uint64_t>(hdr.ts.tv_usec) / 1000000
+                                         : static_cast<uint64_t>(hdr.ts.tv_usec) / 1000;
+      uint64_t ts = static_cast<uint64_t>(hdr.ts.tv_sec) * 1000 + frac_ms;
+      if (ts > clock) clock = ts;  // captures can step back; flows only see time go forward
+      auto ip = bytes.subspan(*at);
+      std::string before = opt.print ? describe(ip) : std::string();
+      vpm::Result r = opt.reverse ? engine.to_tun(ip, clock) : engine.to_stack(ip, clock);
+      if (r.verdict == vpm::Verdict::translated || r.verdict == vpm::Verdict::passed) {
+        out.write(hdr, frame.data());
+      } else {
+        if (hdr.caplen < hdr.len) ++snapped;
+        auto i = static_cast<size_t>(r.reason);
+        if (shown[i] < kDropsShownPerReason && !opt.quiet) {
+          spdlog::warn("packet {}: {}: {}", records, vpm::verdict_name(r.verdict),
+                       vpm::drop_description(r.reason));
+          if (++shown[i] == kDropsShownPerReason)
+            spdlog::warn("(further {} packets are counted, not shown)", vpm::drop_name(r.reason));
+        }
+      }
+      if (opt.print) {
+        std::string app = r.app == vpm::kNoApp ? "" : "  app " + cfg.apps[r.app].name;
+        if (r.verdict == vpm::Verdict::translated)
+          fmt::print("{:>7}  {}  =>  {}{}\n", records, before, describe(ip), app);
+        else
+          fmt::print("{:>7}  {}  {}{}\n", records, before, r.reason == vpm::Drop::none
+                         ? std::string("passed") : std::string(vpm::verdict_name(r.verdict)) + ": " +
+                         vpm::drop_name(r.reason), app);
+      }
+      if (clock - last_sweep >= kSweepEveryMs) {
+        engine.expire(clock, SIZE_MAX);
+        last_sweep = clock;
+      }
+    }
+    out.close();
+    if (!opt.quiet) print_summary(opt, engine, records, non_ip, snapped);
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace vpmtun

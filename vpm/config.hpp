@@ -1,0 +1,98 @@
+// The configurator: vpmtun's TOML configuration, parsed and validated.
+//
+// Every error names the file, the line and the key, and all errors in a file
+// are reported together so one run of `vpmtun check` shows everything to fix.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "vpm/address.hpp"
+
+namespace vpm {
+
+enum class Allocation : uint8_t { per_app, per_connection };
+
+struct TunConfig {
+  std::string name = "tun0";
+  uint32_t mtu = 65520;
+  std::optional<Prefix> address;   // kernel side of the TUN, e.g. 10.99.0.1/24
+  std::optional<Prefix> address6;
+  bool configure = true;
+};
+
+struct VpmConfig {
+  uint16_t range_lo = 20000;
+  uint16_t range_hi = 29999;
+  Allocation allocation = Allocation::per_app;
+  uint32_t queue_timeout_ms = 2000;
+  std::string unmatched = "reset";  // or an app name
+  std::string control_socket = "/run/vpmtun.sock";
+  uint32_t max_flows = 65536;
+};
+
+// Idle timeouts in milliseconds. Defaults are the RFC 5382 (TCP) and
+// RFC 4787 (UDP) recommendations; tcp_closed is our own linger after both
+// FINs or a RST, long enough for the last ACK and retransmitted FINs.
+struct Timeouts {
+  uint64_t tcp_established_ms = (2 * 3600 + 4 * 60) * 1000ull;
+  uint64_t tcp_transitory_ms = 4 * 60 * 1000ull;
+  uint64_t tcp_closed_ms = 10 * 1000ull;
+  uint64_t udp_ms = 5 * 60 * 1000ull;
+};
+
+struct ListenSpec {
+  Endpoint at;
+  Proto proto = Proto::tcp;
+};
+
+// A client rule: a prefix (a bare address is a one-host prefix) or an exact address:port.
+struct ClientRule {
+  bool exact = false;
+  Prefix prefix;
+  Endpoint pair;
+  std::string str() const { return exact ? pair.str() : prefix.str(); }
+};
+
+struct AppConfig {
+  std::string name;
+  uint32_t aid = 0;
+  std::vector<ListenSpec> listen;
+  std::vector<ClientRule> clients;
+  std::string serve;                // built-in endpoint: echo | discard | http-info
+  std::optional<Endpoint> forward;  // or a real backend
+  bool proxy_protocol_v2 = false;
+  int line = 0;                     // where [[app]] starts, for later messages
+};
+
+struct Config {
+  std::string file;
+  TunConfig tun;
+  VpmConfig vpm;
+  Timeouts timeouts;
+  std::vector<AppConfig> apps;
+};
+
+struct ConfigError {
+  std::string file;
+  int line = 0;     // 0 when the problem has no single line (e.g. a missing section)
+  std::string key;  // dotted path, e.g. "app[1].clients[0]"
+  std::string message;
+  std::string str() const;
+};
+
+using ConfigResult = std::variant<Config, std::vector<ConfigError>>;
+
+// Parses and validates configuration text. `file` is only used in messages.
+// Cross-app checks (duplicate rules, port ranges) are done here too, so a
+// Config that comes back is one the engine accepts.
+ConfigResult parse_config(std::string_view text, const std::string& file);
+
+// "2h4m", "90s", "500ms", "1h30m15s" -> milliseconds.
+std::optional<uint64_t> parse_duration(std::string_view text);
+
+}  // namespace vpm

@@ -1,0 +1,352 @@
+// Port translation between the TUN side (p1) and the stack side (p2).
+#include "vpm/engine.hpp"
+
+namespace vpm {
+
+namespace {
+
+namespace tcpflag {
+inline constexpr uint8_t fin = 0x01, syn = 0x02, rst = 0x04, ack = 0x10;
+}
+
+constexpr Result kPass{Verdict::passed, Drop::none, kNoApp};
+constexpr Result kTranslated{Verdict::translated, Drop::none, kNoApp};
+constexpr Result drop(Drop d) { return {Verdict::dropped, d, kNoApp}; }
+constexpr Result refuse(Drop d) { return {Verdict::refused, d, kNoApp}; }
+
+// A 16-bit word of covered data that changed, for an enclosing checksum.
+struct WordEdit {
+  uint16_t before, after;
+};
+
+// TCP: the checksum at offset 16 covers the pseudo-header and the whole
+// segment, so a port change is folded into it (RFC 1624). In an ICMP-quoted
+// header the checksum may not have been quoted: then only the port changes.
+// Returns the number of edits written (port word, then checksum word).
+int rewrite_tcp_port(uint8_t* l4, size_t avail, size_t port_at, uint16_t port, WordEdit* edits) {
+  uint16_t old_port = load16(l4 + port_at);
+  store16(l4 + port_at, port);
+  edits[0] = {old_port, port};
+  if (avail < 18) return 1;
+  uint16_t old_sum = load16(l4 + 16);
+  uint16_t sum = update16(old_sum, old_port, port);
+  store16(l4 + 16, sum);
+  edits[1] = {old_sum, sum};
+  return 2;
+}
+
+// UDP: checksum at offset 6. Zero means "no checksum" over IPv4 and stays
+// zero; over IPv6 zero is illegal and is left for the receiver to drop, as it
+// would have. A sum that computes to zero is sent as 0xFFFF (RFC 768).
+int rewrite_udp_port(uint8_t* l4, size_t avail, size_t port_at, uint16_t port, WordEdit* edits) {
+  uint16_t old_port = load16(l4 + port_at);
+  store16(l4 + port_at, port);
+  edits[0] = {old_port, port};
+  if (avail < 8) return 1;
+  uint16_t old_sum = load16(l4 + 6);
+  if (old_sum == 0) return 1;
+  uint16_t sum = update16(old_sum, old_port, port);
+  if (sum == 0) sum = 0xffff;
+  store16(l4 + 6, sum);
+  edits[1] = {old_sum, sum};
+  return 2;
+}
+
+int rewrite_port(Proto proto, uint8_t* l4, size_t avail, bool dst, uint16_t port, WordEdit* edits) {
+  size_t at = dst ? 2 : 0;
+  return proto == Proto::tcp ? rewrite_tcp_port(l4, avail, at, port, edits)
+                             : rewrite_udp_port(l4, avail, at, port, edits);
+}
+
+bool is_l4(uint8_t proto) { return proto == ipproto::tcp || proto == ipproto::udp; }
+Proto to_proto(uint8_t proto) { return proto == ipproto::tcp ? Proto::tcp : Proto::udp; }
+
+uint8_t tcp_flags(const PacketView& v) {
+  return v.proto == ipproto::tcp ? v.l4_ptr()[13] : 0;
+}
+
+FlowKey make_key(const IpAddr& client, uint16_t cport, const IpAddr& vaddr, uint16_t p1,
+                 Proto proto) {
+  FlowKey k;
+  k.client = client;
+  k.vaddr = vaddr;
+  k.client_port = cport;
+  k.p1 = p1;
+  k.proto = static_cast<uint8_t>(proto);
+  return k;
+}
+
+}  // namespace
+
+const char* verdict_name(Verdict v) {
+  switch (v) {
+    case Verdict::translated: return "translated";
+    case Verdict::passed: return "passed";
+    case Verdict::dropped: return "dropped";
+    case Verdict::refused: return "refused";
+  }
+  return "?";
+}
+
+Engine::Engine(const Config& cfg)
+    : rules_(cfg),
+      timeouts_(cfg.timeouts),
+      per_connection_(cfg.vpm.allocation == Allocation::per_connection),
+      queue_timeout_ms_(cfg.vpm.queue_timeout_ms),
+      flows_(cfg.vpm.max_flows) {
+  if (per_connection_)
+    for (auto& l : rules_.listens()) pools_.emplace_back(l.slice_lo, l.slice_hi);
+}
+
+Result Engine::count(Result r) {
+  switch (r.verdict) {
+    case Verdict::translated: ++counters_.translated; break;
+    case Verdict::passed: ++counters_.passed; break;
+    case Verdict::dropped: ++counters_.dropped; break;
+    case Verdict::refused: ++counters_.refused; break;
+  }
+  ++counters_.by_reason[static_cast<size_t>(r.reason)];
+  return r;
+}
+
+Result Engine::to_stack(std::span<uint8_t> packet, uint64_t now_ms) {
+  ++counters_.packets[to_stack_side];
+  counters_.bytes[to_stack_side] += packet.size();
+  PacketView v;
+  if (Drop d = parse_packet(packet, v); d != Drop::none) return count(drop(d));
+  if (!v.has_l4) return count(kPass);  // later fragment: no ports to rewrite
+  if (is_l4(v.proto)) return count(stack_l4(v, now_ms));
+  if (v.proto == (v.v6 ? ipproto::icmpv6 : ipproto::icmp) && is_icmp_error(v.v6, v.l4_ptr()[0]))
+    return count(icmp_error(v, to_stack_side));
+  return count(kPass);
+}
+
+Result Engine::to_tun(std::span<uint8_t> packet, uint64_t now_ms) {
+  ++counters_.packets[to_tun_side];
+  counters_.bytes[to_tun_side] += packet.size();
+  PacketView v;
+  if (Drop d = parse_packet(packet, v); d != Drop::none) return count(drop(d));
+  if (!v.has_l4) return count(kPass);
+  if (is_l4(v.proto)) return count(tun_l4(v, now_ms));
+  if (v.proto == (v.v6 ? ipproto::icmpv6 : ipproto::icmp) && is_icmp_error(v.v6, v.l4_ptr()[0]))
+    return count(icmp_error(v, to_tun_side));
+  return count(kPass);
+}
+
+Result Engine::stack_l4(const PacketView& v, uint64_t now) {
+  Proto proto = to_proto(v.proto);
+  IpAddr dst = v.dst();
+  int vi = rules_.find_vaddr(dst);
+  bool inbound = vi >= 0;
+  IpAddr src = v.src();
+  if (!inbound) vi = rules_.find_vaddr(src);
+  if (vi < 0) return kPass;
+  uint16_t vport = inbound ? v.dst_port() : v.src_port();
+  const Listen* l = rules_.find_listen(vi, vport, proto);
+  // Hidden ports are reachable only through translation.
+  if (!l) return rules_.hidden(vport) ? drop(Drop::hidden_port) : kPass;
+  FlowKey key = inbound ? make_key(src, v.src_port(), dst, vport, proto)
+                        : make_key(dst, v.dst_port(), src, vport, proto);
+  Mapping m = flow_p2(key, *l, inbound, tcp_flags(v), now);
+  if (m.port == 0) return m.result;
+  track(*m.flow, proto, tcp_flags(v), inbound, v.bytes.size(), now);
+  WordEdit edits[2];
+  rewrite_port(proto, v.l4_ptr(), v.l4_len(), inbound, m.port, edits);
+  return {Verdict::translated, Drop::none, m.flow->app};
+}
+
+Result Engine::tun_l4(const PacketView& v, uint64_t now) {
+  Proto proto = to_proto(v.proto);
+  IpAddr dst = v.dst();
+  int vi = rules_.find_vaddr(dst);
+  bool inbound = vi >= 0;
+  IpAddr src = v.src();
+  if (!inbound) vi = rules_.find_vaddr(src);
+  if (vi < 0) return kPass;
+  uint16_t vport = inbound ? v.dst_port() : v.src_port();
+  Mapping m = reverse_p1(vi, proto, vport);
+  if (m.port == 0) return m.result;
+  IpAddr vaddr = inbound ? dst : src;
+  FlowKey key = inbound ? make_key(src, v.src_port(), vaddr, m.port, proto)
+                        : make_key(dst, v.dst_port(), vaddr, m.port, proto);
+  Result r = kTranslated;
+  if (Flow* f = flows_.find(key)) {
+    track(*f, proto, tcp_flags(v), inbound, v.bytes.size(), now);
+    r.app = f->app;
+  }
+  WordEdit edits[2];
+  rewrite_port(proto, v.l4_ptr(), v.l4_len(), inbound, m.port, edits);
+  return r;
+}
+
+Engine::Mapping Engine::reverse_p1(int vi, Proto proto, uint16_t port) {
+  // The stack must speak from p2s only; p1 on the stack side would not survive
+  // the round trip (it would be translated again on the way in).
+  if (rules_.find_listen(vi, port, proto)) return {0, drop(Drop::stack_used_p1), nullptr};
+  if (!rules_.hidden(port)) return {0, kPass, nullptr};
+  uint16_t p1 = rules_.p1_of(vi, proto, port);
+  if (p1 == 0) return {0, drop(Drop::unassigned_p2), nullptr};
+  return {p1, kTranslated, nullptr};
+}
+
+Result Engine::icmp_error(const PacketView& v, Side side) {
+  // Which end of the quoted packet is the virtual address decides which port
+  // moves: an error sent to a vaddr quotes what the vaddr sent (its source
+  // port), an error sent by a vaddr quotes what a client sent (destination).
+  bool to_vaddr = rules_.find_vaddr(v.dst()) >= 0;
+  if (!to_vaddr && rules_.find_vaddr(v.src()) < 0) return kPass;
+  uint8_t* icmp = v.l4_ptr();
+  PacketView inner;
+  if (parse_quoted(v.bytes.subspan(v.l4 + 8), v.v6, inner) != Drop::none)
+    return drop(Drop::icmp_quote);  // a quote we cannot read could hide a p1 or p2
+  if (!inner.has_l4 || !is_l4(inner.proto)) return kPass;
+  Proto proto = to_proto(inner.proto);
+  bool quoted_dst = !to_vaddr;  // the vaddr's port is the quoted destination port
+  IpAddr vaddr = quoted_dst ? inner.dst() : inner.src();
+  int vi = rules_.find_vaddr(vaddr);
+  if (vi < 0) return kPass;
+  uint16_t vport = quoted_dst ? inner.dst_port() : inner.src_port();
+  Mapping m;
+  if (side == to_stack_side) {
+    const Listen* l = rules_.find_listen(vi, vport, proto);
+    if (!l) return rules_.hidden(vport) ? drop(Drop::hidden_port) : kPass;
+    FlowKey key = quoted_dst ? make_key(inner.src(), inner.src_port(), vaddr, vport, proto)
+                             : make_key(inner.dst(), inner.dst_port(), vaddr, vport, proto);
+    m = quoted_p2(key, *l);
+  } else {
+    m = reverse_p1(vi, proto, vport);
+  }
+  if (m.port == 0) return m.result;
+  WordEdit edits[2];
+  int n = rewrite_port(proto, inner.l4_ptr(), inner.l4_len(), quoted_dst, m.port, edits);
+  // The ICMP checksum covers the quote: fold in every word that changed. The
+  // quoted L4 header starts at an even offset from the ICMP header (8 + IP
+  // header lengths, all multiples of 4), so the words align.
+  uint16_t sum = load16(icmp + 2);
+  for (int i = 0; i < n; ++i) sum = update16(sum, edits[i].before, edits[i].after);
+  store16(icmp + 2, sum);
+  return kTranslated;
+}
+
+Engine::Mapping Engine::quoted_p2(const FlowKey& key, const Listen& l) {
+  // A quote never creates state: use the flow if held, else per-app rules.
+  if (Flow* f = flows_.find(key); f && f->state != FlowState::waiting)
+    return {f->p2, kTranslated, nullptr};
+  if (per_connection_) return {0, drop(Drop::no_flow), nullptr};
+  uint16_t app = rules_.classify(l, key.client, key.client_port);
+  if (app == kNoApp) return {0, drop(Drop::unmatched), nullptr};
+  return {l.p2_of_app[app], kTranslated, nullptr};
+}
+
+Engine::Mapping Engine::flow_p2(const FlowKey& key, const Listen& l, bool inbound,
+                                uint8_t flags, uint64_t now) {
+  bool new_syn = key.proto == ipproto::tcp && (flags & (tcpflag::syn | tcpflag::ack)) == tcpflag::syn;
+  Flow* f = flows_.find(key);
+  if (f && now >= f->last_ms && now - f->last_ms >= timeout_ms(*f)) {
+    end_flow(*f);  // idle past its timeout: this packet starts afresh
+    f = nullptr;
+  }
+  if (!f) {
+    uint16_t app = rules_.classify(l, key.client, key.client_port);
+    if (app == kNoApp) return {0, inbound ? refuse(Drop::unmatched) : drop(Drop::unmatched), nullptr};
+    // Per-connection p2s cannot be rebuilt mid-connection: the stack never
+    // saw this connection on any port we could pick now. Only clients open them.
+    if (per_connection_ && !inbound) return {0, drop(Drop::no_flow), nullptr};
+    if (per_connection_ && key.proto == ipproto::tcp && !new_syn)
+      return {0, refuse(Drop::no_flow), nullptr};
+    f = flows_.insert(key);
+    if (!f) return {0, refuse(Drop::table_full), nullptr};
+    ++counters_.flows_created;
+    f->created_ms = now;
+    f->last_ms = now;
+    f->listen = static_cast<uint16_t>(&l - rules_.listens().data());
+    f->app = app;
+    f->state = FlowState::waiting;
+    if (!per_connection_) f->p2 = l.p2_of_app[app];
+    else if (auto port = pools_[f->listen].acquire()) f->p2 = *port;
+    else ++counters_.port_waits;
+    if (f->p2 != 0) start_flow(*f, flags, inbound);
+  } else if (f->state == FlowState::waiting) {
+    if (auto port = pools_[f->listen].acquire()) {
+      f->p2 = *port;
+      start_flow(*f, flags, inbound);
+    }
+  } else if (f->state == FlowState::closed && inbound && new_syn) {
+    start_flow(*f, flags, inbound);  // the client reuses its port for a new connection
+  }
+  if (f->state == FlowState::waiting) {
+    if (now - f->created_ms >= queue_timeout_ms_) {
+      end_flow(*f);
+      return {0, refuse(Drop::port_wait_timeout), nullptr};
+    }
+    return {0, drop(Drop::port_wait), nullptr};
+  }
+  return {f->p2, kTranslated, f};
+}
+
+void Engine::start_flow(Flow& f, uint8_t flags, bool inbound) {
+  f.tcp_seen = 0;
+  if (f.key.proto == ipproto::udp) f.state = FlowState::established;
+  else if (inbound && (flags & (tcpflag::syn | tcpflag::ack)) == tcpflag::syn) f.state = FlowState::syn_sent;
+  else f.state = FlowState::pickup;
+}
+
+void Engine::track(Flow& f, Proto proto, uint8_t flags, bool inbound, size_t bytes, uint64_t now) {
+  int dir = inbound ? 0 : 1;
+  ++f.packets[dir];
+  f.bytes[dir] += bytes;
+  if (now > f.last_ms) f.last_ms = now;
+  if (proto != Proto::tcp || f.state == FlowState::waiting) return;
+  if (flags & tcpflag::rst) {
+    f.state = FlowState::closed;
+    return;
+  }
+  f.tcp_seen |= inbound ? flow_tcp::seen_in : flow_tcp::seen_out;
+  if (flags & tcpflag::syn) f.tcp_seen |= inbound ? flow_tcp::syn_in : flow_tcp::syn_out;
+  if (flags & tcpflag::fin) f.tcp_seen |= inbound ? flow_tcp::fin_in : flow_tcp::fin_out;
+  bool both_fins = (f.tcp_seen & flow_tcp::fin_in) && (f.tcp_seen & flow_tcp::fin_out);
+  switch (f.state) {
+    case FlowState::closed: break;
+    case FlowState::syn_sent:
+      if (!inbound && (flags & tcpflag::syn)) f.state = FlowState::syn_recv;
+      break;
+    case FlowState::syn_recv:
+      if (inbound && (flags & tcpflag::ack) && !(flags & tcpflag::syn)) f.state = FlowState::established;
+      break;
+    case FlowState::pickup:
+      if ((f.tcp_seen & flow_tcp::seen_in) && (f.tcp_seen & flow_tcp::seen_out))
+        f.state = FlowState::established;
+      break;
+    default: break;
+  }
+  if (f.state != FlowState::closed && (f.tcp_seen & (flow_tcp::fin_in | flow_tcp::fin_out)))
+    f.state = both_fins ? FlowState::closed : FlowState::fin_wait;
+}
+
+uint64_t Engine::timeout_ms(const Flow& f) const {
+  switch (f.state) {
+    case FlowState::waiting: return queue_timeout_ms_;
+    case FlowState::established:
+      return f.key.proto == ipproto::udp ? timeouts_.udp_ms : timeouts_.tcp_established_ms;
+    case FlowState::closed: return timeouts_.tcp_closed_ms;
+    default: return timeouts_.tcp_transitory_ms;
+  }
+}
+
+void Engine::end_flow(Flow& f) {
+  if (per_connection_ && f.p2 != 0) pools_[f.listen].release(f.p2);
+  ++counters_.flows_ended;
+  flows_.erase(&f);
+}
+
+void Engine::expire(uint64_t now_ms, size_t budget) {
+  flows_.sweep(
+      budget,
+      [&](const Flow& f) { return now_ms >= f.last_ms && now_ms - f.last_ms >= timeout_ms(f); },
+      [&](Flow& f) {
+        if (per_connection_ && f.p2 != 0) pools_[f.listen].release(f.p2);
+        ++counters_.flows_ended;
+      });
+}
+
+}  // namespace vpm

@@ -1,0 +1,122 @@
+// The translation engine: the one code path the daemon and `vpmtun replay` share.
+//
+// Theory of operation. There are two views of every packet:
+//   TUN side   - what clients send and receive: the virtual address on port p1;
+//   stack side - what the virtual endpoints see: the same address on port p2.
+// to_stack() maps a TUN-side packet to its stack-side form, to_tun() the
+// reverse. Each accepts traffic in both directions (client -> vaddr and
+// vaddr -> client), so a capture of either side replays as a whole; the
+// daemon calls to_stack() on what it reads from the TUN and to_tun() on what
+// the stack emits.
+//
+// Only ports change, never addresses; checksums are updated incrementally.
+// to_stack() is stateful: a client's first packet is classified to an app
+// and given a p2 (per-app: the app's fixed p2; per-connection: the lowest
+// free port of the listen's slice), and the translation is kept in the
+// FlowTable until the flow ends or idles out. to_tun() needs no state to find
+// p1 (see rules.hpp) and only updates the flow's counters and TCP state, so
+// to_tun(to_stack(p)) == p byte for byte for every translated packet.
+//
+// Per-connection allocation with no free port: the flow waits (its packets
+// are dropped as port_wait and the client's own retransmissions retry) for up
+// to queue_timeout_ms, then it is refused. A refusal is a verdict; the daemon
+// answers it with a TCP RST or an ICMP port unreachable.
+//
+// ICMP errors towards or from a virtual address have their quoted header
+// translated like the packet they quote (RFC 5508), including the quoted
+// TCP/UDP checksum when it was quoted, and the ICMP checksum fixed.
+//
+// The packet path never throws or allocates except when the flow table grows.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "vpm/config.hpp"
+#include "vpm/flow_table.hpp"
+#include "vpm/packet.hpp"
+#include "vpm/port_pool.hpp"
+#include "vpm/rules.hpp"
+
+namespace vpm {
+
+enum class Verdict : uint8_t {
+  translated,  // ports rewritten; deliver
+  passed,      // not ours to translate; deliver untouched
+  dropped,     // discard silently (reason says why)
+  refused,     // discard and tell the client (RST / port unreachable)
+};
+const char* verdict_name(Verdict v);
+
+struct Result {
+  Verdict verdict = Verdict::passed;
+  Drop reason = Drop::none;
+  uint16_t app = kNoApp;  // the app whose flow carried the packet, when known
+};
+
+enum Side : uint8_t { to_stack_side = 0, to_tun_side = 1 };
+
+struct Counters {
+  uint64_t packets[2] = {0, 0};  // by Side
+  uint64_t bytes[2] = {0, 0};
+  uint64_t translated = 0;
+  uint64_t passed = 0;
+  uint64_t dropped = 0;
+  uint64_t refused = 0;
+  uint64_t by_reason[kDropCount] = {};  // dropped + refused
+  uint64_t flows_created = 0;
+  uint64_t flows_ended = 0;  // expired or closed, removed from the table
+  uint64_t port_waits = 0;   // connections that found no free port at first
+};
+
+class Engine {
+ public:
+  // `cfg` must have come back from parse_config.
+  explicit Engine(const Config& cfg);
+
+  // Translate one packet in place. `packet` is a whole IP packet (link
+  // padding after it is ignored); the caller owns it. `now_ms` is any
+  // monotonic clock (capture time in replay).
+  Result to_stack(std::span<uint8_t> packet, uint64_t now_ms);
+  Result to_tun(std::span<uint8_t> packet, uint64_t now_ms);
+
+  // Removes flows idle past their timeout, visiting at most `budget` slots
+  // (call it often with a small budget, or rarely with a large one).
+  void expire(uint64_t now_ms, size_t budget);
+
+  const Counters& counters() const { return counters_; }
+  const FlowTable& flows() const { return flows_; }
+  const Ruleset& rules() const { return rules_; }
+
+ private:
+  struct Mapping {
+    uint16_t port = 0;  // the port to write; 0 when `result` says otherwise
+    Result result;
+    Flow* flow = nullptr;  // the flow that holds the translation, if any
+  };
+
+  Result stack_l4(const PacketView& v, uint64_t now);
+  Result tun_l4(const PacketView& v, uint64_t now);
+  Result icmp_error(const PacketView& v, Side side);
+  Mapping flow_p2(const FlowKey& key, const Listen& l, bool inbound, uint8_t tcp_flags,
+                  uint64_t now);
+  Mapping quoted_p2(const FlowKey& key, const Listen& l);
+  Mapping reverse_p1(int vaddr, Proto proto, uint16_t port);
+  void start_flow(Flow& f, uint8_t tcp_flags, bool inbound);
+  void track(Flow& f, Proto proto, uint8_t tcp_flags, bool inbound, size_t bytes, uint64_t now);
+  uint64_t timeout_ms(const Flow& f) const;
+  void end_flow(Flow& f);
+  Result count(Result r);
+
+  Ruleset rules_;
+  Timeouts timeouts_;
+  bool per_connection_;
+  uint32_t queue_timeout_ms_;
+  FlowTable flows_;
+  std::vector<PortPool> pools_;  // per listen, per-connection allocation only
+  Counters counters_;
+};
+
+}  // namespace vpm

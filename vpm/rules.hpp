@@ -1,0 +1,92 @@
+// The compiled configuration: which (virtual address, p1, protocol) are
+// multiplexed, which app each client belongs to, and where p2s come from.
+//
+// Theory of operation: a Listen is one multiplexed (vaddr, p1, proto). Its
+// client rules are the union of the rules of every app that listens there;
+// classify() picks the most exact one (an address:port pair beats any prefix,
+// a longer prefix beats a shorter one). With per-app allocation each
+// (vaddr, p1, AID) owns one p2, chosen from a hash of (p1, AID) with linear
+// probing in a canonical order, so the same config always gives the same p2s
+// and an app's p2 rarely moves when other apps come and go. With
+// per-connection allocation the hidden range of each vaddr is cut into equal
+// slices, one per distinct p1, so that any p2 names its p1 without state.
+// Either way the reverse map p2 -> p1 is a table lookup: the stack-to-TUN
+// direction never needs a flow to find p1.
+#pragma once
+
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+#include "vpm/config.hpp"
+
+namespace vpm {
+
+inline constexpr uint16_t kNoApp = 0xffff;
+
+struct Listen {
+  IpAddr vaddr;
+  uint16_t p1 = 0;
+  Proto proto = Proto::tcp;
+  uint32_t vaddr_index = 0;
+  // per-app: p2 of each app index (0 where that app does not listen here).
+  std::vector<uint16_t> p2_of_app;
+  // per-connection: this listen's slice of the hidden range.
+  uint16_t slice_lo = 0, slice_hi = 0;
+  uint16_t fallback_app = kNoApp;  // vpm.unmatched, if that app listens here
+
+  struct PrefixRule {
+    Prefix prefix;
+    uint16_t app;
+  };
+  struct PairRule {
+    Endpoint pair;
+    uint16_t app;
+  };
+  std::vector<PrefixRule> prefixes;  // longest first
+  std::vector<PairRule> pairs;
+};
+
+struct VirtualAddr {
+  IpAddr addr;
+  // p1 owning each hidden port, per protocol (index: port - range_lo; 0 = none).
+  std::vector<uint16_t> p1_of_p2[2];
+  std::vector<uint32_t> listens;  // indices into Ruleset::listens, sorted by (p1, proto)
+};
+
+struct IpAddrHash {
+  size_t operator()(const IpAddr& a) const;
+};
+
+class Ruleset {
+ public:
+  // `cfg` must have come back from parse_config (it has been validated).
+  explicit Ruleset(const Config& cfg);
+
+  const Config& config() const { return cfg_; }
+  const std::vector<Listen>& listens() const { return listens_; }
+  const std::vector<VirtualAddr>& vaddrs() const { return vaddrs_; }
+
+  // Index of a virtual address, or -1.
+  int find_vaddr(const IpAddr& a) const {
+    auto it = vaddr_index_.find(a);
+    return it == vaddr_index_.end() ? -1 : static_cast<int>(it->second);
+  }
+  const Listen* find_listen(int vaddr, uint16_t p1, Proto proto) const;
+  bool hidden(uint16_t port) const { return port >= lo_ && port <= hi_; }
+  // p1 that owns hidden port p2 on this vaddr, or 0.
+  uint16_t p1_of(int vaddr, Proto proto, uint16_t p2) const {
+    return vaddrs_[static_cast<size_t>(vaddr)].p1_of_p2[proto == Proto::udp][p2 - lo_];
+  }
+  // The app a client belongs to on this listen, or kNoApp (refuse).
+  uint16_t classify(const Listen& l, const IpAddr& client, uint16_t port) const;
+
+ private:
+  Config cfg_;
+  uint16_t lo_, hi_;
+  std::vector<Listen> listens_;
+  std::vector<VirtualAddr> vaddrs_;
+  std::unordered_map<IpAddr, uint32_t, IpAddrHash> vaddr_index_;
+};
+
+}  // namespace vpm
