@@ -25,8 +25,13 @@ struct IpAddr {
 
   bool is_v4() const;
   std::string str() const;
-  bool operator==(const IpAddr& o) const { return bytes == o.bytes; }
-  bool operator!=(const IpAddr& o) const { return bytes != o.bytes; }
+  bool operator==(const IpAddr& o) const {
+    uint64_t a[2], b[2];
+    std::memcpy(a, bytes.data(), 16);
+    std::memcpy(b, o.bytes.data(), 16);
+    return ((a[0] ^ b[0]) | (a[1] ^ b[1])) == 0;
+  }
+  bool operator!=(const IpAddr& o) const { return !(*this == o); }
   bool operator<(const IpAddr& o) const { return bytes < o.bytes; }
 };
 

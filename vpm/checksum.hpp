@@ -16,9 +16,12 @@ inline uint32_t load32(const uint8_t* p) {
   return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | p[3];
 }
 
-// Folds a 32-bit accumulator into a 16-bit one's complement sum.
+// Folds an accumulator into a 16-bit one's complement sum.
 inline uint16_t fold(uint64_t sum) {
-  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffffffff) + (sum >> 32);
+  sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffff) + (sum >> 16);
   return static_cast<uint16_t>(sum);
 }
 
@@ -34,9 +37,12 @@ inline uint16_t finish(uint64_t sum) { return static_cast<uint16_t>(~fold(sum));
 // The result equals a full recomputation. A field holding the non-canonical
 // zero 0xFFFF comes back as 0x0000; both verify.
 inline uint16_t update16(uint16_t check, uint16_t old_word, uint16_t new_word) {
+  // Three 16-bit terms: at most 0x2FFFD, so two folds suffice.
   uint32_t sum = uint32_t{static_cast<uint16_t>(~check)} +
                  uint32_t{static_cast<uint16_t>(~old_word)} + new_word;
-  return static_cast<uint16_t>(~fold(sum));
+  sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint16_t>(~sum);
 }
 
 }  // namespace vpm

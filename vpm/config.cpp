@@ -293,37 +293,41 @@ std::string listen_str(const ListenSpec& l) { return l.at.str() + "/" + proto_na
 // Checks that need every app: names, unmatched, port ranges, rule conflicts.
 void cross_check(Checker& c, const toml::table& root, Config& cfg) {
   std::map<std::string, int> names;
-  for (auto& app : cfg.apps) {
+  for (size_t i = 0; i < cfg.apps.size(); ++i) {
+    auto& app = cfg.apps[i];
+    std::string where = "app[" + std::to_string(i) + "]";
     if (app.name.empty()) continue;
     auto [it, fresh] = names.emplace(app.name, app.line);
     if (!fresh)
-      c.fail_line(app.line, "app.name", "app '" + app.name + "' is already defined at line " +
-                                            std::to_string(it->second));
+      c.fail_line(app.line, where + ".name", "app '" + app.name + "' is already defined at line " +
+                                                 std::to_string(it->second));
   }
   if (cfg.vpm.unmatched != "reset" && !names.count(cfg.vpm.unmatched)) {
     const toml::node* n = root.at_path("vpm.unmatched").node();
     c.fail(n, "vpm.unmatched", "'" + cfg.vpm.unmatched + "' is neither \"reset\" nor the name of an app");
   }
 
-  // Listen ports must stay outside the hidden range, or a p1 could collide with a p2.
-  for (auto& app : cfg.apps)
-    for (auto& l : app.listen)
-      if (l.at.port >= cfg.vpm.range_lo && l.at.port <= cfg.vpm.range_hi)
-        c.fail_line(app.line, "app '" + app.name + "'.listen",
-                    listen_str(l) + " uses port " + std::to_string(l.at.port) +
-                        ", inside vpm.port_range; p1 ports must lie outside the hidden range");
-
-  // Two apps may not claim the same client rule on the same listen.
+  // p1 must stay outside the hidden range, or a p1 could collide with a p2;
+  // and two apps may not claim the same client rule on the same listen.
   std::map<std::pair<std::string, std::string>, std::string> claims;
-  for (auto& app : cfg.apps)
-    for (auto& l : app.listen)
+  for (size_t i = 0; i < cfg.apps.size(); ++i) {
+    auto& app = cfg.apps[i];
+    std::string where = "app[" + std::to_string(i) + "]";
+    for (auto& l : app.listen) {
+      if (l.at.port >= cfg.vpm.range_lo && l.at.port <= cfg.vpm.range_hi)
+        c.fail_line(app.line, where + ".listen",
+                    listen_str(l) + " uses a port inside vpm.port_range (" +
+                        std::to_string(cfg.vpm.range_lo) + "-" + std::to_string(cfg.vpm.range_hi) +
+                        "); p1 ports must lie outside the hidden range");
       for (auto& r : app.clients) {
         auto [it, fresh] = claims.emplace(std::make_pair(listen_str(l), r.str()), app.name);
         if (!fresh && it->second != app.name)
-          c.fail_line(app.line, "app '" + app.name + "'.clients",
+          c.fail_line(app.line, where + ".clients",
                       "'" + r.str() + "' on " + listen_str(l) + " is already claimed by app '" +
                           it->second + "'");
       }
+    }
+  }
 
   // Capacity of the hidden range per virtual address.
   size_t range = size_t{cfg.vpm.range_hi} - cfg.vpm.range_lo + 1;

@@ -105,7 +105,7 @@ Result Engine::count(Result r) {
     case Verdict::dropped: ++counters_.dropped; break;
     case Verdict::refused: ++counters_.refused; break;
   }
-  ++counters_.by_reason[static_cast<size_t>(r.reason)];
+  if (r.reason != Drop::none) ++counters_.by_reason[static_cast<size_t>(r.reason)];
   return r;
 }
 
@@ -147,9 +147,10 @@ Result Engine::stack_l4(const PacketView& v, uint64_t now) {
   if (!l) return rules_.hidden(vport) ? drop(Drop::hidden_port) : kPass;
   FlowKey key = inbound ? make_key(src, v.src_port(), dst, vport, proto)
                         : make_key(dst, v.dst_port(), src, vport, proto);
-  Mapping m = flow_p2(key, *l, inbound, tcp_flags(v), now);
+  uint8_t flags = tcp_flags(v);
+  Mapping m = flow_p2(key, *l, inbound, flags, now);
   if (m.port == 0) return m.result;
-  track(*m.flow, proto, tcp_flags(v), inbound, v.bytes.size(), now);
+  track(*m.flow, proto, flags, inbound, v.bytes.size(), now);
   WordEdit edits[2];
   rewrite_port(proto, v.l4_ptr(), v.l4_len(), inbound, m.port, edits);
   return {Verdict::translated, Drop::none, m.flow->app};
@@ -242,7 +243,7 @@ Engine::Mapping Engine::flow_p2(const FlowKey& key, const Listen& l, bool inboun
                                 uint8_t flags, uint64_t now) {
   bool new_syn = key.proto == ipproto::tcp && (flags & (tcpflag::syn | tcpflag::ack)) == tcpflag::syn;
   Flow* f = flows_.find(key);
-  if (f && now >= f->last_ms && now - f->last_ms >= timeout_ms(*f)) {
+  if (f && f->state != FlowState::waiting && now >= f->last_ms && now - f->last_ms >= timeout_ms(*f)) {
     end_flow(*f);  // idle past its timeout: this packet starts afresh
     f = nullptr;
   }
@@ -257,7 +258,7 @@ Engine::Mapping Engine::flow_p2(const FlowKey& key, const Listen& l, bool inboun
     f = flows_.insert(key);
     if (!f) return {0, refuse(Drop::table_full), nullptr};
     ++counters_.flows_created;
-    f->created_ms = now;
+    flows_.stats(*f).created_ms = now;
     f->last_ms = now;
     f->listen = static_cast<uint16_t>(&l - rules_.listens().data());
     f->app = app;
@@ -275,7 +276,7 @@ Engine::Mapping Engine::flow_p2(const FlowKey& key, const Listen& l, bool inboun
     start_flow(*f, flags, inbound);  // the client reuses its port for a new connection
   }
   if (f->state == FlowState::waiting) {
-    if (now - f->created_ms >= queue_timeout_ms_) {
+    if (now - flows_.stats(*f).created_ms >= queue_timeout_ms_) {
       end_flow(*f);
       return {0, refuse(Drop::port_wait_timeout), nullptr};
     }
@@ -293,10 +294,14 @@ void Engine::start_flow(Flow& f, uint8_t flags, bool inbound) {
 
 void Engine::track(Flow& f, Proto proto, uint8_t flags, bool inbound, size_t bytes, uint64_t now) {
   int dir = inbound ? 0 : 1;
-  ++f.packets[dir];
-  f.bytes[dir] += bytes;
+  FlowStats& st = flows_.stats(f);
+  ++st.packets[dir];
+  st.bytes[dir] += bytes;
   if (now > f.last_ms) f.last_ms = now;
   if (proto != Proto::tcp || f.state == FlowState::waiting) return;
+  // The common case: a segment of an established connection changes nothing.
+  if (f.state == FlowState::established && !(flags & (tcpflag::syn | tcpflag::fin | tcpflag::rst)))
+    return;
   if (flags & tcpflag::rst) {
     f.state = FlowState::closed;
     return;
@@ -325,7 +330,9 @@ void Engine::track(Flow& f, Proto proto, uint8_t flags, bool inbound, size_t byt
 
 uint64_t Engine::timeout_ms(const Flow& f) const {
   switch (f.state) {
-    case FlowState::waiting: return queue_timeout_ms_;
+    // A waiting client that stopped retransmitting: long enough that one
+    // still trying always meets its own entry and gets its refusal.
+    case FlowState::waiting: return 2ull * queue_timeout_ms_ + timeouts_.tcp_transitory_ms;
     case FlowState::established:
       return f.key.proto == ipproto::udp ? timeouts_.udp_ms : timeouts_.tcp_established_ms;
     case FlowState::closed: return timeouts_.tcp_closed_ms;

@@ -65,7 +65,7 @@ struct Counters {
   uint64_t passed = 0;
   uint64_t dropped = 0;
   uint64_t refused = 0;
-  uint64_t by_reason[kDropCount] = {};  // dropped + refused
+  uint64_t by_reason[kDropCount] = {};  // dropped + refused, by reason (none stays 0)
   uint64_t flows_created = 0;
   uint64_t flows_ended = 0;  // expired or closed, removed from the table
   uint64_t port_waits = 0;   // connections that found no free port at first

@@ -6,9 +6,10 @@
 // go. The table doubles when half full, up to a capacity fixed by max_flows;
 // insert() beyond max_flows fails and the caller refuses the connection.
 //
-// Memory: a slot is a 4-byte hash tag plus a 96-byte Flow; the load factor is
-// kept at or below 1/2, so a flow costs at most ~200 bytes and the whole table
-// at most 200 * max_flows bytes (13 MiB for the default 65536).
+// Memory: a slot is a 64-byte Flow plus a 40-byte FlowStats; the load factor
+// is kept at or below 1/2, so a flow costs at most ~210 bytes and the whole
+// table at most 2 * next_pow2(max_flows) * 104 bytes (13 MiB for the default
+// 65536).
 #pragma once
 
 #include <cstdint>
@@ -27,7 +28,12 @@ struct FlowKey {
   uint8_t proto = 0;
   uint8_t pad_[3] = {};  // kept zero: keys are compared and hashed as bytes
 
-  bool operator==(const FlowKey& o) const { return std::memcmp(this, &o, sizeof *this) == 0; }
+  bool operator==(const FlowKey& o) const {
+    uint64_t a[5], b[5];
+    std::memcpy(a, this, sizeof a);
+    std::memcpy(b, &o, sizeof b);
+    return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0;
+  }
 };
 static_assert(sizeof(FlowKey) == 40);
 
@@ -43,19 +49,27 @@ enum class FlowState : uint8_t {
 };
 const char* flow_state_name(FlowState s);
 
-struct Flow {
+// The per-packet part of a flow: one 64-byte cache line, so a lookup costs
+// one memory access (the hash tag sits beside the key it guards).
+struct alignas(64) Flow {
   FlowKey key;
-  uint64_t created_ms = 0;
   uint64_t last_ms = 0;
-  uint64_t packets[2] = {0, 0};  // [0] client -> vaddr, [1] vaddr -> client
-  uint64_t bytes[2] = {0, 0};
+  uint32_t tag = 0;     // the table's hash tag; 0 marks an empty slot
   uint16_t p2 = 0;
   uint16_t listen = 0;  // index into Ruleset::listens
   uint16_t app = 0;     // index into Config::apps
   FlowState state = FlowState::established;
-  uint8_t tcp_seen = 0;  // FlowTcp bits
+  uint8_t tcp_seen = 0;  // flow_tcp bits
 };
-static_assert(sizeof(Flow) == 96);
+static_assert(sizeof(Flow) == 64);
+
+// The rest: counters and age, in a parallel array. Updating them never
+// delays the translation that follows.
+struct FlowStats {
+  uint64_t created_ms = 0;
+  uint64_t packets[2] = {0, 0};  // [0] client -> vaddr, [1] vaddr -> client
+  uint64_t bytes[2] = {0, 0};
+};
 
 namespace flow_tcp {
 inline constexpr uint8_t syn_in = 1, syn_out = 2, fin_in = 4, fin_out = 8, seen_in = 16,
@@ -71,6 +85,8 @@ class FlowTable {
   // when the table holds max_flows already.
   Flow* insert(const FlowKey& key);
   void erase(Flow* flow);
+  FlowStats& stats(const Flow& flow) { return stats_[index(flow)]; }
+  const FlowStats& stats(const Flow& flow) const { return stats_[index(flow)]; }
 
   size_t size() const { return size_; }
   uint32_t max_flows() const { return max_flows_; }
@@ -80,19 +96,36 @@ class FlowTable {
   template <typename Expired, typename OnErase>
   void sweep(size_t budget, Expired expired, OnErase on_erase);
 
+  // fn(const Flow&, const FlowStats&) for every flow.
   template <typename Fn>
   void for_each(Fn fn) const {
-    for (size_t i = 0; i < tags_.size(); ++i)
-      if (tags_[i]) fn(flows_[i]);
+    for (size_t i = 0; i < flows_.size(); ++i)
+      if (flows_[i].tag) fn(flows_[i], stats_[i]);
   }
 
  private:
-  static uint32_t hash(const FlowKey& key);
+  static uint32_t hash(const FlowKey& key) {
+    uint64_t w[5];
+    std::memcpy(w, &key, sizeof w);
+    // Independent multiplies (no chain between words), then one final mix.
+    uint64_t h = (w[0] * 0x9e3779b97f4a7c15ull) ^ (w[1] * 0xc2b2ae3d27d4eb4full) ^
+                 (w[2] * 0x165667b19e3779f9ull) ^ (w[3] * 0xd6e8feb86659fd93ull) ^
+                 (w[4] * 0xff51afd7ed558ccdull);
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 32;
+    // The tag's low bits pick the home slot, so they must stay as hashed; 0
+    // marks an empty slot, so a zero hash becomes 2^31 (same home slot,
+    // tables never reach 2^31 slots).
+    auto tag = static_cast<uint32_t>(h);
+    return tag != 0 ? tag : 0x80000000u;
+  }
   void grow();
   void erase_at(size_t i);
+  size_t index(const Flow& f) const { return static_cast<size_t>(&f - flows_.data()); }
 
-  std::vector<uint32_t> tags_;  // 0 = empty, else hash | 1
   std::vector<Flow> flows_;
+  std::vector<FlowStats> stats_;
   size_t mask_ = 0;
   size_t size_ = 0;
   size_t cursor_ = 0;
@@ -101,12 +134,12 @@ class FlowTable {
 
 template <typename Expired, typename OnErase>
 void FlowTable::sweep(size_t budget, Expired expired, OnErase on_erase) {
-  if (tags_.empty()) return;
-  budget = budget < tags_.size() ? budget : tags_.size();
+  if (flows_.empty()) return;
+  budget = budget < flows_.size() ? budget : flows_.size();
   for (size_t n = 0; n < budget; ++n) {
     size_t i = cursor_ & mask_;
     // After an erase, backward shift may move another flow into slot i: look again.
-    while (tags_[i] && expired(flows_[i])) {
+    while (flows_[i].tag && expired(flows_[i])) {
       on_erase(flows_[i]);
       erase_at(i);
     }

@@ -70,6 +70,7 @@ Ruleset::Ruleset(const Config& cfg)
     std::stable_sort(l.prefixes.begin(), l.prefixes.end(),
                      [](auto& x, auto& y) { return x.prefix.len > y.prefix.len; });
     vaddrs_[it->second].listens.push_back(static_cast<uint32_t>(listens_.size()));
+    vaddrs_[it->second].listen_keys.push_back(uint32_t{p1} << 8 | static_cast<uint8_t>(proto));
     listens_.push_back(std::move(l));
   }
 
@@ -117,14 +118,6 @@ Ruleset::Ruleset(const Config& cfg)
       }
     }
   }
-}
-
-const Listen* Ruleset::find_listen(int vaddr, uint16_t p1, Proto proto) const {
-  for (uint32_t li : vaddrs_[static_cast<size_t>(vaddr)].listens) {
-    const Listen& l = listens_[li];
-    if (l.p1 == p1 && l.proto == proto) return &l;
-  }
-  return nullptr;
 }
 
 uint16_t Ruleset::classify(const Listen& l, const IpAddr& client, uint16_t port) const {

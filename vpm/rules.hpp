@@ -52,6 +52,7 @@ struct VirtualAddr {
   // p1 owning each hidden port, per protocol (index: port - range_lo; 0 = none).
   std::vector<uint16_t> p1_of_p2[2];
   std::vector<uint32_t> listens;  // indices into Ruleset::listens, sorted by (p1, proto)
+  std::vector<uint32_t> listen_keys;  // p1 << 8 | proto of each of `listens`, scanned per packet
 };
 
 struct IpAddrHash {
@@ -60,6 +61,8 @@ struct IpAddrHash {
 
 class Ruleset {
  public:
+  static constexpr size_t kLinearVaddrs = 8;
+
   // `cfg` must have come back from parse_config (it has been validated).
   explicit Ruleset(const Config& cfg);
 
@@ -67,12 +70,24 @@ class Ruleset {
   const std::vector<Listen>& listens() const { return listens_; }
   const std::vector<VirtualAddr>& vaddrs() const { return vaddrs_; }
 
-  // Index of a virtual address, or -1.
+  // Index of a virtual address, or -1. Most setups have a handful of
+  // virtual addresses: a linear scan of 16-byte keys beats hashing them.
   int find_vaddr(const IpAddr& a) const {
+    if (vaddrs_.size() <= kLinearVaddrs) {
+      for (size_t i = 0; i < vaddrs_.size(); ++i)
+        if (vaddrs_[i].addr == a) return static_cast<int>(i);
+      return -1;
+    }
     auto it = vaddr_index_.find(a);
     return it == vaddr_index_.end() ? -1 : static_cast<int>(it->second);
   }
-  const Listen* find_listen(int vaddr, uint16_t p1, Proto proto) const;
+  const Listen* find_listen(int vaddr, uint16_t p1, Proto proto) const {
+    const VirtualAddr& v = vaddrs_[static_cast<size_t>(vaddr)];
+    uint32_t key = uint32_t{p1} << 8 | static_cast<uint8_t>(proto);
+    for (size_t i = 0; i < v.listen_keys.size(); ++i)
+      if (v.listen_keys[i] == key) return &listens_[v.listens[i]];
+    return nullptr;
+  }
   bool hidden(uint16_t port) const { return port >= lo_ && port <= hi_; }
   // p1 that owns hidden port p2 on this vaddr, or 0.
   uint16_t p1_of(int vaddr, Proto proto, uint16_t p2) const {

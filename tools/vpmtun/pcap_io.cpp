@@ -1,6 +1,11 @@
 // libpcap wrappers for replay.
 #include "pcap_io.hpp"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -9,6 +14,15 @@
 namespace vpmtun {
 
 namespace {
+
+// libpcap's DLT_ values are what the API speaks; files carry LINKTYPE_
+// values. They agree except for a few, of which raw IP matters here.
+uint32_t dlt_to_linktype(int dlt) {
+  switch (dlt) {
+    case DLT_RAW: return 101;  // LINKTYPE_RAW
+    default: return static_cast<uint32_t>(dlt);
+  }
+}
 
 uint16_t be16(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
 
@@ -70,32 +84,82 @@ std::optional<size_t> ip_offset(int linktype, std::span<const uint8_t> f) {
   }
 }
 
+namespace {
+
+uint32_t swap32(uint32_t v) { return __builtin_bswap32(v); }
+
+}  // namespace
+
 PcapReader::PcapReader(const std::string& path) : path_(path) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) throw std::runtime_error(path + ": " + std::strerror(errno));
-  // libpcap scales timestamps to the precision asked for; ask for the file's
-  // own so a rewritten file keeps its timestamps bit for bit.
-  uint8_t magic[4] = {};
-  size_t got = std::fread(magic, 1, 4, f);
-  std::fseek(f, 0, SEEK_END);
-  size_ = static_cast<uint64_t>(std::ftell(f));
-  std::rewind(f);
-  nano_ = got == 4 && ((magic[0] == 0xa1 && magic[1] == 0xb2 && magic[2] == 0x3c && magic[3] == 0x4d) ||
-                       (magic[0] == 0x4d && magic[1] == 0x3c && magic[2] == 0xb2 && magic[3] == 0xa1));
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error(path + ": " + std::strerror(errno));
+  struct stat st {};
+  ::fstat(fd, &st);
+  size_ = static_cast<uint64_t>(st.st_size);
+  uint32_t magic = 0;
+  if (size_ >= 24 && ::pread(fd, &magic, 4, 0) == 4) {
+    bool classic = magic == 0xa1b2c3d4u || magic == 0xa1b23c4du;
+    bool swapped = magic == 0xd4c3b2a1u || magic == 0x4d3cb2a1u;
+    if (classic || swapped) {
+      void* m = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+      if (m != MAP_FAILED) {
+        ::madvise(m, size_, MADV_SEQUENTIAL);
+        map_ = static_cast<const uint8_t*>(m);
+        swapped_ = swapped;
+        nano_ = magic == 0xa1b23c4du || magic == 0x4d3cb2a1u;
+        uint32_t hdr[6];
+        std::memcpy(hdr, map_, 24);
+        snaplen_ = static_cast<int>(swapped ? swap32(hdr[4]) : hdr[4]);
+        // The file holds a LINKTYPE_ value (low 16 bits); the API speaks DLT_.
+        uint32_t lt = (swapped ? swap32(hdr[5]) : hdr[5]) & 0xffff;
+        linktype_ = lt == 101 ? DLT_RAW : static_cast<int>(lt);
+        at_ = 24;
+        ::close(fd);
+        return;
+      }
+    }
+  }
+  FILE* f = ::fdopen(fd, "rb");
   char err[PCAP_ERRBUF_SIZE] = {};
-  pcap_ = pcap_fopen_offline_with_tstamp_precision(
-      f, nano_ ? PCAP_TSTAMP_PRECISION_NANO : PCAP_TSTAMP_PRECISION_MICRO, err);
+  pcap_ = f ? pcap_fopen_offline(f, err) : nullptr;
   if (!pcap_) {
-    std::fclose(f);
+    if (f) std::fclose(f);
+    else ::close(fd);
     throw std::runtime_error(path + ": not a capture file libpcap can read (" + err + ")");
   }
+  linktype_ = pcap_datalink(pcap_);
+  snaplen_ = pcap_snapshot(pcap_);
 }
 
 PcapReader::~PcapReader() {
   if (pcap_) pcap_close(pcap_);
+  if (map_) ::munmap(const_cast<uint8_t*>(map_), size_);
+}
+
+bool PcapReader::next_mapped(pcap_pkthdr& header, const uint8_t*& data) {
+  if (at_ == size_) return false;
+  if (size_ - at_ < 16)
+    throw std::runtime_error(path_ + ": damaged capture: record " + std::to_string(records_ + 1) +
+                             " has a truncated header");
+  uint32_t rec[4];
+  std::memcpy(rec, map_ + at_, 16);
+  if (swapped_)
+    for (auto& v : rec) v = swap32(v);
+  if (rec[2] > size_ - at_ - 16 || rec[2] > (1u << 18))
+    throw std::runtime_error(path_ + ": damaged capture: record " + std::to_string(records_ + 1) +
+                             " claims " + std::to_string(rec[2]) + " bytes");
+  header.ts.tv_sec = static_cast<time_t>(rec[0]);
+  header.ts.tv_usec = static_cast<suseconds_t>(rec[1]);
+  header.caplen = rec[2];
+  header.len = rec[3];
+  data = map_ + at_ + 16;
+  at_ += 16 + rec[2];
+  ++records_;
+  return true;
 }
 
 bool PcapReader::next(pcap_pkthdr& header, const uint8_t*& data) {
+  if (map_) return next_mapped(header, data);
   pcap_pkthdr* h = nullptr;
   int rc = pcap_next_ex(pcap_, &h, &data);
   if (rc == 1) {
@@ -107,38 +171,65 @@ bool PcapReader::next(pcap_pkthdr& header, const uint8_t*& data) {
 }
 
 uint64_t PcapReader::position() const {
+  if (map_) return at_;
   FILE* f = pcap_file(pcap_);
   long at = f ? std::ftell(f) : -1;
   return at < 0 ? 0 : static_cast<uint64_t>(at);
 }
 
 PcapWriter::PcapWriter(const std::string& path, int linktype, int snaplen, bool nanosecond)
-    : path_(path) {
-  dead_ = pcap_open_dead_with_tstamp_precision(
-      linktype, snaplen, nanosecond ? PCAP_TSTAMP_PRECISION_NANO : PCAP_TSTAMP_PRECISION_MICRO);
-  dumper_ = dead_ ? pcap_dump_open(dead_, path.c_str()) : nullptr;
-  if (!dumper_) {
-    std::string why = dead_ ? pcap_geterr(dead_) : "out of memory";
-    if (dead_) pcap_close(dead_);
-    throw std::runtime_error(path + ": cannot write: " + why);
-  }
+    : path_(path), buf_(size_t{1} << 20) {
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw std::runtime_error(path + ": cannot write: " + std::strerror(errno));
+  // Global header, host byte order as libpcap writes it; the magic says which.
+  struct {
+    uint32_t magic;
+    uint16_t major, minor;
+    int32_t thiszone;
+    uint32_t sigfigs, snaplen, linktype;
+  } h{nanosecond ? 0xa1b23c4du : 0xa1b2c3d4u, 2, 4, 0, 0, static_cast<uint32_t>(snaplen),
+      dlt_to_linktype(linktype)};
+  std::memcpy(buf_.data(), &h, sizeof h);
+  used_ = sizeof h;
 }
 
 PcapWriter::~PcapWriter() {
-  if (dumper_) pcap_dump_close(dumper_);
-  if (dead_) pcap_close(dead_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
-void PcapWriter::write(const pcap_pkthdr& header, const uint8_t* data) {
-  pcap_dump(reinterpret_cast<u_char*>(dumper_), &header, data);
+uint8_t* PcapWriter::append(const pcap_pkthdr& header, const uint8_t* data) {
+  size_t need = 16 + header.caplen;
+  if (used_ + need > buf_.size()) {
+    flush();
+    if (need > buf_.size()) buf_.resize(need);
+  }
+  uint32_t rec[4] = {static_cast<uint32_t>(header.ts.tv_sec), static_cast<uint32_t>(header.ts.tv_usec),
+                     header.caplen, header.len};
+  last_ = used_;
+  std::memcpy(buf_.data() + used_, rec, 16);
+  std::memcpy(buf_.data() + used_ + 16, data, header.caplen);
+  used_ += need;
+  return buf_.data() + last_ + 16;
+}
+
+void PcapWriter::flush() {
+  size_t done = 0;
+  while (done < used_) {
+    ssize_t n = ::write(fd_, buf_.data() + done, used_ - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw std::runtime_error(path_ + ": write failed: " + std::strerror(errno));
+    done += static_cast<size_t>(n);
+  }
+  used_ = 0;
+  last_ = 0;
 }
 
 void PcapWriter::close() {
-  if (!dumper_) return;
-  bool ok = pcap_dump_flush(dumper_) == 0;
-  pcap_dump_close(dumper_);
-  dumper_ = nullptr;
-  if (!ok) throw std::runtime_error(path_ + ": write failed: " + std::strerror(errno));
+  if (fd_ < 0) return;
+  flush();
+  int rc = ::close(fd_);
+  fd_ = -1;
+  if (rc != 0) throw std::runtime_error(path_ + ": write failed: " + std::strerror(errno));
 }
 
 }  // namespace vpmtun

@@ -9,7 +9,6 @@
 #include <chrono>
 #include <filesystem>
 #include <stdexcept>
-#include <vector>
 
 #include "pcap_io.hpp"
 #include "vpm/engine.hpp"
@@ -28,9 +27,16 @@ std::string describe(std::span<uint8_t> ip) {
   auto ep = [&](const vpm::IpAddr& a, uint16_t port) {
     return vpm::Endpoint{a, port}.str();
   };
-  if (v.has_l4 && (v.proto == vpm::ipproto::tcp || v.proto == vpm::ipproto::udp))
-    return fmt::format("{} {} > {}", v.proto == vpm::ipproto::tcp ? "tcp" : "udp",
-                       ep(v.src(), v.src_port()), ep(v.dst(), v.dst_port()));
+  if (v.has_l4 && v.proto == vpm::ipproto::udp)
+    return fmt::format("udp {} > {}", ep(v.src(), v.src_port()), ep(v.dst(), v.dst_port()));
+  if (v.has_l4 && v.proto == vpm::ipproto::tcp) {
+    // Flags as tcpdump writes them: S, F, R, P, and . for ACK.
+    uint8_t f = v.l4_ptr()[13];
+    std::string flags;
+    for (auto [bit, c] : {std::pair{0x02, 'S'}, {0x01, 'F'}, {0x04, 'R'}, {0x08, 'P'}, {0x10, '.'}})
+      if (f & bit) flags += c;
+    return fmt::format("tcp {} > {} [{}]", ep(v.src(), v.src_port()), ep(v.dst(), v.dst_port()), flags);
+  }
   const char* name = v.proto == vpm::ipproto::icmp     ? "icmp"
                      : v.proto == vpm::ipproto::icmpv6 ? "icmp6"
                      : v.has_l4                        ? "proto"
@@ -41,12 +47,14 @@ std::string describe(std::span<uint8_t> ip) {
 class Progress {
  public:
   explicit Progress(uint64_t total) : total_(total), enabled_(isatty(STDERR_FILENO) == 1) {}
-  void update(uint64_t packets, uint64_t position) {
+  // Call once per packet; `position` is only asked for now and then.
+  template <typename Position>
+  void update(uint64_t packets, Position position) {
     if (!enabled_ || (packets & 0xffff) != 0) return;
     auto now = std::chrono::steady_clock::now();
     if (now - last_ < std::chrono::milliseconds(200)) return;
     last_ = now;
-    double frac = total_ ? static_cast<double>(position) / static_cast<double>(total_) : 0.0;
+    double frac = total_ ? static_cast<double>(position()) / static_cast<double>(total_) : 0.0;
     int filled = static_cast<int>(frac * 30);
     fmt::print(stderr, "\r[{:<30}] {:3.0f}% {} packets", std::string(static_cast<size_t>(filled), '#'),
                frac * 100, packets);
@@ -104,7 +112,6 @@ int replay(const vpm::Config& cfg, const ReplayOptions& opt) {
     PcapWriter out(opt.output, in.linktype(), in.snaplen(), in.nanosecond());
     vpm::Engine engine(cfg);
     Progress progress(in.file_size());
-    std::vector<uint8_t> frame(size_t{1} << 18);
     std::array<int, vpm::kDropCount> shown{};
     uint64_t records = 0, non_ip = 0, snapped = 0, clock = 0, last_sweep = 0;
 
@@ -112,14 +119,12 @@ int replay(const vpm::Config& cfg, const ReplayOptions& opt) {
     const uint8_t* data = nullptr;
     while (in.next(hdr, data)) {
       ++records;
-      progress.update(records, in.position());
-      if (hdr.caplen > frame.size()) frame.resize(hdr.caplen);
-      std::copy(data, data + hdr.caplen, frame.begin());
-      std::span<uint8_t> bytes(frame.data(), hdr.caplen);
+      progress.update(records, [&] { return in.position(); });
+      // The record is copied once, into the output buffer, and translated there.
+      std::span<uint8_t> bytes(out.append(hdr, data), hdr.caplen);
       auto at = ip_offset(in.linktype(), bytes);
       if (!at) {
         ++non_ip;  // ARP and friends: not ours, kept so the capture stays whole
-        out.write(hdr, frame.data());
         continue;
       }
       uint64_t frac_ms = in.nanosecond() ? static_cast<uint64_t>(hdr.ts.tv_usec) / 1000000
@@ -129,10 +134,9 @@ int replay(const vpm::Config& cfg, const ReplayOptions& opt) {
       auto ip = bytes.subspan(*at);
       std::string before = opt.print ? describe(ip) : std::string();
       vpm::Result r = opt.reverse ? engine.to_tun(ip, clock) : engine.to_stack(ip, clock);
-      if (r.verdict == vpm::Verdict::translated || r.verdict == vpm::Verdict::passed) {
-        out.write(hdr, frame.data());
-      } else {
-        if (hdr.caplen < hdr.len) ++snapped;
+      if (r.verdict != vpm::Verdict::translated && r.verdict != vpm::Verdict::passed) {
+        out.discard_last();
+        if (r.reason == vpm::Drop::ip_total_length && hdr.caplen < hdr.len) ++snapped;
         auto i = static_cast<size_t>(r.reason);
         if (shown[i] < kDropsShownPerReason && !opt.quiet) {
           spdlog::warn("packet {}: {}: {}", records, vpm::verdict_name(r.verdict),

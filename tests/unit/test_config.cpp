@@ -1,0 +1,137 @@
+// Configuration: values parse; every error names its line and key.
+#include <catch2/catch.hpp>
+
+#include "packets.hpp"
+#include "vpm/config.hpp"
+
+namespace {
+
+const char* kApp = R"(
+[[app]]
+name = "blue"
+aid = 101
+listen = ["192.0.2.10:9000"]
+clients = ["198.51.100.0/24"]
+serve = "echo"
+)";
+
+struct ErrorCase {
+  const char* description;
+  std::string toml;
+  int line;
+  const char* key;
+  const char* message_part;
+};
+
+}  // namespace
+
+TEST_CASE("durations") {
+  CHECK(vpm::parse_duration("2h4m") == (2 * 3600 + 4 * 60) * 1000ull);
+  CHECK(vpm::parse_duration("90s") == 90000ull);
+  CHECK(vpm::parse_duration("500ms") == 500ull);
+  CHECK(vpm::parse_duration("1h30m15s") == (3600 + 1800 + 15) * 1000ull);
+  CHECK_FALSE(vpm::parse_duration("10"));
+  CHECK_FALSE(vpm::parse_duration("m"));
+  CHECK_FALSE(vpm::parse_duration("5 m"));
+  CHECK_FALSE(vpm::parse_duration(""));
+}
+
+TEST_CASE("a full configuration parses to its values") {
+  auto cfg = testpkt::config(R"(
+[tun]
+name = "vpm7"
+mtu = 9000
+address = "10.99.0.1/24"
+address6 = "fd00:99::1/64"
+configure = false
+[vpm]
+port_range = "30000-30099"
+allocation = "per-connection"
+queue_timeout_ms = 250
+unmatched = "blue"
+max_flows = 1000
+[timeouts]
+tcp_established = "1h"
+tcp_transitory = "2m"
+tcp_closed = "5s"
+udp = "30s"
+[[app]]
+name = "blue"
+aid = 101
+listen = ["192.0.2.10:9000", "[2001:db8::10]:9000/udp"]
+clients = ["198.51.100.0/24", "198.51.100.7:40000", "[2001:db8::7]:5000", "2001:db8:1::/48", "203.0.113.9"]
+forward = "127.0.0.1:19001"
+proxy_protocol = "v2"
+)");
+  CHECK(cfg.tun.name == "vpm7");
+  CHECK(cfg.tun.mtu == 9000);
+  CHECK(cfg.tun.address->str() == "10.99.0.1/24");
+  CHECK_FALSE(cfg.tun.configure);
+  CHECK(cfg.vpm.range_lo == 30000);
+  CHECK(cfg.vpm.range_hi == 30099);
+  CHECK(cfg.vpm.allocation == vpm::Allocation::per_connection);
+  CHECK(cfg.vpm.queue_timeout_ms == 250);
+  CHECK(cfg.vpm.max_flows == 1000);
+  CHECK(cfg.timeouts.tcp_established_ms == 3600000);
+  CHECK(cfg.timeouts.tcp_closed_ms == 5000);
+  CHECK(cfg.timeouts.udp_ms == 30000);
+  REQUIRE(cfg.apps.size() == 1);
+  auto& a = cfg.apps[0];
+  REQUIRE(a.listen.size() == 2);
+  CHECK(a.listen[1].proto == vpm::Proto::udp);
+  CHECK(a.listen[1].at.str() == "[2001:db8::10]:9000");
+  REQUIRE(a.clients.size() == 5);
+  CHECK_FALSE(a.clients[0].exact);
+  CHECK(a.clients[1].exact);
+  CHECK(a.clients[2].exact);
+  CHECK(a.clients[2].pair.str() == "[2001:db8::7]:5000");
+  CHECK(a.clients[4].prefix.str() == "203.0.113.9/32");
+  CHECK(a.forward->str() == "127.0.0.1:19001");
+  CHECK(a.proxy_protocol_v2);
+}
+
+TEST_CASE("configuration errors name line and key") {
+  std::vector<ErrorCase> cases = {
+      {"TOML syntax", "[vpm\n", 1, "", ""},
+      {"unknown key", std::string("[vpm]\nalocation = \"per-app\"\n") + kApp, 2, "vpm.alocation", "unknown key"},
+      {"bad range", std::string("[vpm]\nport_range = \"3-2\"\n") + kApp, 2, "vpm.port_range", "LOW-HIGH"},
+      {"bad allocation", std::string("[vpm]\nallocation = \"random\"\n") + kApp, 2, "vpm.allocation", "per-app"},
+      {"bad duration", std::string("[timeouts]\nudp = \"5 minutes\"\n") + kApp, 2, "timeouts.udp", "duration"},
+      {"wrong type", std::string("[tun]\nmtu = \"big\"\n") + kApp, 2, "tun.mtu", "integer"},
+      {"mtu too small for IPv6", std::string("[tun]\nmtu = 1000\naddress6 = \"fd00::1/64\"\n") + kApp, 2, "tun.mtu", "1280"},
+      {"no apps", "[vpm]\n", 0, "app", "no [[app]]"},
+      {"listen port out of range", "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:70000\"]\nserve = \"echo\"\n", 4, "app[0].listen[0]", "1 to 65535"},
+      {"listen inside hidden range", "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:20001\"]\nserve = \"echo\"\n", 1, "app[0].listen", "inside vpm.port_range"},
+      {"client prefix too long", "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nclients = [\"198.51.100.0/33\"]\nserve = \"echo\"\n", 5, "app[0].clients[0]", "longer than 32"},
+      {"host bits", "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nclients = [\"198.51.100.5/24\"]\nserve = \"echo\"\n", 5, "app[0].clients[0]", "198.51.100.0/24"},
+      {"no aid", "[[app]]\nname = \"a\"\nlisten = [\"192.0.2.1:9000\"]\nserve = \"echo\"\n", 1, "app[0].aid", "needs an aid"},
+      {"serve and forward", "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nserve = \"echo\"\nforward = \"127.0.0.1:1\"\n", 6, "app[0]", "not both"},
+      {"unknown service", "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nserve = \"chargen\"\n", 5, "app[0].serve", "built-in"},
+      {"proxy protocol without forward", "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nserve = \"echo\"\nproxy_protocol = \"v2\"\n", 6, "app[0].proxy_protocol", "forward"},
+      {"duplicate name", std::string(kApp) + kApp, 9, "app[1].name", "already defined"},
+      {"same rule twice", std::string(kApp) + "[[app]]\nname = \"green\"\naid = 102\nlisten = [\"192.0.2.10:9000\"]\nclients = [\"198.51.100.0/24\"]\nserve = \"echo\"\n", 8, "app[1].clients", "already claimed by app 'blue'"},
+      {"unmatched names no app", std::string("[vpm]\nunmatched = \"nobody\"\n") + kApp, 2, "vpm.unmatched", "neither"},
+      {"range too small", std::string("[vpm]\nport_range = \"20000-20000\"\n") + kApp + "[[app]]\nname = \"green\"\naid = 102\nlisten = [\"192.0.2.10:9000\"]\nserve = \"echo\"\n", 2, "vpm.port_range", "at least 2 ports"},
+  };
+  for (auto& c : cases) {
+    SECTION(c.description) {
+      auto r = vpm::parse_config(c.toml, "t.toml");
+      auto* errors = std::get_if<std::vector<vpm::ConfigError>>(&r);
+      REQUIRE(errors);
+      REQUIRE(!errors->empty());
+      auto& e = errors->front();
+      INFO(e.str());
+      CHECK(e.file == "t.toml");
+      CHECK(e.line == c.line);
+      CHECK(e.key == c.key);
+      CHECK(e.message.find(c.message_part) != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("all errors are reported at once") {
+  auto r = vpm::parse_config("[vpm]\nallocation = \"x\"\nqueue_timeout_ms = -1\n[tun]\nmtu = 1\n", "t.toml");
+  auto* errors = std::get_if<std::vector<vpm::ConfigError>>(&r);
+  REQUIRE(errors);
+  CHECK(errors->size() == 3);
+}
