@@ -38,8 +38,10 @@ std::optional<IpAddr> IpAddr::parse(std::string_view text) {
 
 std::string IpAddr::str() const {
   char out[INET6_ADDRSTRLEN];
-  if (is_v4()) inet_ntop(AF_INET, &bytes[12], out, sizeof out);
-  else inet_ntop(AF_INET6, bytes.data(), out, sizeof out);
+  if (is_v4())
+    inet_ntop(AF_INET, &bytes[12], out, sizeof out);
+  else
+    inet_ntop(AF_INET6, bytes.data(), out, sizeof out);
   return out;
 }
 
@@ -61,8 +63,8 @@ std::optional<Prefix> Prefix::parse(std::string_view text, std::string* why) {
       return std::nullopt;
     }
     if (len > p.max_len()) {
-      *why = "prefix length " + std::to_string(len) + " is longer than " +
-             std::to_string(p.max_len());
+      *why =
+          "prefix length " + std::to_string(len) + " is longer than " + std::to_string(p.max_len());
       return std::nullopt;
     }
     p.len = static_cast<uint8_t>(len);

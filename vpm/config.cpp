@@ -1,11 +1,12 @@
 // TOML configuration parsing and validation (toml++).
 #include "vpm/config.hpp"
 
+#include <toml++/toml.h>
+
 #include <algorithm>
 #include <charconv>
 #include <map>
 #include <set>
-#include <toml++/toml.h>
 
 namespace vpm {
 
@@ -26,11 +27,16 @@ std::optional<uint64_t> parse_duration(std::string_view text) {
     if (ec != std::errc() || end == text.data()) return std::nullopt;
     text.remove_prefix(static_cast<size_t>(end - text.data()));
     uint64_t unit = 0;
-    if (text.starts_with("ms")) unit = 1, text.remove_prefix(2);
-    else if (text.starts_with("h")) unit = 3600000, text.remove_prefix(1);
-    else if (text.starts_with("m")) unit = 60000, text.remove_prefix(1);
-    else if (text.starts_with("s")) unit = 1000, text.remove_prefix(1);
-    else return std::nullopt;
+    if (text.starts_with("ms"))
+      unit = 1, text.remove_prefix(2);
+    else if (text.starts_with("h"))
+      unit = 3600000, text.remove_prefix(1);
+    else if (text.starts_with("m"))
+      unit = 60000, text.remove_prefix(1);
+    else if (text.starts_with("s"))
+      unit = 1000, text.remove_prefix(1);
+    else
+      return std::nullopt;
     total += n * unit;
   }
   return total;
@@ -63,7 +69,8 @@ class Checker {
     }
   }
 
-  std::optional<std::string> string(const toml::table& t, std::string_view k, const std::string& key) {
+  std::optional<std::string> string(const toml::table& t, std::string_view k,
+                                    const std::string& key) {
     const toml::node* n = t.get(k);
     if (!n) return std::nullopt;
     if (auto s = n->value<std::string>()) return s;
@@ -81,8 +88,9 @@ class Checker {
       return std::nullopt;
     }
     if (*v < lo || *v > hi) {
-      fail(n, key, std::to_string(*v) + " is out of range " + std::to_string(lo) + ".." +
-                       std::to_string(hi));
+      fail(n, key,
+           std::to_string(*v) + " is out of range " + std::to_string(lo) + ".." +
+               std::to_string(hi));
       return std::nullopt;
     }
     return v;
@@ -99,8 +107,10 @@ class Checker {
   void duration(const toml::table& t, std::string_view k, const std::string& key, uint64_t& out) {
     if (auto s = string(t, k, key)) {
       auto ms = parse_duration(*s);
-      if (!ms || *ms == 0) fail(t.get(k), key, "'" + *s + "' is not a duration like \"2h4m\", \"30s\" or \"500ms\"");
-      else out = *ms;
+      if (!ms || *ms == 0)
+        fail(t.get(k), key, "'" + *s + "' is not a duration like \"2h4m\", \"30s\" or \"500ms\"");
+      else
+        out = *ms;
     }
   }
 
@@ -143,13 +153,16 @@ void parse_tun(Checker& c, const toml::table& t, TunConfig& tun) {
   c.only_keys(t, "tun", {"name", "mtu", "address", "address6", "configure"});
   if (auto s = c.string(t, "name", "tun.name")) {
     if (s->empty() || s->size() > 15 || s->find('/') != std::string::npos)
-      c.fail(t.get("name"), "tun.name", "'" + *s + "' is not a valid interface name (1-15 characters, no '/')");
-    else tun.name = *s;
+      c.fail(t.get("name"), "tun.name",
+             "'" + *s + "' is not a valid interface name (1-15 characters, no '/')");
+    else
+      tun.name = *s;
   }
   if (auto v = c.integer(t, "mtu", "tun.mtu", 576, 65535)) tun.mtu = static_cast<uint32_t>(*v);
   tun.address = prefix_key(c, t, "address", "tun.address");
   if (tun.address && !tun.address->addr.is_v4())
-    c.fail(t.get("address"), "tun.address", "must be an IPv4 address/length (use address6 for IPv6)");
+    c.fail(t.get("address"), "tun.address",
+           "must be an IPv4 address/length (use address6 for IPv6)");
   tun.address6 = prefix_key(c, t, "address6", "tun.address6");
   if (tun.address6 && tun.address6->addr.is_v4())
     c.fail(t.get("address6"), "tun.address6", "must be an IPv6 address/length");
@@ -159,8 +172,9 @@ void parse_tun(Checker& c, const toml::table& t, TunConfig& tun) {
 }
 
 void parse_vpm(Checker& c, const toml::table& t, VpmConfig& vpm) {
-  c.only_keys(t, "vpm", {"port_range", "allocation", "queue_timeout_ms", "unmatched",
-                         "control_socket", "max_flows"});
+  c.only_keys(
+      t, "vpm",
+      {"port_range", "allocation", "queue_timeout_ms", "unmatched", "control_socket", "max_flows"});
   if (auto s = c.string(t, "port_range", "vpm.port_range")) {
     unsigned lo = 0, hi = 0;
     auto dash = s->find('-');
@@ -171,13 +185,20 @@ void parse_vpm(Checker& c, const toml::table& t, VpmConfig& vpm) {
       ok = a.ec == std::errc() && a.ptr == s->data() + dash && b.ec == std::errc() &&
            b.ptr == s->data() + s->size() && lo >= 1 && lo <= hi && hi <= 65535;
     }
-    if (!ok) c.fail(t.get("port_range"), "vpm.port_range", "'" + *s + "' should be LOW-HIGH within 1-65535, like \"20000-29999\"");
-    else vpm.range_lo = static_cast<uint16_t>(lo), vpm.range_hi = static_cast<uint16_t>(hi);
+    if (!ok)
+      c.fail(t.get("port_range"), "vpm.port_range",
+             "'" + *s + "' should be LOW-HIGH within 1-65535, like \"20000-29999\"");
+    else
+      vpm.range_lo = static_cast<uint16_t>(lo), vpm.range_hi = static_cast<uint16_t>(hi);
   }
   if (auto s = c.string(t, "allocation", "vpm.allocation")) {
-    if (*s == "per-app") vpm.allocation = Allocation::per_app;
-    else if (*s == "per-connection") vpm.allocation = Allocation::per_connection;
-    else c.fail(t.get("allocation"), "vpm.allocation", "'" + *s + "' must be \"per-app\" or \"per-connection\"");
+    if (*s == "per-app")
+      vpm.allocation = Allocation::per_app;
+    else if (*s == "per-connection")
+      vpm.allocation = Allocation::per_connection;
+    else
+      c.fail(t.get("allocation"), "vpm.allocation",
+             "'" + *s + "' must be \"per-app\" or \"per-connection\"");
   }
   if (auto v = c.integer(t, "queue_timeout_ms", "vpm.queue_timeout_ms", 0, 600000))
     vpm.queue_timeout_ms = static_cast<uint32_t>(*v);
@@ -197,8 +218,8 @@ void parse_timeouts(Checker& c, const toml::table& t, Timeouts& to) {
 
 // Strings of an array-valued key, each with its node for messages.
 std::vector<std::pair<std::string, const toml::node*>> strings(Checker& c, const toml::table& t,
-                                                              std::string_view k,
-                                                              const std::string& key) {
+                                                               std::string_view k,
+                                                               const std::string& key) {
   std::vector<std::pair<std::string, const toml::node*>> out;
   const toml::node* n = t.get(k);
   if (!n) return out;
@@ -209,8 +230,10 @@ std::vector<std::pair<std::string, const toml::node*>> strings(Checker& c, const
   }
   for (size_t i = 0; i < arr->size(); ++i) {
     const toml::node* e = arr->get(i);
-    if (auto s = e->value_exact<std::string>()) out.emplace_back(*s, e);
-    else c.fail(e, key + "[" + std::to_string(i) + "]", "must be a string");
+    if (auto s = e->value_exact<std::string>())
+      out.emplace_back(*s, e);
+    else
+      c.fail(e, key + "[" + std::to_string(i) + "]", "must be a string");
   }
   return out;
 }
@@ -220,19 +243,24 @@ void parse_app(Checker& c, const toml::table& t, const std::string& where, AppCo
   app.line = static_cast<int>(t.source().begin.line);
   if (auto s = c.string(t, "name", where + ".name")) app.name = *s;
   if (app.name.empty()) c.fail_line(app.line, where + ".name", "every app needs a non-empty name");
-  if (auto v = c.integer(t, "aid", where + ".aid", 0, 0xffffffffll)) app.aid = static_cast<uint32_t>(*v);
-  else if (!t.get("aid")) c.fail_line(app.line, where + ".aid", "every app needs an aid (application identifier)");
+  if (auto v = c.integer(t, "aid", where + ".aid", 0, 0xffffffffll))
+    app.aid = static_cast<uint32_t>(*v);
+  else if (!t.get("aid"))
+    c.fail_line(app.line, where + ".aid", "every app needs an aid (application identifier)");
 
   auto listens = strings(c, t, "listen", where + ".listen");
   if (listens.empty() && !t.get("listen"))
-    c.fail_line(app.line, where + ".listen", "every app needs at least one listen address, like \"10.99.0.10:9000\"");
+    c.fail_line(app.line, where + ".listen",
+                "every app needs at least one listen address, like \"10.99.0.10:9000\"");
   for (size_t i = 0; i < listens.size(); ++i) {
     auto& [text, node] = listens[i];
     std::string key = where + ".listen[" + std::to_string(i) + "]";
     std::string_view body = text;
     ListenSpec spec;
-    if (body.ends_with("/udp")) spec.proto = Proto::udp, body.remove_suffix(4);
-    else if (body.ends_with("/tcp")) body.remove_suffix(4);
+    if (body.ends_with("/udp"))
+      spec.proto = Proto::udp, body.remove_suffix(4);
+    else if (body.ends_with("/tcp"))
+      body.remove_suffix(4);
     std::string why;
     auto ep = Endpoint::parse(body, &why);
     if (!ep) {
@@ -243,8 +271,10 @@ void parse_app(Checker& c, const toml::table& t, const std::string& where, AppCo
     bool dup = std::any_of(app.listen.begin(), app.listen.end(), [&](const ListenSpec& l) {
       return l.at == spec.at && l.proto == spec.proto;
     });
-    if (dup) c.fail(node, key, "'" + text + "' is listed twice");
-    else app.listen.push_back(spec);
+    if (dup)
+      c.fail(node, key, "'" + text + "' is listed twice");
+    else
+      app.listen.push_back(spec);
   }
 
   auto clients = strings(c, t, "clients", where + ".clients");
@@ -258,18 +288,24 @@ void parse_app(Checker& c, const toml::table& t, const std::string& where, AppCo
                 (text.find('.') != std::string::npos && text.find(':') != std::string::npos);
     if (pair) {
       auto ep = Endpoint::parse(text, &why);
-      if (!ep) c.fail(node, key, why);
-      else rule.exact = true, rule.pair = *ep, app.clients.push_back(rule);
+      if (!ep)
+        c.fail(node, key, why);
+      else
+        rule.exact = true, rule.pair = *ep, app.clients.push_back(rule);
     } else {
       auto p = Prefix::parse(text, &why);
-      if (!p) c.fail(node, key, why + " (form: \"10.200.1.0/24\", \"10.200.2.7:40000\", \"fd00:200::/64\")");
-      else rule.prefix = *p, app.clients.push_back(rule);
+      if (!p)
+        c.fail(node, key,
+               why + " (form: \"10.200.1.0/24\", \"10.200.2.7:40000\", \"fd00:200::/64\")");
+      else
+        rule.prefix = *p, app.clients.push_back(rule);
     }
   }
 
   if (auto s = c.string(t, "serve", where + ".serve")) {
     if (*s != "echo" && *s != "discard" && *s != "http-info")
-      c.fail(t.get("serve"), where + ".serve", "'" + *s + "' is not a built-in service (echo, discard, http-info)");
+      c.fail(t.get("serve"), where + ".serve",
+             "'" + *s + "' is not a built-in service (echo, discard, http-info)");
     app.serve = *s;
   }
   if (auto s = c.string(t, "forward", where + ".forward")) {
@@ -280,11 +316,16 @@ void parse_app(Checker& c, const toml::table& t, const std::string& where, AppCo
   if (t.get("serve") && t.get("forward"))
     c.fail(t.get("forward"), where, "set either serve or forward, not both");
   else if (!t.get("serve") && !t.get("forward"))
-    c.fail_line(app.line, where, "needs serve = \"echo|discard|http-info\" or forward = \"host:port\"");
+    c.fail_line(app.line, where,
+                "needs serve = \"echo|discard|http-info\" or forward = \"host:port\"");
   if (auto s = c.string(t, "proxy_protocol", where + ".proxy_protocol")) {
-    if (*s != "v2") c.fail(t.get("proxy_protocol"), where + ".proxy_protocol", "only \"v2\" is supported");
-    else if (!t.get("forward")) c.fail(t.get("proxy_protocol"), where + ".proxy_protocol", "only applies to a forward endpoint");
-    else app.proxy_protocol_v2 = true;
+    if (*s != "v2")
+      c.fail(t.get("proxy_protocol"), where + ".proxy_protocol", "only \"v2\" is supported");
+    else if (!t.get("forward"))
+      c.fail(t.get("proxy_protocol"), where + ".proxy_protocol",
+             "only applies to a forward endpoint");
+    else
+      app.proxy_protocol_v2 = true;
   }
 }
 
@@ -299,12 +340,14 @@ void cross_check(Checker& c, const toml::table& root, Config& cfg) {
     if (app.name.empty()) continue;
     auto [it, fresh] = names.emplace(app.name, app.line);
     if (!fresh)
-      c.fail_line(app.line, where + ".name", "app '" + app.name + "' is already defined at line " +
-                                                 std::to_string(it->second));
+      c.fail_line(
+          app.line, where + ".name",
+          "app '" + app.name + "' is already defined at line " + std::to_string(it->second));
   }
   if (cfg.vpm.unmatched != "reset" && !names.count(cfg.vpm.unmatched)) {
     const toml::node* n = root.at_path("vpm.unmatched").node();
-    c.fail(n, "vpm.unmatched", "'" + cfg.vpm.unmatched + "' is neither \"reset\" nor the name of an app");
+    c.fail(n, "vpm.unmatched",
+           "'" + cfg.vpm.unmatched + "' is neither \"reset\" nor the name of an app");
   }
 
   // p1 must stay outside the hidden range, or a p1 could collide with a p2;
@@ -353,8 +396,8 @@ ConfigResult parse_config(std::string_view text, const std::string& file) {
   try {
     root = toml::parse(text, file);
   } catch (const toml::parse_error& e) {
-    return std::vector<ConfigError>{{file, static_cast<int>(e.source().begin.line), "",
-                                     std::string(e.description())}};
+    return std::vector<ConfigError>{
+        {file, static_cast<int>(e.source().begin.line), "", std::string(e.description())}};
   }
   Config cfg;
   cfg.file = file;
@@ -364,7 +407,8 @@ ConfigResult parse_config(std::string_view text, const std::string& file) {
   if (auto t = c.section(root, "timeouts")) parse_timeouts(c, *t, cfg.timeouts);
   if (const toml::node* apps = root.get("app")) {
     const toml::array* arr = apps->as_array();
-    if (!arr || !arr->is_array_of_tables()) c.fail(apps, "app", "must be written as [[app]] tables");
+    if (!arr || !arr->is_array_of_tables())
+      c.fail(apps, "app", "must be written as [[app]] tables");
     else
       for (size_t i = 0; i < arr->size(); ++i) {
         AppConfig app;

@@ -20,7 +20,7 @@ enum class Allocation : uint8_t { per_app, per_connection };
 struct TunConfig {
   std::string name = "tun0";
   uint32_t mtu = 65520;
-  std::optional<Prefix> address;   // kernel side of the TUN, e.g. 10.99.0.1/24
+  std::optional<Prefix> address;  // kernel side of the TUN, e.g. 10.99.0.1/24
   std::optional<Prefix> address6;
   bool configure = true;
 };
@@ -66,7 +66,7 @@ struct AppConfig {
   std::string serve;                // built-in endpoint: echo | discard | http-info
   std::optional<Endpoint> forward;  // or a real backend
   bool proxy_protocol_v2 = false;
-  int line = 0;                     // where [[app]] starts, for later messages
+  int line = 0;  // where [[app]] starts, for later messages
 };
 
 struct Config {

@@ -61,9 +61,7 @@ int rewrite_port(Proto proto, uint8_t* l4, size_t avail, bool dst, uint16_t port
 bool is_l4(uint8_t proto) { return proto == ipproto::tcp || proto == ipproto::udp; }
 Proto to_proto(uint8_t proto) { return proto == ipproto::tcp ? Proto::tcp : Proto::udp; }
 
-uint8_t tcp_flags(const PacketView& v) {
-  return v.proto == ipproto::tcp ? v.l4_ptr()[13] : 0;
-}
+uint8_t tcp_flags(const PacketView& v) { return v.proto == ipproto::tcp ? v.l4_ptr()[13] : 0; }
 
 FlowKey make_key(const IpAddr& client, uint16_t cport, const IpAddr& vaddr, uint16_t p1,
                  Proto proto) {
@@ -80,10 +78,14 @@ FlowKey make_key(const IpAddr& client, uint16_t cport, const IpAddr& vaddr, uint
 
 const char* verdict_name(Verdict v) {
   switch (v) {
-    case Verdict::translated: return "translated";
-    case Verdict::passed: return "passed";
-    case Verdict::dropped: return "dropped";
-    case Verdict::refused: return "refused";
+    case Verdict::translated:
+      return "translated";
+    case Verdict::passed:
+      return "passed";
+    case Verdict::dropped:
+      return "dropped";
+    case Verdict::refused:
+      return "refused";
   }
   return "?";
 }
@@ -100,10 +102,18 @@ Engine::Engine(const Config& cfg)
 
 Result Engine::count(Result r) {
   switch (r.verdict) {
-    case Verdict::translated: ++counters_.translated; break;
-    case Verdict::passed: ++counters_.passed; break;
-    case Verdict::dropped: ++counters_.dropped; break;
-    case Verdict::refused: ++counters_.refused; break;
+    case Verdict::translated:
+      ++counters_.translated;
+      break;
+    case Verdict::passed:
+      ++counters_.passed;
+      break;
+    case Verdict::dropped:
+      ++counters_.dropped;
+      break;
+    case Verdict::refused:
+      ++counters_.refused;
+      break;
   }
   if (r.reason != Drop::none) ++counters_.by_reason[static_cast<size_t>(r.reason)];
   return r;
@@ -239,17 +249,20 @@ Engine::Mapping Engine::quoted_p2(const FlowKey& key, const Listen& l) {
   return {l.p2_of_app[app], kTranslated, nullptr};
 }
 
-Engine::Mapping Engine::flow_p2(const FlowKey& key, const Listen& l, bool inbound,
-                                uint8_t flags, uint64_t now) {
-  bool new_syn = key.proto == ipproto::tcp && (flags & (tcpflag::syn | tcpflag::ack)) == tcpflag::syn;
+Engine::Mapping Engine::flow_p2(const FlowKey& key, const Listen& l, bool inbound, uint8_t flags,
+                                uint64_t now) {
+  bool new_syn =
+      key.proto == ipproto::tcp && (flags & (tcpflag::syn | tcpflag::ack)) == tcpflag::syn;
   Flow* f = flows_.find(key);
-  if (f && f->state != FlowState::waiting && now >= f->last_ms && now - f->last_ms >= timeout_ms(*f)) {
+  if (f && f->state != FlowState::waiting && now >= f->last_ms &&
+      now - f->last_ms >= timeout_ms(*f)) {
     end_flow(*f);  // idle past its timeout: this packet starts afresh
     f = nullptr;
   }
   if (!f) {
     uint16_t app = rules_.classify(l, key.client, key.client_port);
-    if (app == kNoApp) return {0, inbound ? refuse(Drop::unmatched) : drop(Drop::unmatched), nullptr};
+    if (app == kNoApp)
+      return {0, inbound ? refuse(Drop::unmatched) : drop(Drop::unmatched), nullptr};
     // Per-connection p2s cannot be rebuilt mid-connection: the stack never
     // saw this connection on any port we could pick now. Only clients open them.
     if (per_connection_ && !inbound) return {0, drop(Drop::no_flow), nullptr};
@@ -263,9 +276,12 @@ Engine::Mapping Engine::flow_p2(const FlowKey& key, const Listen& l, bool inboun
     f->listen = static_cast<uint16_t>(&l - rules_.listens().data());
     f->app = app;
     f->state = FlowState::waiting;
-    if (!per_connection_) f->p2 = l.p2_of_app[app];
-    else if (auto port = pools_[f->listen].acquire()) f->p2 = *port;
-    else ++counters_.port_waits;
+    if (!per_connection_)
+      f->p2 = l.p2_of_app[app];
+    else if (auto port = pools_[f->listen].acquire())
+      f->p2 = *port;
+    else
+      ++counters_.port_waits;
     if (f->p2 != 0) start_flow(*f, flags, inbound);
   } else if (f->state == FlowState::waiting) {
     if (auto port = pools_[f->listen].acquire()) {
@@ -287,9 +303,12 @@ Engine::Mapping Engine::flow_p2(const FlowKey& key, const Listen& l, bool inboun
 
 void Engine::start_flow(Flow& f, uint8_t flags, bool inbound) {
   f.tcp_seen = 0;
-  if (f.key.proto == ipproto::udp) f.state = FlowState::established;
-  else if (inbound && (flags & (tcpflag::syn | tcpflag::ack)) == tcpflag::syn) f.state = FlowState::syn_sent;
-  else f.state = FlowState::pickup;
+  if (f.key.proto == ipproto::udp)
+    f.state = FlowState::established;
+  else if (inbound && (flags & (tcpflag::syn | tcpflag::ack)) == tcpflag::syn)
+    f.state = FlowState::syn_sent;
+  else
+    f.state = FlowState::pickup;
 }
 
 void Engine::track(Flow& f, Proto proto, uint8_t flags, bool inbound, size_t bytes, uint64_t now) {
@@ -311,18 +330,21 @@ void Engine::track(Flow& f, Proto proto, uint8_t flags, bool inbound, size_t byt
   if (flags & tcpflag::fin) f.tcp_seen |= inbound ? flow_tcp::fin_in : flow_tcp::fin_out;
   bool both_fins = (f.tcp_seen & flow_tcp::fin_in) && (f.tcp_seen & flow_tcp::fin_out);
   switch (f.state) {
-    case FlowState::closed: break;
+    case FlowState::closed:
+      break;
     case FlowState::syn_sent:
       if (!inbound && (flags & tcpflag::syn)) f.state = FlowState::syn_recv;
       break;
     case FlowState::syn_recv:
-      if (inbound && (flags & tcpflag::ack) && !(flags & tcpflag::syn)) f.state = FlowState::established;
+      if (inbound && (flags & tcpflag::ack) && !(flags & tcpflag::syn))
+        f.state = FlowState::established;
       break;
     case FlowState::pickup:
       if ((f.tcp_seen & flow_tcp::seen_in) && (f.tcp_seen & flow_tcp::seen_out))
         f.state = FlowState::established;
       break;
-    default: break;
+    default:
+      break;
   }
   if (f.state != FlowState::closed && (f.tcp_seen & (flow_tcp::fin_in | flow_tcp::fin_out)))
     f.state = both_fins ? FlowState::closed : FlowState::fin_wait;
@@ -332,11 +354,14 @@ uint64_t Engine::timeout_ms(const Flow& f) const {
   switch (f.state) {
     // A waiting client that stopped retransmitting: long enough that one
     // still trying always meets its own entry and gets its refusal.
-    case FlowState::waiting: return 2ull * queue_timeout_ms_ + timeouts_.tcp_transitory_ms;
+    case FlowState::waiting:
+      return 2ull * queue_timeout_ms_ + timeouts_.tcp_transitory_ms;
     case FlowState::established:
       return f.key.proto == ipproto::udp ? timeouts_.udp_ms : timeouts_.tcp_established_ms;
-    case FlowState::closed: return timeouts_.tcp_closed_ms;
-    default: return timeouts_.tcp_transitory_ms;
+    case FlowState::closed:
+      return timeouts_.tcp_closed_ms;
+    default:
+      return timeouts_.tcp_transitory_ms;
   }
 }
 

@@ -5,13 +5,20 @@ namespace vpm {
 
 const char* flow_state_name(FlowState s) {
   switch (s) {
-    case FlowState::waiting: return "waiting";
-    case FlowState::syn_sent: return "syn_sent";
-    case FlowState::syn_recv: return "syn_recv";
-    case FlowState::pickup: return "pickup";
-    case FlowState::established: return "established";
-    case FlowState::fin_wait: return "fin_wait";
-    case FlowState::closed: return "closed";
+    case FlowState::waiting:
+      return "waiting";
+    case FlowState::syn_sent:
+      return "syn_sent";
+    case FlowState::syn_recv:
+      return "syn_recv";
+    case FlowState::pickup:
+      return "pickup";
+    case FlowState::established:
+      return "established";
+    case FlowState::fin_wait:
+      return "fin_wait";
+    case FlowState::closed:
+      return "closed";
   }
   return "?";
 }

@@ -54,7 +54,7 @@ const char* flow_state_name(FlowState s);
 struct alignas(64) Flow {
   FlowKey key;
   uint64_t last_ms = 0;
-  uint32_t tag = 0;     // the table's hash tag; 0 marks an empty slot
+  uint32_t tag = 0;  // the table's hash tag; 0 marks an empty slot
   uint16_t p2 = 0;
   uint16_t listen = 0;  // index into Ruleset::listens
   uint16_t app = 0;     // index into Config::apps

@@ -37,11 +37,15 @@ constexpr DropInfo kDrops[kDropCount] = {
 // checksum (offset 16), UDP its 8-byte header, ICMP its 8-byte header.
 size_t l4_min(uint8_t proto) {
   switch (proto) {
-    case ipproto::tcp: return 20;
-    case ipproto::udp: return 8;
+    case ipproto::tcp:
+      return 20;
+    case ipproto::udp:
+      return 8;
     case ipproto::icmp:
-    case ipproto::icmpv6: return 8;
-    default: return 0;
+    case ipproto::icmpv6:
+      return 8;
+    default:
+      return 0;
   }
 }
 
@@ -71,8 +75,10 @@ bool is_ext_header(uint8_t nh) {
     case ipproto::dstopts:
     case ipproto::mobility:
     case ipproto::hip:
-    case ipproto::shim6: return true;
-    default: return false;
+    case ipproto::shim6:
+      return true;
+    default:
+      return false;
   }
 }
 

@@ -47,8 +47,8 @@ const char* drop_description(Drop d);  // one line for people
 
 namespace ipproto {
 inline constexpr uint8_t hopopts = 0, icmp = 1, tcp = 6, udp = 17, routing = 43, fragment = 44,
-                         ah = 51, icmpv6 = 58, none = 59, dstopts = 60, mobility = 135,
-                         hip = 139, shim6 = 140;
+                         ah = 51, icmpv6 = 58, none = 59, dstopts = 60, mobility = 135, hip = 139,
+                         shim6 = 140;
 }
 
 // A parsed packet. Offsets index into `bytes`, which is trimmed to the IP
@@ -56,10 +56,10 @@ inline constexpr uint8_t hopopts = 0, icmp = 1, tcp = 6, udp = 17, routing = 43,
 struct PacketView {
   std::span<uint8_t> bytes;
   bool v6 = false;
-  uint8_t proto = 0;         // upper-layer protocol after any IPv6 extension headers
-  size_t l4 = 0;             // offset of the upper-layer header
-  bool fragment = false;     // part of a fragmented datagram
-  bool has_l4 = false;       // the upper-layer header starts in this packet (not a later fragment)
+  uint8_t proto = 0;      // upper-layer protocol after any IPv6 extension headers
+  size_t l4 = 0;          // offset of the upper-layer header
+  bool fragment = false;  // part of a fragmented datagram
+  bool has_l4 = false;    // the upper-layer header starts in this packet (not a later fragment)
 
   IpAddr src() const;
   IpAddr dst() const;

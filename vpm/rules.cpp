@@ -30,8 +30,7 @@ size_t preferred_slot(uint16_t p1, uint32_t aid, size_t size) {
 
 }  // namespace
 
-Ruleset::Ruleset(const Config& cfg)
-    : cfg_(cfg), lo_(cfg.vpm.range_lo), hi_(cfg.vpm.range_hi) {
+Ruleset::Ruleset(const Config& cfg) : cfg_(cfg), lo_(cfg.vpm.range_lo), hi_(cfg.vpm.range_hi) {
   const size_t range = size_t{hi_} - lo_ + 1;
 
   // Listens in a canonical order so indices do not depend on app order.
@@ -63,8 +62,10 @@ Ruleset::Ruleset(const Config& cfg)
     for (uint16_t a : apps) {
       if (a == fallback) l.fallback_app = a;
       for (auto& r : cfg.apps[a].clients) {
-        if (r.exact) l.pairs.push_back({r.pair, a});
-        else l.prefixes.push_back({r.prefix, a});
+        if (r.exact)
+          l.pairs.push_back({r.pair, a});
+        else
+          l.prefixes.push_back({r.prefix, a});
       }
     }
     std::stable_sort(l.prefixes.begin(), l.prefixes.end(),

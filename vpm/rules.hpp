@@ -51,7 +51,7 @@ struct VirtualAddr {
   IpAddr addr;
   // p1 owning each hidden port, per protocol (index: port - range_lo; 0 = none).
   std::vector<uint16_t> p1_of_p2[2];
-  std::vector<uint32_t> listens;  // indices into Ruleset::listens, sorted by (p1, proto)
+  std::vector<uint32_t> listens;      // indices into Ruleset::listens, sorted by (p1, proto)
   std::vector<uint32_t> listen_keys;  // p1 << 8 | proto of each of `listens`, scanned per packet
 };
 

@@ -49,8 +49,10 @@ inline uint16_t l4_checksum(bool v6, const vpm::IpAddr& s, const vpm::IpAddr& d,
                             const Bytes& l4) {
   Bytes pseudo;
   auto append_addr = [&](const vpm::IpAddr& a) {
-    if (v6) pseudo.insert(pseudo.end(), a.bytes.begin(), a.bytes.end());
-    else pseudo.insert(pseudo.end(), a.bytes.begin() + 12, a.bytes.end());
+    if (v6)
+      pseudo.insert(pseudo.end(), a.bytes.begin(), a.bytes.end());
+    else
+      pseudo.insert(pseudo.end(), a.bytes.begin() + 12, a.bytes.end());
   };
   append_addr(s);
   append_addr(d);

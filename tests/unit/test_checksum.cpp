@@ -22,8 +22,10 @@ TEST_CASE("update16 matches a full recomputation for random data and edits") {
     uint16_t incremental = vpm::update16(before_sum, old_word, new_word);
     // 0x0000 and 0xFFFF are the same number in one's complement; a full
     // recomputation yields 0xFFFF only for all-zero data.
-    if (full == 0xffff) CHECK((incremental == 0xffff || incremental == 0x0000));
-    else REQUIRE(incremental == full);
+    if (full == 0xffff)
+      CHECK((incremental == 0xffff || incremental == 0x0000));
+    else
+      REQUIRE(incremental == full);
   }
 }
 

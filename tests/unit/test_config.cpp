@@ -93,25 +93,58 @@ proxy_protocol = "v2"
 TEST_CASE("configuration errors name line and key") {
   std::vector<ErrorCase> cases = {
       {"TOML syntax", "[vpm\n", 1, "", ""},
-      {"unknown key", std::string("[vpm]\nalocation = \"per-app\"\n") + kApp, 2, "vpm.alocation", "unknown key"},
-      {"bad range", std::string("[vpm]\nport_range = \"3-2\"\n") + kApp, 2, "vpm.port_range", "LOW-HIGH"},
-      {"bad allocation", std::string("[vpm]\nallocation = \"random\"\n") + kApp, 2, "vpm.allocation", "per-app"},
-      {"bad duration", std::string("[timeouts]\nudp = \"5 minutes\"\n") + kApp, 2, "timeouts.udp", "duration"},
+      {"unknown key", std::string("[vpm]\nalocation = \"per-app\"\n") + kApp, 2, "vpm.alocation",
+       "unknown key"},
+      {"bad range", std::string("[vpm]\nport_range = \"3-2\"\n") + kApp, 2, "vpm.port_range",
+       "LOW-HIGH"},
+      {"bad allocation", std::string("[vpm]\nallocation = \"random\"\n") + kApp, 2,
+       "vpm.allocation", "per-app"},
+      {"bad duration", std::string("[timeouts]\nudp = \"5 minutes\"\n") + kApp, 2, "timeouts.udp",
+       "duration"},
       {"wrong type", std::string("[tun]\nmtu = \"big\"\n") + kApp, 2, "tun.mtu", "integer"},
-      {"mtu too small for IPv6", std::string("[tun]\nmtu = 1000\naddress6 = \"fd00::1/64\"\n") + kApp, 2, "tun.mtu", "1280"},
+      {"mtu too small for IPv6",
+       std::string("[tun]\nmtu = 1000\naddress6 = \"fd00::1/64\"\n") + kApp, 2, "tun.mtu", "1280"},
       {"no apps", "[vpm]\n", 0, "app", "no [[app]]"},
-      {"listen port out of range", "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:70000\"]\nserve = \"echo\"\n", 4, "app[0].listen[0]", "1 to 65535"},
-      {"listen inside hidden range", "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:20001\"]\nserve = \"echo\"\n", 1, "app[0].listen", "inside vpm.port_range"},
-      {"client prefix too long", "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nclients = [\"198.51.100.0/33\"]\nserve = \"echo\"\n", 5, "app[0].clients[0]", "longer than 32"},
-      {"host bits", "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nclients = [\"198.51.100.5/24\"]\nserve = \"echo\"\n", 5, "app[0].clients[0]", "198.51.100.0/24"},
-      {"no aid", "[[app]]\nname = \"a\"\nlisten = [\"192.0.2.1:9000\"]\nserve = \"echo\"\n", 1, "app[0].aid", "needs an aid"},
-      {"serve and forward", "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nserve = \"echo\"\nforward = \"127.0.0.1:1\"\n", 6, "app[0]", "not both"},
-      {"unknown service", "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nserve = \"chargen\"\n", 5, "app[0].serve", "built-in"},
-      {"proxy protocol without forward", "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nserve = \"echo\"\nproxy_protocol = \"v2\"\n", 6, "app[0].proxy_protocol", "forward"},
+      {"listen port out of range",
+       "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:70000\"]\nserve = \"echo\"\n", 4,
+       "app[0].listen[0]", "1 to 65535"},
+      {"listen inside hidden range",
+       "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:20001\"]\nserve = \"echo\"\n", 1,
+       "app[0].listen", "inside vpm.port_range"},
+      {"client prefix too long",
+       "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nclients = "
+       "[\"198.51.100.0/33\"]\nserve = \"echo\"\n",
+       5, "app[0].clients[0]", "longer than 32"},
+      {"host bits",
+       "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nclients = "
+       "[\"198.51.100.5/24\"]\nserve = \"echo\"\n",
+       5, "app[0].clients[0]", "198.51.100.0/24"},
+      {"no aid", "[[app]]\nname = \"a\"\nlisten = [\"192.0.2.1:9000\"]\nserve = \"echo\"\n", 1,
+       "app[0].aid", "needs an aid"},
+      {"serve and forward",
+       "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nserve = \"echo\"\nforward = "
+       "\"127.0.0.1:1\"\n",
+       6, "app[0]", "not both"},
+      {"unknown service",
+       "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nserve = \"chargen\"\n", 5,
+       "app[0].serve", "built-in"},
+      {"proxy protocol without forward",
+       "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nserve = "
+       "\"echo\"\nproxy_protocol = \"v2\"\n",
+       6, "app[0].proxy_protocol", "forward"},
       {"duplicate name", std::string(kApp) + kApp, 9, "app[1].name", "already defined"},
-      {"same rule twice", std::string(kApp) + "[[app]]\nname = \"green\"\naid = 102\nlisten = [\"192.0.2.10:9000\"]\nclients = [\"198.51.100.0/24\"]\nserve = \"echo\"\n", 8, "app[1].clients", "already claimed by app 'blue'"},
-      {"unmatched names no app", std::string("[vpm]\nunmatched = \"nobody\"\n") + kApp, 2, "vpm.unmatched", "neither"},
-      {"range too small", std::string("[vpm]\nport_range = \"20000-20000\"\n") + kApp + "[[app]]\nname = \"green\"\naid = 102\nlisten = [\"192.0.2.10:9000\"]\nserve = \"echo\"\n", 2, "vpm.port_range", "at least 2 ports"},
+      {"same rule twice",
+       std::string(kApp) +
+           "[[app]]\nname = \"green\"\naid = 102\nlisten = [\"192.0.2.10:9000\"]\nclients = "
+           "[\"198.51.100.0/24\"]\nserve = \"echo\"\n",
+       8, "app[1].clients", "already claimed by app 'blue'"},
+      {"unmatched names no app", std::string("[vpm]\nunmatched = \"nobody\"\n") + kApp, 2,
+       "vpm.unmatched", "neither"},
+      {"range too small",
+       std::string("[vpm]\nport_range = \"20000-20000\"\n") + kApp +
+           "[[app]]\nname = \"green\"\naid = 102\nlisten = [\"192.0.2.10:9000\"]\nserve = "
+           "\"echo\"\n",
+       2, "vpm.port_range", "at least 2 ports"},
   };
   for (auto& c : cases) {
     SECTION(c.description) {
@@ -130,7 +163,8 @@ TEST_CASE("configuration errors name line and key") {
 }
 
 TEST_CASE("all errors are reported at once") {
-  auto r = vpm::parse_config("[vpm]\nallocation = \"x\"\nqueue_timeout_ms = -1\n[tun]\nmtu = 1\n", "t.toml");
+  auto r = vpm::parse_config("[vpm]\nallocation = \"x\"\nqueue_timeout_ms = -1\n[tun]\nmtu = 1\n",
+                             "t.toml");
   auto* errors = std::get_if<std::vector<vpm::ConfigError>>(&r);
   REQUIRE(errors);
   CHECK(errors->size() == 3);

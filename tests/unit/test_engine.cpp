@@ -36,7 +36,9 @@ uint16_t p2_of(const vpm::Engine& e, const char* vaddr, const char* app) {
   return 0;
 }
 
-size_t l4_offset(const Bytes& p) { return (p[0] >> 4) == 6 ? 40 : static_cast<size_t>(p[0] & 15) * 4; }
+size_t l4_offset(const Bytes& p) {
+  return (p[0] >> 4) == 6 ? 40 : static_cast<size_t>(p[0] & 15) * 4;
+}
 
 struct Case {
   const char* description;
@@ -52,19 +54,84 @@ struct Case {
 TEST_CASE("engine verdicts and ports, one packet each") {
   auto cfg = config(kDemo);
   std::vector<Case> cases = {
-      {"TCP SYN from a blue client", {"198.51.100.5", "192.0.2.10", 6, 40000, 9000, 0x02}, true, Verdict::translated, Drop::none, "blue"},
-      {"TCP SYN from a green prefix", {"203.0.113.5", "192.0.2.10", 6, 40000, 9000, 0x02}, true, Verdict::translated, Drop::none, "green"},
-      {"exact pair beats the blue /24", {"198.51.100.7", "192.0.2.10", 6, 40000, 9000, 0x02}, true, Verdict::translated, Drop::none, "green"},
-      {"UDP over IPv6 from blue", {"2001:db8:1::5", "2001:db8::10", 17, 5353, 9000, 0, {1, 2, 3}}, true, Verdict::translated, Drop::none, "blue"},
-      {"reply from the vaddr, mid-stream pickup", {"192.0.2.10", "203.0.113.5", 6, 9000, 41000, 0x10}, true, Verdict::translated, Drop::none, "green"},
-      {"unmatched client is refused", {"192.0.2.99", "192.0.2.10", 6, 40000, 9000, 0x02}, true, Verdict::refused, Drop::unmatched, nullptr},
-      {"direct access to a hidden port", {"198.51.100.5", "192.0.2.10", 6, 40000, 22000, 0x02}, true, Verdict::dropped, Drop::hidden_port, nullptr},
-      {"other port of the vaddr passes", {"198.51.100.5", "192.0.2.10", 6, 40000, 80, 0x02}, true, Verdict::passed, Drop::none, nullptr},
-      {"9000/tcp on another address passes", {"198.51.100.5", "192.0.2.11", 6, 40000, 9000, 0x02}, true, Verdict::passed, Drop::none, nullptr},
-      {"ICMP echo passes", {"198.51.100.5", "192.0.2.10", 1, 0, 0, 0, {0, 1, 0, 1}, 8, 0}, true, Verdict::passed, Drop::none, nullptr},
-      {"stack side: p1 on the stack is an error", {"192.0.2.10", "198.51.100.5", 6, 9000, 40000, 0x12}, false, Verdict::dropped, Drop::stack_used_p1, nullptr},
-      {"stack side: hidden port with no owner", {"192.0.2.10", "198.51.100.5", 6, 29999, 40000, 0x12}, false, Verdict::dropped, Drop::unassigned_p2, nullptr},
-      {"stack side: other port passes", {"192.0.2.10", "198.51.100.5", 6, 80, 40000, 0x12}, false, Verdict::passed, Drop::none, nullptr},
+      {"TCP SYN from a blue client",
+       {"198.51.100.5", "192.0.2.10", 6, 40000, 9000, 0x02},
+       true,
+       Verdict::translated,
+       Drop::none,
+       "blue"},
+      {"TCP SYN from a green prefix",
+       {"203.0.113.5", "192.0.2.10", 6, 40000, 9000, 0x02},
+       true,
+       Verdict::translated,
+       Drop::none,
+       "green"},
+      {"exact pair beats the blue /24",
+       {"198.51.100.7", "192.0.2.10", 6, 40000, 9000, 0x02},
+       true,
+       Verdict::translated,
+       Drop::none,
+       "green"},
+      {"UDP over IPv6 from blue",
+       {"2001:db8:1::5", "2001:db8::10", 17, 5353, 9000, 0, {1, 2, 3}},
+       true,
+       Verdict::translated,
+       Drop::none,
+       "blue"},
+      {"reply from the vaddr, mid-stream pickup",
+       {"192.0.2.10", "203.0.113.5", 6, 9000, 41000, 0x10},
+       true,
+       Verdict::translated,
+       Drop::none,
+       "green"},
+      {"unmatched client is refused",
+       {"192.0.2.99", "192.0.2.10", 6, 40000, 9000, 0x02},
+       true,
+       Verdict::refused,
+       Drop::unmatched,
+       nullptr},
+      {"direct access to a hidden port",
+       {"198.51.100.5", "192.0.2.10", 6, 40000, 22000, 0x02},
+       true,
+       Verdict::dropped,
+       Drop::hidden_port,
+       nullptr},
+      {"other port of the vaddr passes",
+       {"198.51.100.5", "192.0.2.10", 6, 40000, 80, 0x02},
+       true,
+       Verdict::passed,
+       Drop::none,
+       nullptr},
+      {"9000/tcp on another address passes",
+       {"198.51.100.5", "192.0.2.11", 6, 40000, 9000, 0x02},
+       true,
+       Verdict::passed,
+       Drop::none,
+       nullptr},
+      {"ICMP echo passes",
+       {"198.51.100.5", "192.0.2.10", 1, 0, 0, 0, {0, 1, 0, 1}, 8, 0},
+       true,
+       Verdict::passed,
+       Drop::none,
+       nullptr},
+      {"stack side: p1 on the stack is an error",
+       {"192.0.2.10", "198.51.100.5", 6, 9000, 40000, 0x12},
+       false,
+       Verdict::dropped,
+       Drop::stack_used_p1,
+       nullptr},
+      {"stack side: hidden port with no owner",
+       {"192.0.2.10", "198.51.100.5", 6, 29999, 40000, 0x12},
+       false,
+       Verdict::dropped,
+       Drop::unassigned_p2,
+       nullptr},
+      {"stack side: other port passes",
+       {"192.0.2.10", "198.51.100.5", 6, 80, 40000, 0x12},
+       false,
+       Verdict::passed,
+       Drop::none,
+       nullptr},
   };
   for (auto& c : cases) {
     SECTION(c.description) {
@@ -77,7 +144,12 @@ TEST_CASE("engine verdicts and ports, one packet each") {
       size_t l4 = l4_offset(p);
       bool inbound = c.packet.dport == 9000 || c.packet.dport == 22000 || c.packet.dport == 80;
       if (c.p2_app) {
-        CHECK(get16(p, l4 + (inbound ? 2 : 0)) == p2_of(engine, c.packet.src[0] == '2' && c.packet.src.find(':') != std::string::npos ? "2001:db8::10" : "192.0.2.10", c.p2_app));
+        CHECK(get16(p, l4 + (inbound ? 2 : 0)) ==
+              p2_of(engine,
+                    c.packet.src[0] == '2' && c.packet.src.find(':') != std::string::npos
+                        ? "2001:db8::10"
+                        : "192.0.2.10",
+                    c.p2_app));
         CHECK(l4_checksum_ok(p));
         CHECK(engine.to_tun(p, 0).verdict == Verdict::translated);
         CHECK(p == before);
@@ -193,7 +265,8 @@ TEST_CASE("TCP state and timeouts") {
   cfg.timeouts.tcp_established_ms = 5000;
   cfg.timeouts.tcp_closed_ms = 100;
   vpm::Engine e(cfg);
-  auto send = [&](const char* src, const char* dst, uint16_t sp, uint16_t dp, uint8_t flags, uint64_t t) {
+  auto send = [&](const char* src, const char* dst, uint16_t sp, uint16_t dp, uint8_t flags,
+                  uint64_t t) {
     Bytes p = build({src, dst, 6, sp, dp, flags});
     return e.to_stack(p, t);
   };
@@ -268,7 +341,8 @@ serve = "echo"
   CHECK(get16(u, 22) == 20000);
   // A mid-connection packet with no translation cannot be given a port.
   CHECK(syn(1009, 10, 0x10).first.reason == Drop::no_flow);
-  // The first connection ends; once its linger is over, the waiting client's retransmission gets 20000.
+  // The first connection ends; once its linger is over, the waiting client's retransmission gets
+  // 20000.
   syn(1001, 20, 0x04);
   e.expire(600, SIZE_MAX);
   auto [r4, port4] = syn(1003, 1000);
@@ -290,8 +364,10 @@ TEST_CASE("a full flow table refuses new flows and counts them") {
   for (uint16_t port : {1000, 1001, 1002}) {
     Bytes p = build({"198.51.100.5", "192.0.2.10", 6, port, 9000, 0x02});
     auto r = e.to_stack(p, 0);
-    if (port < 1002) CHECK(r.verdict == Verdict::translated);
-    else CHECK(r.reason == Drop::table_full);
+    if (port < 1002)
+      CHECK(r.verdict == Verdict::translated);
+    else
+      CHECK(r.reason == Drop::table_full);
   }
   CHECK(e.counters().refused == 1);
   CHECK(e.counters().flows_created == 2);

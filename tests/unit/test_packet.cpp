@@ -64,7 +64,8 @@ TEST_CASE("parse_packet verdicts") {
 
   Bytes frag6_first = with_ext6(udp6(), 44, {0, 0, 0x00, 0x01, 0, 0, 0, 7});
   Bytes frag6_later = with_ext6(udp6(), 44, {0, 0, 0x00, 0x08, 0, 0, 0, 7});
-  Bytes hbh_dst = with_ext6(with_ext6(udp6(), 60, {0, 0, 1, 4, 0, 0, 0, 0}), 0, {0, 0, 1, 4, 0, 0, 0, 0});
+  Bytes hbh_dst =
+      with_ext6(with_ext6(udp6(), 60, {0, 0, 1, 4, 0, 0, 0, 0}), 0, {0, 0, 1, 4, 0, 0, 0, 0});
   Bytes ext_overrun = with_ext6(udp6(), 60, {0, 9, 1, 4, 0, 0, 0, 0});  // claims 80 bytes
   Bytes no_next = with_ext6(udp6(), 60, {0, 0, 1, 4, 0, 0, 0, 0});
   no_next[40] = 59;

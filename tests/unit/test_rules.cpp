@@ -60,17 +60,18 @@ TEST_CASE("classification: exact pair beats prefix, longer prefix beats shorter"
     uint16_t app;
   };
   std::vector<Case> cases = {
-      {"198.51.100.5", 1234, 0},        // /24 -> blue
-      {"198.51.100.200", 1234, 1},      // /25 beats /24 -> green
-      {"198.51.100.7", 40000, 1},       // exact pair beats /24 -> green
-      {"198.51.100.7", 40001, 0},       // other port of that host -> blue
+      {"198.51.100.5", 1234, 0},           // /24 -> blue
+      {"198.51.100.200", 1234, 1},         // /25 beats /24 -> green
+      {"198.51.100.7", 40000, 1},          // exact pair beats /24 -> green
+      {"198.51.100.7", 40001, 0},          // other port of that host -> blue
       {"203.0.113.1", 1234, vpm::kNoApp},  // nobody -> refused
   };
   for (auto& c : cases) {
     INFO(c.client << ":" << c.port);
     CHECK(rules.classify(*l, addr(c.client), c.port) == c.app);
   }
-  const vpm::Listen* l6 = rules.find_listen(rules.find_vaddr(addr("2001:db8::10")), 9000, vpm::Proto::tcp);
+  const vpm::Listen* l6 =
+      rules.find_listen(rules.find_vaddr(addr("2001:db8::10")), 9000, vpm::Proto::tcp);
   REQUIRE(l6);
   CHECK(rules.classify(*l6, addr("2001:db8:1::5"), 1) == 0);
 }
@@ -189,7 +190,8 @@ TEST_CASE("FlowTable behaves like a map under random inserts and erases") {
   }
   // A sweep removes exactly what it is asked to, wherever backward shifts move flows.
   size_t erased = 0;
-  table.sweep(SIZE_MAX, [](const vpm::Flow& f) { return f.p2 % 3 == 0; }, [&](vpm::Flow&) { ++erased; });
+  table.sweep(
+      SIZE_MAX, [](const vpm::Flow& f) { return f.p2 % 3 == 0; }, [&](vpm::Flow&) { ++erased; });
   size_t left = 0;
   table.for_each([&](const vpm::Flow& f, const vpm::FlowStats&) {
     CHECK(f.p2 % 3 != 0);
@@ -200,6 +202,7 @@ TEST_CASE("FlowTable behaves like a map under random inserts and erases") {
   CHECK(erased + left == model.size());
   CHECK(table.size() == left);
   CHECK(erased <= multiples);  // slots re-filled after the cursor passed are left for next time
-  table.sweep(SIZE_MAX, [](const vpm::Flow& f) { return f.p2 % 3 == 0; }, [&](vpm::Flow&) { ++erased; });
+  table.sweep(
+      SIZE_MAX, [](const vpm::Flow& f) { return f.p2 % 3 == 0; }, [&](vpm::Flow&) { ++erased; });
   CHECK(erased == multiples);
 }

@@ -36,7 +36,8 @@ Bytes make_packet(bool v6, bool udp, bool inbound, uint32_t c, uint16_t cport, s
     client[14] = static_cast<uint8_t>(c >> 8), client[15] = static_cast<uint8_t>(c);
     vip[15] = 0x10;
   } else {
-    client[0] = 10, client[1] = 200, client[2] = static_cast<uint8_t>(1 + c % 2), client[3] = static_cast<uint8_t>(c);
+    client[0] = 10, client[1] = 200, client[2] = static_cast<uint8_t>(1 + c % 2),
+    client[3] = static_cast<uint8_t>(c);
     vip[0] = 10, vip[1] = 99, vip[2] = 0, vip[3] = 10;
   }
   const uint8_t* src = inbound ? client : vip;
@@ -110,7 +111,8 @@ int engine(const std::string& path, const std::string& config_path) {
   text << in.rdbuf();
   auto parsed = vpm::parse_config(text.str(), config_path);
   if (!std::holds_alternative<vpm::Config>(parsed)) {
-    for (auto& e : std::get<std::vector<vpm::ConfigError>>(parsed)) fmt::print(stderr, "{}\n", e.str());
+    for (auto& e : std::get<std::vector<vpm::ConfigError>>(parsed))
+      fmt::print(stderr, "{}\n", e.str());
     return 1;
   }
   auto cfg = std::get<vpm::Config>(parsed);
@@ -137,8 +139,10 @@ int engine(const std::string& path, const std::string& config_path) {
   auto run = [&](vpm::Side side) {
     for (auto& [at, len] : packets) {
       std::span<uint8_t> p{arena.data() + at, len};
-      if (side == vpm::to_stack_side) e.to_stack(p, 1000);
-      else e.to_tun(p, 1000);
+      if (side == vpm::to_stack_side)
+        e.to_stack(p, 1000);
+      else
+        e.to_tun(p, 1000);
     }
   };
   std::vector<double> fwd, rev;
@@ -148,16 +152,21 @@ int engine(const std::string& path, const std::string& config_path) {
     auto t1 = std::chrono::steady_clock::now();
     run(vpm::to_tun_side);
     auto t2 = std::chrono::steady_clock::now();
-    fwd.push_back(static_cast<double>(packets.size()) / std::chrono::duration<double>(t1 - t0).count());
-    rev.push_back(static_cast<double>(packets.size()) / std::chrono::duration<double>(t2 - t1).count());
+    fwd.push_back(static_cast<double>(packets.size()) /
+                  std::chrono::duration<double>(t1 - t0).count());
+    rev.push_back(static_cast<double>(packets.size()) /
+                  std::chrono::duration<double>(t2 - t1).count());
   }
   std::sort(fwd.begin(), fwd.end());
   std::sort(rev.begin(), rev.end());
   const auto& c = e.counters();
-  fmt::print("engine: {} packets x 7 rounds each way, {} flows; translated {}, dropped {}, refused {}\n",
-             packets.size(), e.flows().size(), c.translated, c.dropped, c.refused);
-  fmt::print("engine to_stack median {:.1f} Mpps (min {:.1f}, max {:.1f})\n", fwd[3] / 1e6, fwd[0] / 1e6, fwd[6] / 1e6);
-  fmt::print("engine to_tun   median {:.1f} Mpps (min {:.1f}, max {:.1f})\n", rev[3] / 1e6, rev[0] / 1e6, rev[6] / 1e6);
+  fmt::print(
+      "engine: {} packets x 7 rounds each way, {} flows; translated {}, dropped {}, refused {}\n",
+      packets.size(), e.flows().size(), c.translated, c.dropped, c.refused);
+  fmt::print("engine to_stack median {:.1f} Mpps (min {:.1f}, max {:.1f})\n", fwd[3] / 1e6,
+             fwd[0] / 1e6, fwd[6] / 1e6);
+  fmt::print("engine to_tun   median {:.1f} Mpps (min {:.1f}, max {:.1f})\n", rev[3] / 1e6,
+             rev[0] / 1e6, rev[6] / 1e6);
   return 0;
 }
 

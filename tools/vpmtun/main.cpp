@@ -1,9 +1,9 @@
 // The vpmtun command: verbs, options and help.
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <set>
 
 #include "config_file.hpp"
@@ -34,7 +34,8 @@ void describe_config(const vpm::Config& cfg) {
       if (!listens_here) continue;
       std::string rules_text;
       for (auto& r : cfg.apps[a].clients) rules_text += (rules_text.empty() ? "" : ", ") + r.str();
-      if (l.fallback_app == a) rules_text += rules_text.empty() ? "unmatched clients" : ", unmatched clients";
+      if (l.fallback_app == a)
+        rules_text += rules_text.empty() ? "unmatched clients" : ", unmatched clients";
       std::string p2 = cfg.vpm.allocation == vpm::Allocation::per_app
                            ? fmt::format("p2 {}", l.p2_of_app[a])
                            : fmt::format("p2 {}-{} per connection", l.slice_lo, l.slice_hi);
@@ -64,7 +65,8 @@ int main(int argc, char** argv) {
       "\nRun 'vpmtun VERB --help' for the options of a verb.");
 
   std::string config_path;
-  auto* check = app.add_subcommand("check", "Validate a configuration file without starting anything");
+  auto* check =
+      app.add_subcommand("check", "Validate a configuration file without starting anything");
   check->add_option("-c,--config", config_path, "Configuration file (TOML)")->required();
   check->footer(
       "Prints every error as FILE:LINE: KEY: message and exits 1, or prints what the\n"
@@ -72,12 +74,18 @@ int main(int argc, char** argv) {
       "Example:\n  vpmtun check -c /etc/vpmtun/vpm.toml");
 
   vpmtun::ReplayOptions ropt;
-  auto* rep = app.add_subcommand("replay", "Translate a capture file offline with the daemon's engine");
-  rep->add_option("input", ropt.input, "Capture to read (pcap or pcapng)")->required()->check(CLI::ExistingFile);
+  auto* rep =
+      app.add_subcommand("replay", "Translate a capture file offline with the daemon's engine");
+  rep->add_option("input", ropt.input, "Capture to read (pcap or pcapng)")
+      ->required()
+      ->check(CLI::ExistingFile);
   rep->add_option("-c,--config", config_path, "Configuration file (TOML)")->required();
-  rep->add_option("-o,--output", ropt.output, "Capture to write (pcap, same link type)")->required();
-  rep->add_flag("-r,--reverse", ropt.reverse, "Input is a stack-side capture (p2); map it back to the TUN side (p1)");
-  rep->add_flag("-p,--print", ropt.print, "Print one line per packet: what it was and what it became");
+  rep->add_option("-o,--output", ropt.output, "Capture to write (pcap, same link type)")
+      ->required();
+  rep->add_flag("-r,--reverse", ropt.reverse,
+                "Input is a stack-side capture (p2); map it back to the TUN side (p1)");
+  rep->add_flag("-p,--print", ropt.print,
+                "Print one line per packet: what it was and what it became");
   rep->add_flag("-q,--quiet", ropt.quiet, "No summary and no per-packet warnings");
   rep->footer(
       "A TUN-side capture is what clients send and receive (port p1); the stack side\n"

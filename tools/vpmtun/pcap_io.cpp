@@ -19,8 +19,10 @@ namespace {
 // values. They agree except for a few, of which raw IP matters here.
 uint32_t dlt_to_linktype(int dlt) {
   switch (dlt) {
-    case DLT_RAW: return 101;  // LINKTYPE_RAW
-    default: return static_cast<uint32_t>(dlt);
+    case DLT_RAW:
+      return 101;  // LINKTYPE_RAW
+    default:
+      return static_cast<uint32_t>(dlt);
   }
 }
 
@@ -44,8 +46,10 @@ bool linktype_supported(int linktype) {
     case DLT_LINUX_SLL:
     case DLT_LINUX_SLL2:
     case DLT_NULL:
-    case DLT_LOOP: return true;
-    default: return false;
+    case DLT_LOOP:
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -53,7 +57,8 @@ std::optional<size_t> ip_offset(int linktype, std::span<const uint8_t> f) {
   switch (linktype) {
     case DLT_RAW:
     case DLT_IPV4:
-    case DLT_IPV6: return 0;
+    case DLT_IPV6:
+      return 0;
     case DLT_EN10MB: {
       if (f.size() < 14) return std::nullopt;
       size_t at = 12;
@@ -74,13 +79,16 @@ std::optional<size_t> ip_offset(int linktype, std::span<const uint8_t> f) {
     case DLT_LOOP: {
       // Address family in host (NULL) or network (LOOP) order; IPv6 has several values.
       if (f.size() < 4) return std::nullopt;
-      uint32_t le = uint32_t{f[0]} | uint32_t{f[1]} << 8 | uint32_t{f[2]} << 16 | uint32_t{f[3]} << 24;
-      uint32_t be = uint32_t{f[3]} | uint32_t{f[2]} << 8 | uint32_t{f[1]} << 16 | uint32_t{f[0]} << 24;
+      uint32_t le =
+          uint32_t{f[0]} | uint32_t{f[1]} << 8 | uint32_t{f[2]} << 16 | uint32_t{f[3]} << 24;
+      uint32_t be =
+          uint32_t{f[3]} | uint32_t{f[2]} << 8 | uint32_t{f[1]} << 16 | uint32_t{f[0]} << 24;
       uint32_t af = linktype == DLT_LOOP ? be : (le < 256 ? le : be);
       if (af == 2 || af == 10 || af == 24 || af == 28 || af == 30) return 4;
       return std::nullopt;
     }
-    default: return std::nullopt;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -123,8 +131,10 @@ PcapReader::PcapReader(const std::string& path) : path_(path) {
   char err[PCAP_ERRBUF_SIZE] = {};
   pcap_ = f ? pcap_fopen_offline(f, err) : nullptr;
   if (!pcap_) {
-    if (f) std::fclose(f);
-    else ::close(fd);
+    if (f)
+      std::fclose(f);
+    else
+      ::close(fd);
     throw std::runtime_error(path + ": not a capture file libpcap can read (" + err + ")");
   }
   linktype_ = pcap_datalink(pcap_);
@@ -187,7 +197,12 @@ PcapWriter::PcapWriter(const std::string& path, int linktype, int snaplen, bool 
     uint16_t major, minor;
     int32_t thiszone;
     uint32_t sigfigs, snaplen, linktype;
-  } h{nanosecond ? 0xa1b23c4du : 0xa1b2c3d4u, 2, 4, 0, 0, static_cast<uint32_t>(snaplen),
+  } h{nanosecond ? 0xa1b23c4du : 0xa1b2c3d4u,
+      2,
+      4,
+      0,
+      0,
+      static_cast<uint32_t>(snaplen),
       dlt_to_linktype(linktype)};
   std::memcpy(buf_.data(), &h, sizeof h);
   used_ = sizeof h;
@@ -203,8 +218,8 @@ uint8_t* PcapWriter::append(const pcap_pkthdr& header, const uint8_t* data) {
     flush();
     if (need > buf_.size()) buf_.resize(need);
   }
-  uint32_t rec[4] = {static_cast<uint32_t>(header.ts.tv_sec), static_cast<uint32_t>(header.ts.tv_usec),
-                     header.caplen, header.len};
+  uint32_t rec[4] = {static_cast<uint32_t>(header.ts.tv_sec),
+                     static_cast<uint32_t>(header.ts.tv_usec), header.caplen, header.len};
   last_ = used_;
   std::memcpy(buf_.data() + used_, rec, 16);
   std::memcpy(buf_.data() + used_ + 16, data, header.caplen);

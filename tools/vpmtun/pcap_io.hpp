@@ -40,7 +40,7 @@ class PcapReader {
   bool next_mapped(pcap_pkthdr& header, const uint8_t*& data);
 
   std::string path_;
-  pcap_t* pcap_ = nullptr;  // libpcap path
+  pcap_t* pcap_ = nullptr;        // libpcap path
   const uint8_t* map_ = nullptr;  // mapped path
   size_t at_ = 0;
   bool swapped_ = false;

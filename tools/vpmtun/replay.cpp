@@ -24,9 +24,7 @@ constexpr int kDropsShownPerReason = 5;
 std::string describe(std::span<uint8_t> ip) {
   vpm::PacketView v;
   if (vpm::parse_packet(ip, v) != vpm::Drop::none) return "malformed IP packet";
-  auto ep = [&](const vpm::IpAddr& a, uint16_t port) {
-    return vpm::Endpoint{a, port}.str();
-  };
+  auto ep = [&](const vpm::IpAddr& a, uint16_t port) { return vpm::Endpoint{a, port}.str(); };
   if (v.has_l4 && v.proto == vpm::ipproto::udp)
     return fmt::format("udp {} > {}", ep(v.src(), v.src_port()), ep(v.dst(), v.dst_port()));
   if (v.has_l4 && v.proto == vpm::ipproto::tcp) {
@@ -35,7 +33,8 @@ std::string describe(std::span<uint8_t> ip) {
     std::string flags;
     for (auto [bit, c] : {std::pair{0x02, 'S'}, {0x01, 'F'}, {0x04, 'R'}, {0x08, 'P'}, {0x10, '.'}})
       if (f & bit) flags += c;
-    return fmt::format("tcp {} > {} [{}]", ep(v.src(), v.src_port()), ep(v.dst(), v.dst_port()), flags);
+    return fmt::format("tcp {} > {} [{}]", ep(v.src(), v.src_port()), ep(v.dst(), v.dst_port()),
+                       flags);
   }
   const char* name = v.proto == vpm::ipproto::icmp     ? "icmp"
                      : v.proto == vpm::ipproto::icmpv6 ? "icmp6"
@@ -56,8 +55,8 @@ class Progress {
     last_ = now;
     double frac = total_ ? static_cast<double>(position()) / static_cast<double>(total_) : 0.0;
     int filled = static_cast<int>(frac * 30);
-    fmt::print(stderr, "\r[{:<30}] {:3.0f}% {} packets", std::string(static_cast<size_t>(filled), '#'),
-               frac * 100, packets);
+    fmt::print(stderr, "\r[{:<30}] {:3.0f}% {} packets",
+               std::string(static_cast<size_t>(filled), '#'), frac * 100, packets);
     shown_ = true;
   }
   ~Progress() {
@@ -84,12 +83,14 @@ void print_summary(const ReplayOptions& opt, const vpm::Engine& engine, uint64_t
   fmt::print("  {:<22}{:>12}\n", "refused", c.refused);
   for (size_t r = 1; r < vpm::kDropCount; ++r)
     if (c.by_reason[r])
-      fmt::print("    {:<20}{:>12}  {}\n", vpm::drop_name(static_cast<vpm::Drop>(r)), c.by_reason[r],
-                 vpm::drop_description(static_cast<vpm::Drop>(r)));
+      fmt::print("    {:<20}{:>12}  {}\n", vpm::drop_name(static_cast<vpm::Drop>(r)),
+                 c.by_reason[r], vpm::drop_description(static_cast<vpm::Drop>(r)));
   if (!opt.reverse) fmt::print("  {:<22}{:>12}\n", "flows created", c.flows_created);
   if (snapped)
-    fmt::print("  note: {} packets were cut short by the capture's snaplen and could not be "
-               "translated; capture with -s 0\n", snapped);
+    fmt::print(
+        "  note: {} packets were cut short by the capture's snaplen and could not be "
+        "translated; capture with -s 0\n",
+        snapped);
 }
 
 }  // namespace
@@ -104,9 +105,10 @@ int replay(const vpm::Config& cfg, const ReplayOptions& opt) {
     PcapReader in(opt.input);
     if (!linktype_supported(in.linktype())) {
       const char* name = pcap_datalink_val_to_name(in.linktype());
-      spdlog::error("{}: link type {} ({}) is not supported; replay reads raw IP, Ethernet, "
-                    "Linux cooked (SLL, SLL2) and loopback captures",
-                    opt.input, in.linktype(), name ? name : "unknown");
+      spdlog::error(
+          "{}: link type {} ({}) is not supported; replay reads raw IP, Ethernet, "
+          "Linux cooked (SLL, SLL2) and loopback captures",
+          opt.input, in.linktype(), name ? name : "unknown");
       return 2;
     }
     PcapWriter out(opt.output, in.linktype(), in.snaplen(), in.nanosecond());
@@ -150,9 +152,11 @@ int replay(const vpm::Config& cfg, const ReplayOptions& opt) {
         if (r.verdict == vpm::Verdict::translated)
           fmt::print("{:>7}  {}  =>  {}{}\n", records, before, describe(ip), app);
         else
-          fmt::print("{:>7}  {}  {}{}\n", records, before, r.reason == vpm::Drop::none
-                         ? std::string("passed") : std::string(vpm::verdict_name(r.verdict)) + ": " +
-                         vpm::drop_name(r.reason), app);
+          fmt::print("{:>7}  {}  {}{}\n", records, before,
+                     r.reason == vpm::Drop::none ? std::string("passed")
+                                                 : std::string(vpm::verdict_name(r.verdict)) +
+                                                       ": " + vpm::drop_name(r.reason),
+                     app);
       }
       if (clock - last_sweep >= kSweepEveryMs) {
         engine.expire(clock, SIZE_MAX);
