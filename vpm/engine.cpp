@@ -143,50 +143,63 @@ Result Engine::to_tun(std::span<uint8_t> packet, uint64_t now_ms) {
   return count(kPass);
 }
 
+// The two ends of a TCP/UDP packet as the engine sees them: which is the
+// virtual address (the destination wins if both are), and the client.
+struct Engine::Ends {
+  int vaddr = -1;  // index in the ruleset, -1 if neither end is virtual
+  bool inbound = false;
+  IpAddr client, vip;
+  uint16_t client_port = 0, vport = 0;
+
+  FlowKey key(uint16_t p1, Proto proto) const {
+    return make_key(client, client_port, vip, p1, proto);
+  }
+};
+
+Engine::Ends Engine::ends(const PacketView& v) const {
+  Ends e;
+  e.vip = v.dst();
+  e.vaddr = rules_.find_vaddr(e.vip);
+  e.inbound = e.vaddr >= 0;
+  e.client = v.src();
+  if (!e.inbound) {
+    std::swap(e.client, e.vip);
+    e.vaddr = rules_.find_vaddr(e.vip);
+  }
+  e.client_port = e.inbound ? v.src_port() : v.dst_port();
+  e.vport = e.inbound ? v.dst_port() : v.src_port();
+  return e;
+}
+
 Result Engine::stack_l4(const PacketView& v, uint64_t now) {
   Proto proto = to_proto(v.proto);
-  IpAddr dst = v.dst();
-  int vi = rules_.find_vaddr(dst);
-  bool inbound = vi >= 0;
-  IpAddr src = v.src();
-  if (!inbound) vi = rules_.find_vaddr(src);
-  if (vi < 0) return kPass;
-  uint16_t vport = inbound ? v.dst_port() : v.src_port();
-  const Listen* l = rules_.find_listen(vi, vport, proto);
+  Ends e = ends(v);
+  if (e.vaddr < 0) return kPass;
+  const Listen* l = rules_.find_listen(e.vaddr, e.vport, proto);
   // Hidden ports are reachable only through translation.
-  if (!l) return rules_.hidden(vport) ? drop(Drop::hidden_port) : kPass;
-  FlowKey key = inbound ? make_key(src, v.src_port(), dst, vport, proto)
-                        : make_key(dst, v.dst_port(), src, vport, proto);
+  if (!l) return rules_.hidden(e.vport) ? drop(Drop::hidden_port) : kPass;
   uint8_t flags = tcp_flags(v);
-  Mapping m = flow_p2(key, *l, inbound, flags, now);
+  Mapping m = flow_p2(e.key(e.vport, proto), *l, e.inbound, flags, now);
   if (m.port == 0) return m.result;
-  track(*m.flow, proto, flags, inbound, v.bytes.size(), now);
+  track(*m.flow, proto, flags, e.inbound, v.bytes.size(), now);
   WordEdit edits[2];
-  rewrite_port(proto, v.l4_ptr(), v.l4_len(), inbound, m.port, edits);
+  rewrite_port(proto, v.l4_ptr(), v.l4_len(), e.inbound, m.port, edits);
   return {Verdict::translated, Drop::none, m.flow->app};
 }
 
 Result Engine::tun_l4(const PacketView& v, uint64_t now) {
   Proto proto = to_proto(v.proto);
-  IpAddr dst = v.dst();
-  int vi = rules_.find_vaddr(dst);
-  bool inbound = vi >= 0;
-  IpAddr src = v.src();
-  if (!inbound) vi = rules_.find_vaddr(src);
-  if (vi < 0) return kPass;
-  uint16_t vport = inbound ? v.dst_port() : v.src_port();
-  Mapping m = reverse_p1(vi, proto, vport);
+  Ends e = ends(v);
+  if (e.vaddr < 0) return kPass;
+  Mapping m = reverse_p1(e.vaddr, proto, e.vport);
   if (m.port == 0) return m.result;
-  IpAddr vaddr = inbound ? dst : src;
-  FlowKey key = inbound ? make_key(src, v.src_port(), vaddr, m.port, proto)
-                        : make_key(dst, v.dst_port(), vaddr, m.port, proto);
   Result r = kTranslated;
-  if (Flow* f = flows_.find(key)) {
-    track(*f, proto, tcp_flags(v), inbound, v.bytes.size(), now);
+  if (Flow* f = flows_.find(e.key(m.port, proto))) {
+    track(*f, proto, tcp_flags(v), e.inbound, v.bytes.size(), now);
     r.app = f->app;
   }
   WordEdit edits[2];
-  rewrite_port(proto, v.l4_ptr(), v.l4_len(), inbound, m.port, edits);
+  rewrite_port(proto, v.l4_ptr(), v.l4_len(), e.inbound, m.port, edits);
   return r;
 }
 

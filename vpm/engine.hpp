@@ -97,6 +97,8 @@ class Engine {
     Flow* flow = nullptr;  // the flow that holds the translation, if any
   };
 
+  struct Ends;
+  Ends ends(const PacketView& v) const;
   Result stack_l4(const PacketView& v, uint64_t now);
   Result tun_l4(const PacketView& v, uint64_t now);
   Result icmp_error(const PacketView& v, Side side);

@@ -27,7 +27,6 @@ void describe_config(const vpm::Config& cfg) {
   for (auto& l : rules.listens()) {
     fmt::print("  {}/{}\n", vpm::Endpoint{l.vaddr, l.p1}.str(), vpm::proto_name(l.proto));
     for (size_t a = 0; a < cfg.apps.size(); ++a) {
-      if (l.p2_of_app[a] == 0 && (cfg.vpm.allocation == vpm::Allocation::per_app)) continue;
       bool listens_here = false;
       for (auto& s : cfg.apps[a].listen)
         listens_here |= s.at.addr == l.vaddr && s.at.port == l.p1 && s.proto == l.proto;
