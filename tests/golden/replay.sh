@@ -53,5 +53,20 @@ for c in "${cases[@]}"; do
   fi
 done
 
+# pcapng input goes through libpcap and comes out as (nanosecond) pcap with the same packets.
+editcap -F pcapng tcp-http.pcap "$tmp/tcp-http.pcapng"
+"$vpmtun" replay "$tmp/tcp-http.pcapng" -c demo.toml -o "$tmp/ng.stack.pcap" -q
+same_packets() { diff <(tcpdump -nn -xx -r "$1" 2>/dev/null) <(tcpdump -nn -xx -r "$2" 2>/dev/null) >/dev/null; }
+check "pcapng input: same packets out as from the pcap" same_packets "$tmp/ng.stack.pcap" expected/tcp-http.demo.stack.pcap
+
+# A capture cut short is reported with the record that is cut, not silently shortened.
+head -c 5000 tcp-http.pcap >"$tmp/cut.pcap"
+cut_error() {
+  local out
+  if out=$("$vpmtun" replay "$tmp/cut.pcap" -c demo.toml -o "$tmp/cut.out" -q 2>&1); then return 1; fi
+  grep -q "record 45 is cut short" <<<"$out"
+}
+check "a truncated capture names the record" cut_error
+
 echo "golden replay: $((checks - fail)) passed, $fail failed"
 [ "$fail" -eq 0 ]

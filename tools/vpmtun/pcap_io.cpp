@@ -2,14 +2,15 @@
 #include "pcap_io.hpp"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
+#include <vector>
 
 namespace vpmtun {
 
@@ -96,155 +97,158 @@ namespace {
 
 uint32_t swap32(uint32_t v) { return __builtin_bswap32(v); }
 
+// The largest record we accept: libpcap's own limit for ordinary link types.
+constexpr uint32_t kMaxRecord = 262144;
+constexpr size_t kChunk = size_t{1} << 19;  // stays in L2 between read, edit and write
+
+std::string damaged(const std::string& path, uint64_t record, const std::string& what) {
+  return path + ": damaged capture: record " + std::to_string(record) + " " + what;
+}
+
 }  // namespace
 
-PcapReader::PcapReader(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error(path + ": " + std::strerror(errno));
+CaptureRewriter::CaptureRewriter(const std::string& input, const std::string& output)
+    : in_path_(input), out_path_(output) {
+  in_fd_ = ::open(input.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in_fd_ < 0) throw std::runtime_error(input + ": " + std::strerror(errno));
   struct stat st {};
-  ::fstat(fd, &st);
+  ::fstat(in_fd_, &st);
   size_ = static_cast<uint64_t>(st.st_size);
   uint32_t magic = 0;
-  if (size_ >= 24 && ::pread(fd, &magic, 4, 0) == 4) {
-    bool classic = magic == 0xa1b2c3d4u || magic == 0xa1b23c4du;
-    bool swapped = magic == 0xd4c3b2a1u || magic == 0x4d3cb2a1u;
-    if (classic || swapped) {
-      void* m = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
-      if (m != MAP_FAILED) {
-        ::madvise(m, size_, MADV_SEQUENTIAL);
-        map_ = static_cast<const uint8_t*>(m);
-        swapped_ = swapped;
-        nano_ = magic == 0xa1b23c4du || magic == 0x4d3cb2a1u;
-        uint32_t hdr[6];
-        std::memcpy(hdr, map_, 24);
-        snaplen_ = static_cast<int>(swapped ? swap32(hdr[4]) : hdr[4]);
-        // The file holds a LINKTYPE_ value (low 16 bits); the API speaks DLT_.
-        uint32_t lt = (swapped ? swap32(hdr[5]) : hdr[5]) & 0xffff;
-        linktype_ = lt == 101 ? DLT_RAW : static_cast<int>(lt);
-        at_ = 24;
-        ::close(fd);
-        return;
+  bool classic = false;
+  if (::pread(in_fd_, file_header_, 24, 0) == 24) {
+    std::memcpy(&magic, file_header_, 4);
+    classic = magic == 0xa1b2c3d4u || magic == 0xa1b23c4du;
+    swapped_ = magic == 0xd4c3b2a1u || magic == 0x4d3cb2a1u;
+  }
+  if (classic || swapped_) {
+    nano_ = magic == 0xa1b23c4du || magic == 0x4d3cb2a1u;
+    uint32_t snap, lt;
+    std::memcpy(&snap, file_header_ + 16, 4);
+    std::memcpy(&lt, file_header_ + 20, 4);
+    if (swapped_) snap = swap32(snap), lt = swap32(lt);
+    snaplen_ = static_cast<int>(snap);
+    // The file holds a LINKTYPE_ value (low 16 bits); the API speaks DLT_.
+    lt &= 0xffff;
+    linktype_ = lt == 101 ? DLT_RAW : static_cast<int>(lt);
+  } else {
+    char err[PCAP_ERRBUF_SIZE] = {};
+    pcap_ = pcap_open_offline_with_tstamp_precision(input.c_str(), PCAP_TSTAMP_PRECISION_NANO, err);
+    if (!pcap_)
+      throw std::runtime_error(input + ": not a capture file libpcap can read (" + err + ")");
+    nano_ = true;
+    linktype_ = pcap_datalink(pcap_);
+    snaplen_ = pcap_snapshot(pcap_);
+  }
+  out_fd_ = ::open(output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (out_fd_ < 0) throw std::runtime_error(output + ": cannot write: " + std::strerror(errno));
+}
+
+CaptureRewriter::~CaptureRewriter() {
+  if (pcap_) pcap_close(pcap_);
+  if (in_fd_ >= 0) ::close(in_fd_);
+  if (out_fd_ >= 0) ::close(out_fd_);
+}
+
+void CaptureRewriter::write_all(const uint8_t* data, size_t n) {
+  while (n > 0) {
+    ssize_t w = ::write(out_fd_, data, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) throw std::runtime_error(out_path_ + ": write failed: " + std::strerror(errno));
+    data += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+void CaptureRewriter::run(const RecordFn& fn) {
+  if (pcap_)
+    run_libpcap(fn);
+  else
+    run_classic(fn);
+  int rc = ::close(out_fd_);
+  out_fd_ = -1;
+  if (rc != 0) throw std::runtime_error(out_path_ + ": write failed: " + std::strerror(errno));
+}
+
+void CaptureRewriter::run_classic(const RecordFn& fn) {
+  write_all(file_header_, 24);
+  std::vector<uint8_t> buf(kChunk);
+  size_t filled = 0;
+  uint64_t records = 0;
+  consumed_ = 24;
+  ::lseek(in_fd_, 24, SEEK_SET);
+  for (;;) {
+    ssize_t n = ::read(in_fd_, buf.data() + filled, buf.size() - filled);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw std::runtime_error(in_path_ + ": " + std::strerror(errno));
+    bool eof = n == 0;
+    filled += static_cast<size_t>(n);
+    size_t pos = 0, kept = 0;
+    while (filled - pos >= 16) {
+      uint32_t rec[4];
+      std::memcpy(rec, buf.data() + pos, 16);
+      if (swapped_)
+        for (auto& v : rec) v = swap32(v);
+      if (rec[2] > kMaxRecord)
+        throw std::runtime_error(
+            damaged(in_path_, records + 1, "claims " + std::to_string(rec[2]) + " bytes"));
+      if (filled - pos - 16 < rec[2]) break;  // the rest of it comes with the next read
+      pcap_pkthdr h{};
+      h.ts.tv_sec = static_cast<time_t>(rec[0]);
+      h.ts.tv_usec = static_cast<suseconds_t>(rec[1]);
+      h.caplen = rec[2];
+      h.len = rec[3];
+      ++records;
+      size_t size = 16 + rec[2];
+      if (fn(h, {buf.data() + pos + 16, rec[2]})) {
+        if (kept != pos) std::memmove(buf.data() + kept, buf.data() + pos, size);
+        kept += size;
       }
+      pos += size;
+      consumed_ += size;
+    }
+    write_all(buf.data(), kept);
+    std::memmove(buf.data(), buf.data() + pos, filled - pos);
+    filled -= pos;
+    if (eof) {
+      if (filled)
+        throw std::runtime_error(
+            damaged(in_path_, records + 1, "is cut short by the end of the file"));
+      return;
     }
   }
-  FILE* f = ::fdopen(fd, "rb");
-  char err[PCAP_ERRBUF_SIZE] = {};
-  pcap_ = f ? pcap_fopen_offline(f, err) : nullptr;
-  if (!pcap_) {
-    if (f)
-      std::fclose(f);
-    else
-      ::close(fd);
-    throw std::runtime_error(path + ": not a capture file libpcap can read (" + err + ")");
-  }
-  linktype_ = pcap_datalink(pcap_);
-  snaplen_ = pcap_snapshot(pcap_);
 }
 
-PcapReader::~PcapReader() {
-  if (pcap_) pcap_close(pcap_);
-  if (map_) ::munmap(const_cast<uint8_t*>(map_), size_);
-}
-
-bool PcapReader::next_mapped(pcap_pkthdr& header, const uint8_t*& data) {
-  if (at_ == size_) return false;
-  if (size_ - at_ < 16)
-    throw std::runtime_error(path_ + ": damaged capture: record " + std::to_string(records_ + 1) +
-                             " has a truncated header");
-  uint32_t rec[4];
-  std::memcpy(rec, map_ + at_, 16);
-  if (swapped_)
-    for (auto& v : rec) v = swap32(v);
-  if (rec[2] > size_ - at_ - 16 || rec[2] > (1u << 18))
-    throw std::runtime_error(path_ + ": damaged capture: record " + std::to_string(records_ + 1) +
-                             " claims " + std::to_string(rec[2]) + " bytes");
-  header.ts.tv_sec = static_cast<time_t>(rec[0]);
-  header.ts.tv_usec = static_cast<suseconds_t>(rec[1]);
-  header.caplen = rec[2];
-  header.len = rec[3];
-  data = map_ + at_ + 16;
-  at_ += 16 + rec[2];
-  ++records_;
-  return true;
-}
-
-bool PcapReader::next(pcap_pkthdr& header, const uint8_t*& data) {
-  if (map_) return next_mapped(header, data);
-  pcap_pkthdr* h = nullptr;
-  int rc = pcap_next_ex(pcap_, &h, &data);
-  if (rc == 1) {
-    header = *h;
-    return true;
-  }
-  if (rc == PCAP_ERROR_BREAK) return false;
-  throw std::runtime_error(path_ + ": damaged capture: " + pcap_geterr(pcap_));
-}
-
-uint64_t PcapReader::position() const {
-  if (map_) return at_;
-  FILE* f = pcap_file(pcap_);
-  long at = f ? std::ftell(f) : -1;
-  return at < 0 ? 0 : static_cast<uint64_t>(at);
-}
-
-PcapWriter::PcapWriter(const std::string& path, int linktype, int snaplen, bool nanosecond)
-    : path_(path), buf_(size_t{1} << 20) {
-  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw std::runtime_error(path + ": cannot write: " + std::strerror(errno));
-  // Global header, host byte order as libpcap writes it; the magic says which.
+void CaptureRewriter::run_libpcap(const RecordFn& fn) {
+  // Classic pcap out: header in host order, nanosecond timestamps (we asked libpcap for those).
   struct {
     uint32_t magic;
     uint16_t major, minor;
     int32_t thiszone;
     uint32_t sigfigs, snaplen, linktype;
-  } h{nanosecond ? 0xa1b23c4du : 0xa1b2c3d4u,
-      2,
-      4,
-      0,
-      0,
-      static_cast<uint32_t>(snaplen),
-      dlt_to_linktype(linktype)};
-  std::memcpy(buf_.data(), &h, sizeof h);
-  used_ = sizeof h;
-}
-
-PcapWriter::~PcapWriter() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
-uint8_t* PcapWriter::append(const pcap_pkthdr& header, const uint8_t* data) {
-  size_t need = 16 + header.caplen;
-  if (used_ + need > buf_.size()) {
-    flush();
-    if (need > buf_.size()) buf_.resize(need);
+  } h{0xa1b23c4du, 2, 4, 0, 0, static_cast<uint32_t>(snaplen_), dlt_to_linktype(linktype_)};
+  std::vector<uint8_t> out;
+  out.reserve(kChunk + kMaxRecord + 16);
+  out.insert(out.end(), reinterpret_cast<uint8_t*>(&h), reinterpret_cast<uint8_t*>(&h) + 24);
+  pcap_pkthdr* ph = nullptr;
+  const uint8_t* data = nullptr;
+  int rc;
+  while ((rc = pcap_next_ex(pcap_, &ph, &data)) == 1) {
+    size_t at = out.size();
+    uint32_t rec[4] = {static_cast<uint32_t>(ph->ts.tv_sec), static_cast<uint32_t>(ph->ts.tv_usec),
+                       ph->caplen, ph->len};
+    out.insert(out.end(), reinterpret_cast<uint8_t*>(rec), reinterpret_cast<uint8_t*>(rec) + 16);
+    out.insert(out.end(), data, data + ph->caplen);
+    if (!fn(*ph, {out.data() + at + 16, ph->caplen})) out.resize(at);
+    if (out.size() >= kChunk) {
+      write_all(out.data(), out.size());
+      out.clear();
+    }
+    if (FILE* f = pcap_file(pcap_)) consumed_ = static_cast<uint64_t>(std::max(0L, std::ftell(f)));
   }
-  uint32_t rec[4] = {static_cast<uint32_t>(header.ts.tv_sec),
-                     static_cast<uint32_t>(header.ts.tv_usec), header.caplen, header.len};
-  last_ = used_;
-  std::memcpy(buf_.data() + used_, rec, 16);
-  std::memcpy(buf_.data() + used_ + 16, data, header.caplen);
-  used_ += need;
-  return buf_.data() + last_ + 16;
-}
-
-void PcapWriter::flush() {
-  size_t done = 0;
-  while (done < used_) {
-    ssize_t n = ::write(fd_, buf_.data() + done, used_ - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw std::runtime_error(path_ + ": write failed: " + std::strerror(errno));
-    done += static_cast<size_t>(n);
-  }
-  used_ = 0;
-  last_ = 0;
-}
-
-void PcapWriter::close() {
-  if (fd_ < 0) return;
-  flush();
-  int rc = ::close(fd_);
-  fd_ = -1;
-  if (rc != 0) throw std::runtime_error(path_ + ": write failed: " + std::strerror(errno));
+  if (rc != PCAP_ERROR_BREAK)
+    throw std::runtime_error(in_path_ + ": damaged capture: " + pcap_geterr(pcap_));
+  write_all(out.data(), out.size());
 }
 
 }  // namespace vpmtun

@@ -1,9 +1,10 @@
-// Reading and writing pcap files with libpcap, keeping link type and timestamp precision.
+// Rewriting capture files in place, keeping link type and timestamp precision.
 #pragma once
 
 #include <pcap/pcap.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -16,65 +17,48 @@ namespace vpmtun {
 std::optional<size_t> ip_offset(int linktype, std::span<const uint8_t> frame);
 bool linktype_supported(int linktype);
 
-// Reads a capture. Classic pcap files (either byte order, micro- or
-// nanosecond) are mapped into memory and walked directly; anything else
-// libpcap can read (pcapng) goes through libpcap.
-class PcapReader {
+// Rewrites a capture record by record: fn(header, frame) edits the frame in
+// place and says whether to keep it.
+//
+// Classic pcap (either byte order, micro- or nanosecond) streams through one
+// buffer: read(2) a chunk, edit records where they lie, squeeze out the ones
+// dropped, write(2) the chunk. File and record headers are kept as they are,
+// so an untouched record comes out byte for byte. Anything else libpcap can
+// read (pcapng) is read through libpcap and written as classic pcap.
+class CaptureRewriter {
  public:
-  // Throws std::runtime_error naming the file on failure.
-  explicit PcapReader(const std::string& path);
-  ~PcapReader();
-  PcapReader(const PcapReader&) = delete;
-  PcapReader& operator=(const PcapReader&) = delete;
+  using RecordFn = std::function<bool(const pcap_pkthdr&, std::span<uint8_t>)>;
 
-  // Next record, or false at the end. `data` stays valid until the next
-  // call. Throws on a damaged file, naming the record.
-  bool next(pcap_pkthdr& header, const uint8_t*& data);
+  // Opens both files; throws std::runtime_error naming the file on failure.
+  CaptureRewriter(const std::string& input, const std::string& output);
+  ~CaptureRewriter();
+  CaptureRewriter(const CaptureRewriter&) = delete;
+  CaptureRewriter& operator=(const CaptureRewriter&) = delete;
+
   int linktype() const { return linktype_; }
-  int snaplen() const { return snaplen_; }
   bool nanosecond() const { return nano_; }
-  uint64_t file_size() const { return size_; }
-  uint64_t position() const;
+  uint64_t input_size() const { return size_; }
+  uint64_t position() const { return consumed_; }  // input bytes read so far
+
+  // Runs fn over every record and finishes the output. Throws on a damaged
+  // input (naming the record) or a failed write.
+  void run(const RecordFn& fn);
 
  private:
-  bool next_mapped(pcap_pkthdr& header, const uint8_t*& data);
+  void run_classic(const RecordFn& fn);
+  void run_libpcap(const RecordFn& fn);
+  void write_all(const uint8_t* data, size_t n);
 
-  std::string path_;
-  pcap_t* pcap_ = nullptr;        // libpcap path
-  const uint8_t* map_ = nullptr;  // mapped path
-  size_t at_ = 0;
+  std::string in_path_, out_path_;
+  int in_fd_ = -1, out_fd_ = -1;
+  pcap_t* pcap_ = nullptr;  // set when the input is not classic pcap
+  uint8_t file_header_[24] = {};
   bool swapped_ = false;
-  uint64_t records_ = 0;
   int linktype_ = 0;
   int snaplen_ = 0;
   bool nano_ = false;
   uint64_t size_ = 0;
-};
-
-// Writes classic pcap files through one large buffer. The format is the
-// plain one libpcap writes (and reads back); doing it here saves two locked
-// stdio calls per packet, which dominated replay time.
-class PcapWriter {
- public:
-  PcapWriter(const std::string& path, int linktype, int snaplen, bool nanosecond);
-  ~PcapWriter();
-  PcapWriter(const PcapWriter&) = delete;
-  PcapWriter& operator=(const PcapWriter&) = delete;
-
-  // Appends a record and returns where its data now lies in the buffer, so
-  // the caller can edit it in place; discard_last() takes it back out.
-  uint8_t* append(const pcap_pkthdr& header, const uint8_t* data);
-  void discard_last() { used_ = last_; }
-  void close();  // flushes; throws if the disk said no
-
- private:
-  void flush();
-
-  std::string path_;
-  int fd_ = -1;
-  std::vector<uint8_t> buf_;
-  size_t used_ = 0;
-  size_t last_ = 0;
+  uint64_t consumed_ = 0;
 };
 
 }  // namespace vpmtun

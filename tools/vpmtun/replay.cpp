@@ -102,42 +102,41 @@ int replay(const vpm::Config& cfg, const ReplayOptions& opt) {
     return 2;
   }
   try {
-    PcapReader in(opt.input);
-    if (!linktype_supported(in.linktype())) {
-      const char* name = pcap_datalink_val_to_name(in.linktype());
+    CaptureRewriter capture(opt.input, opt.output);
+    if (!linktype_supported(capture.linktype())) {
+      const char* name = pcap_datalink_val_to_name(capture.linktype());
       spdlog::error(
           "{}: link type {} ({}) is not supported; replay reads raw IP, Ethernet, "
           "Linux cooked (SLL, SLL2) and loopback captures",
-          opt.input, in.linktype(), name ? name : "unknown");
+          opt.input, capture.linktype(), name ? name : "unknown");
       return 2;
     }
-    PcapWriter out(opt.output, in.linktype(), in.snaplen(), in.nanosecond());
     vpm::Engine engine(cfg);
-    Progress progress(in.file_size());
+    Progress progress(capture.input_size());
     std::array<int, vpm::kDropCount> shown{};
     uint64_t records = 0, non_ip = 0, snapped = 0, clock = 0, last_sweep = 0;
+    const uint64_t ticks_per_ms = capture.nanosecond() ? 1000000 : 1000;
 
-    pcap_pkthdr hdr{};
-    const uint8_t* data = nullptr;
-    while (in.next(hdr, data)) {
+    capture.run([&](const pcap_pkthdr& hdr, std::span<uint8_t> bytes) {
       ++records;
-      progress.update(records, [&] { return in.position(); });
-      // The record is copied once, into the output buffer, and translated there.
-      std::span<uint8_t> bytes(out.append(hdr, data), hdr.caplen);
-      auto at = ip_offset(in.linktype(), bytes);
+      progress.update(records, [&] { return capture.position(); });
+      auto at = ip_offset(capture.linktype(), bytes);
       if (!at) {
         ++non_ip;  // ARP and friends: not ours, kept so the capture stays whole
-        continue;
+        return true;
       }
-      uint64_t frac_ms = in.nanosecond() ? static_cast<uint64_t>(hdr.ts.tv_usec) / 1000000
-                                         : static_cast<uint64_t>(hdr.ts.tv_usec) / 1000;
-      uint64_t ts = static_cast<uint64_t>(hdr.ts.tv_sec) * 1000 + frac_ms;
+      uint64_t ts = static_cast<uint64_t>(hdr.ts.tv_sec) * 1000 +
+                    static_cast<uint64_t>(hdr.ts.tv_usec) / ticks_per_ms;
       if (ts > clock) clock = ts;  // captures can step back; flows only see time go forward
+      if (clock - last_sweep >= kSweepEveryMs) {
+        engine.expire(clock, SIZE_MAX);
+        last_sweep = clock;
+      }
       auto ip = bytes.subspan(*at);
       std::string before = opt.print ? describe(ip) : std::string();
       vpm::Result r = opt.reverse ? engine.to_tun(ip, clock) : engine.to_stack(ip, clock);
-      if (r.verdict != vpm::Verdict::translated && r.verdict != vpm::Verdict::passed) {
-        out.discard_last();
+      bool keep = r.verdict == vpm::Verdict::translated || r.verdict == vpm::Verdict::passed;
+      if (!keep) {
         if (r.reason == vpm::Drop::ip_total_length && hdr.caplen < hdr.len) ++snapped;
         auto i = static_cast<size_t>(r.reason);
         if (shown[i] < kDropsShownPerReason && !opt.quiet) {
@@ -158,12 +157,8 @@ int replay(const vpm::Config& cfg, const ReplayOptions& opt) {
                                                        ": " + vpm::drop_name(r.reason),
                      app);
       }
-      if (clock - last_sweep >= kSweepEveryMs) {
-        engine.expire(clock, SIZE_MAX);
-        last_sweep = clock;
-      }
-    }
-    out.close();
+      return keep;
+    });
     if (!opt.quiet) print_summary(opt, engine, records, non_ip, snapped);
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
