@@ -9,20 +9,6 @@ namespace vpm {
 
 const char* proto_name(Proto p) { return p == Proto::tcp ? "tcp" : "udp"; }
 
-IpAddr IpAddr::v4(const uint8_t* four) {
-  IpAddr a;
-  a.bytes[10] = 0xff;
-  a.bytes[11] = 0xff;
-  std::memcpy(&a.bytes[12], four, 4);
-  return a;
-}
-
-IpAddr IpAddr::v6(const uint8_t* sixteen) {
-  IpAddr a;
-  std::memcpy(a.bytes.data(), sixteen, 16);
-  return a;
-}
-
 bool IpAddr::is_v4() const {
   static constexpr std::array<uint8_t, 12> mapped{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
   return std::memcmp(bytes.data(), mapped.data(), mapped.size()) == 0;

@@ -19,8 +19,19 @@ const char* proto_name(Proto p);
 struct IpAddr {
   std::array<uint8_t, 16> bytes{};
 
-  static IpAddr v4(const uint8_t* four);
-  static IpAddr v6(const uint8_t* sixteen);
+  // Built on every packet: kept inline.
+  static IpAddr v4(const uint8_t* four) {
+    IpAddr a;
+    static constexpr uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    std::memcpy(a.bytes.data(), mapped, 12);
+    std::memcpy(a.bytes.data() + 12, four, 4);
+    return a;
+  }
+  static IpAddr v6(const uint8_t* sixteen) {
+    IpAddr a;
+    std::memcpy(a.bytes.data(), sixteen, 16);
+    return a;
+  }
   static std::optional<IpAddr> parse(std::string_view text);
 
   bool is_v4() const;

@@ -158,16 +158,21 @@ struct Engine::Ends {
 
 Engine::Ends Engine::ends(const PacketView& v) const {
   Ends e;
-  e.vip = v.dst();
-  e.vaddr = rules_.find_vaddr(e.vip);
+  IpAddr dst = v.dst();
+  e.vaddr = rules_.find_vaddr(dst);
   e.inbound = e.vaddr >= 0;
-  e.client = v.src();
-  if (!e.inbound) {
-    std::swap(e.client, e.vip);
+  if (e.inbound) {
+    e.vip = dst;
+    e.client = v.src();
+    e.client_port = v.src_port();
+    e.vport = v.dst_port();
+  } else {
+    e.vip = v.src();
     e.vaddr = rules_.find_vaddr(e.vip);
+    e.client = dst;
+    e.client_port = v.dst_port();
+    e.vport = v.src_port();
   }
-  e.client_port = e.inbound ? v.src_port() : v.dst_port();
-  e.vport = e.inbound ? v.dst_port() : v.src_port();
   return e;
 }
 

@@ -52,6 +52,7 @@ Ruleset::Ruleset(const Config& cfg) : cfg_(cfg), lo_(cfg.vpm.range_lo), hi_(cfg.
       v.p1_of_p2[0].assign(range, 0);
       v.p1_of_p2[1].assign(range, 0);
       vaddrs_.push_back(std::move(v));
+      vaddr_addrs_.push_back(addr);
     }
     Listen l;
     l.vaddr = addr;

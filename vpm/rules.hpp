@@ -73,9 +73,9 @@ class Ruleset {
   // Index of a virtual address, or -1. Most setups have a handful of
   // virtual addresses: a linear scan of 16-byte keys beats hashing them.
   int find_vaddr(const IpAddr& a) const {
-    if (vaddrs_.size() <= kLinearVaddrs) {
-      for (size_t i = 0; i < vaddrs_.size(); ++i)
-        if (vaddrs_[i].addr == a) return static_cast<int>(i);
+    if (vaddr_addrs_.size() <= kLinearVaddrs) {
+      for (size_t i = 0; i < vaddr_addrs_.size(); ++i)
+        if (vaddr_addrs_[i] == a) return static_cast<int>(i);
       return -1;
     }
     auto it = vaddr_index_.find(a);
@@ -101,6 +101,7 @@ class Ruleset {
   uint16_t lo_, hi_;
   std::vector<Listen> listens_;
   std::vector<VirtualAddr> vaddrs_;
+  std::vector<IpAddr> vaddr_addrs_;  // the same addresses, packed for the per-packet scan
   std::unordered_map<IpAddr, uint32_t, IpAddrHash> vaddr_index_;
 };
 
