@@ -42,6 +42,7 @@ struct Spec {
   uint8_t tcp_flags = 0x02;
   Bytes payload;
   uint8_t icmp_type = 0, icmp_code = 0;
+  uint32_t seq = 0x12000000, ack = 0;
 };
 
 // Checksum of an L4 segment with the pseudo-header of its family.
@@ -75,7 +76,10 @@ inline Bytes l4_bytes(const Spec& s) {
     l4.assign(20, 0);
     put16(l4, 0, s.sport);
     put16(l4, 2, s.dport);
-    l4[4] = 0x12;  // some sequence number
+    for (int k = 0; k < 4; ++k) {
+      l4[4 + static_cast<size_t>(k)] = static_cast<uint8_t>(s.seq >> (24 - 8 * k));
+      l4[8 + static_cast<size_t>(k)] = static_cast<uint8_t>(s.ack >> (24 - 8 * k));
+    }
     l4[12] = 5 << 4;
     l4[13] = s.tcp_flags;
     put16(l4, 14, 65535);

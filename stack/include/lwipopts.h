@@ -1,0 +1,103 @@
+/* lwIP configuration for vpmtun's embedded stack.
+ *
+ * One single-threaded event loop drives lwIP (NO_SYS = 1, raw API only): the
+ * daemon feeds it packets read from the TUN (after port translation) and
+ * calls its timers from a timerfd. There is no link layer: every virtual
+ * address is its own point-to-point netif, so no ARP, no neighbour discovery,
+ * no MLD, no DHCP or autoconfiguration. Sizes assume a large TUN MTU (65520
+ * by default): segments up to 64 KiB and a window scaled to several MiB, so a
+ * single stream is limited neither by 1460-byte segments nor by a 64 KiB
+ * window. */
+#ifndef VPMTUN_LWIPOPTS_H
+#define VPMTUN_LWIPOPTS_H
+
+#define NO_SYS 1
+#define SYS_LIGHTWEIGHT_PROT 0
+#define LWIP_SOCKET 0
+#define LWIP_NETCONN 0
+#define LWIP_TIMERS 1
+
+/* Protocols. */
+#define LWIP_IPV4 1
+#define LWIP_IPV6 1
+#define LWIP_TCP 1
+#define LWIP_UDP 1
+#define LWIP_ICMP 1
+#define LWIP_RAW 0
+#define LWIP_ARP 0
+#define LWIP_ETHERNET 0
+#define LWIP_DHCP 0
+#define LWIP_AUTOIP 0
+#define LWIP_IGMP 0
+#define LWIP_DNS 0
+#define LWIP_IPV6_MLD 0
+#define LWIP_IPV6_AUTOCONFIG 0
+#define LWIP_IPV6_DHCP6 0
+#define LWIP_IPV6_SEND_ROUTER_SOLICIT 0
+#define LWIP_IPV6_DUP_DETECT_ATTEMPTS 0
+#define LWIP_IPV6_NUM_ADDRESSES 1
+#define LWIP_ND6_ALLOW_RA_UPDATES 0
+#define IP_REASSEMBLY 1
+#define IP_FRAG 1
+#define LWIP_IPV6_REASS 1
+#define LWIP_IPV6_FRAG 1
+#define LWIP_SINGLE_NETIF 0
+
+/* Memory: the C library's allocator for both heap and pools, so memory
+ * follows load; what bounds it is the window and send buffer per connection
+ * and the flow table's limit on connections. */
+#define MEM_LIBC_MALLOC 1
+#define MEMP_MEM_MALLOC 1
+#define MEM_ALIGNMENT 8
+#define MEMP_NUM_TCP_PCB 65535
+#define MEMP_NUM_UDP_PCB 4096
+#define MEMP_NUM_TCP_SEG 65535
+#define PBUF_POOL_SIZE 4096
+#define PBUF_POOL_BUFSIZE 2048
+
+/* TCP sized for a large MTU. lwIP 2.1 does its segment arithmetic in 16
+ * bits and refuses (init.c sanity checks) an MSS whose 4 segments overflow
+ * them, so 16000 bytes is as large as it safely goes: 11 times an Ethernet
+ * segment. The window is 4 MiB, advertised with scale 7, and the send
+ * buffer the same. */
+#define TCP_MSS 16000
+#define LWIP_WND_SCALE 1
+#define TCP_RCV_SCALE 7
+#define TCP_WND (4 * 1024 * 1024)
+#define TCP_SND_BUF (4 * 1024 * 1024)
+#define TCP_SND_QUEUELEN ((4 * TCP_SND_BUF) / TCP_MSS + 16)
+#define TCP_SNDLOWAT 1024 /* only the socket API uses it; must stay below 0xFFFF - 4 * MSS */
+#define TCP_OVERSIZE TCP_MSS
+#define TCP_QUEUE_OOSEQ 1
+#define LWIP_TCP_SACK_OUT 0
+#define TCP_LISTEN_BACKLOG 1
+#define TCP_DEFAULT_LISTEN_BACKLOG 255
+#define LWIP_TCP_KEEPALIVE 1
+
+/* Checksums: computed and verified in software (the engine keeps them valid). */
+#define CHECKSUM_GEN_IP 1
+#define CHECKSUM_GEN_TCP 1
+#define CHECKSUM_GEN_UDP 1
+#define CHECKSUM_CHECK_IP 1
+#define CHECKSUM_CHECK_TCP 1
+#define CHECKSUM_CHECK_UDP 1
+#define LWIP_CHECKSUM_ON_COPY 1
+
+#define LWIP_NETIF_STATUS_CALLBACK 0
+#define LWIP_NETIF_LINK_CALLBACK 0
+#define LWIP_NETIF_LOOPBACK 0
+#define LWIP_HAVE_LOOPIF 0
+#define LWIP_STATS 0
+#define LWIP_DEBUG 0
+
+/* Random numbers for ISNs and ports come from the port file. */
+#ifdef __cplusplus
+extern "C" {
+#endif
+unsigned int vpmtun_lwip_rand(void);
+#ifdef __cplusplus
+}
+#endif
+#define LWIP_RAND() vpmtun_lwip_rand()
+
+#endif

@@ -1,0 +1,68 @@
+// The embedded lwIP stack and the virtual endpoints that live in it.
+//
+// Theory of operation. Every virtual address of the configuration is a
+// point-to-point lwIP netif (no link layer); packets reach it already
+// translated to the stack side (port p2) and leave it through a PacketSink
+// that the caller translates back and writes to the TUN. For each
+// (virtual address, p2, protocol) one endpoint is bound: with per-app
+// allocation that is one per (vaddr, p1, AID), shared by every app with that
+// AID (new connections go to them in turn). Built-in services:
+//   echo       TCP: returns what it reads; only acknowledges (opens the
+//              window for) what it has queued back, so a client that does
+//              not read is slowed down, never buffered without bound.
+//              Half-close: the client's FIN is answered once all is echoed.
+//              UDP: returns each datagram.
+//   discard    reads and drops.
+//   http-info  answers an HTTP request with a JSON body naming the app, its
+//              AID, p1, p2 and the client (UDP: any datagram gets the JSON).
+// lwIP is one global instance: at most one Stack exists at a time, and all
+// calls come from one thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+
+#include "vpm/rules.hpp"
+
+namespace stack {
+
+// Receives each packet the stack sends, whole (stack view). Valid during the call only.
+using PacketSink = std::function<void(std::span<uint8_t>)>;
+
+struct StackCounters {
+  uint64_t packets_in = 0;
+  uint64_t packets_out = 0;
+  uint64_t input_errors = 0;  // lwIP refused a packet (bad checksum, no memory)
+  uint64_t lwip_asserts = 0;  // lwIP assertions, logged and survived
+  uint64_t tcp_accepted = 0;
+  uint64_t tcp_closed = 0;
+  uint64_t udp_datagrams = 0;
+};
+
+class Stack {
+ public:
+  // Brings up one netif per virtual address (MTU `mtu`) and binds the
+  // endpoints. Throws std::runtime_error when something cannot be bound, or
+  // for configuration the stack does not serve yet.
+  Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink);
+  ~Stack();
+  Stack(const Stack&) = delete;
+  Stack& operator=(const Stack&) = delete;
+
+  // One stack-side IP packet in. Copied; the caller keeps its buffer.
+  void input(std::span<const uint8_t> packet);
+  // lwIP's timers (TCP retransmission, delayed ACKs, reassembly). Call at
+  // least every 100 ms; calling more often is harmless.
+  void poll();
+
+  const StackCounters& counters() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace stack
