@@ -41,6 +41,7 @@
 #define IP_FRAG 1
 #define LWIP_IPV6_REASS 1
 #define LWIP_IPV6_FRAG 1
+#define IPV6_FRAG_COPYHEADER 1 /* 64-bit pointers do not fit in the fragment header */
 #define LWIP_SINGLE_NETIF 0
 
 /* Memory: the C library's allocator for both heap and pools, so memory

@@ -4,6 +4,7 @@
 
 #include "packets.hpp"
 #include "stack/stack.hpp"
+#include "tun/daemon.hpp"
 #include "vpm/engine.hpp"
 
 using namespace testpkt;
@@ -157,4 +158,26 @@ TEST_CASE("echo holds back its window instead of buffering without bound") {
   CHECK(sent > 8);  // the window was open to begin with
   CHECK(window == 0);
   CHECK(seq - 5001 <= 8u * 1024 * 1024 + 65535);  // bounded by send buffer + receive window
+}
+
+TEST_CASE("the daemon's packet plumbing over an in-memory device") {
+  tun::FakeDevice device;
+  tun::Daemon daemon(config(kConfig), device, {});
+  // A client no app claims: refused with a RST written back to the device.
+  Spec syn{"192.0.2.99", "192.0.2.10", 6, 40000, 9000, 0x02};
+  syn.seq = 41;
+  device.inbound.push_back(build(syn));
+  // A green client's UDP datagram: echoed through lwIP, translated back.
+  device.inbound.push_back(build({"203.0.113.5", "192.0.2.10", 17, 5353, 9000, 0, {'x'}}));
+  daemon.drain_device(0);
+  REQUIRE(device.written.size() == 2);
+  const Bytes& rst = device.written[0];
+  CHECK(rst[33] == 0x14);
+  CHECK(get32(rst, 28) == 42);
+  CHECK(l4_checksum_ok(rst));
+  const Bytes& echo = device.written[1];
+  CHECK(get16(echo, 20) == 9000);
+  CHECK(payload_of(echo) == Bytes{'x'});
+  CHECK(daemon.counters().refusals_sent == 1);
+  CHECK(daemon.engine().counters().by_reason[static_cast<size_t>(vpm::Drop::unmatched)] == 1);
 }

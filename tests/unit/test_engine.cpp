@@ -4,6 +4,7 @@
 
 #include "packets.hpp"
 #include "vpm/engine.hpp"
+#include "vpm/refusal.hpp"
 
 using namespace testpkt;
 using vpm::Drop;
@@ -383,4 +384,47 @@ TEST_CASE("malformed packets are counted drops") {
   CHECK(e.counters().by_reason[static_cast<size_t>(Drop::ip_truncated)] == 1);
   CHECK(e.counters().packets[vpm::to_stack_side] == 1);
   CHECK(e.counters().packets[vpm::to_tun_side] == 1);
+}
+
+TEST_CASE("refusals: RST for TCP, port unreachable for UDP, nothing for a RST") {
+  std::vector<uint8_t> out;
+  SECTION("SYN gets RST+ACK acknowledging the SYN") {
+    Spec syn{"198.51.100.5", "192.0.2.10", 6, 40000, 9000, 0x02};
+    syn.seq = 7;
+    REQUIRE(vpm::build_refusal(build(syn), out));
+    CHECK(addr("192.0.2.10") == vpm::IpAddr::v4(&out[12]));
+    CHECK(get16(out, 20) == 9000);
+    CHECK(get16(out, 22) == 40000);
+    CHECK(out[33] == 0x14);
+    CHECK(get16(out, 28) == 0);
+    CHECK(get16(out, 30) == 8);  // ack = 7 + 1
+    CHECK(l4_checksum_ok(out));
+  }
+  SECTION("a segment with ACK gets a RST from its ACK number") {
+    Spec seg{"2001:db8:1::5", "2001:db8::10", 6, 40000, 9000, 0x10};
+    seg.ack = 0x01020304;
+    REQUIRE(vpm::build_refusal(build(seg), out));
+    CHECK(out[40 + 13] == 0x04);
+    CHECK(get16(out, 44) == 0x0102);
+    CHECK(get16(out, 46) == 0x0304);
+    CHECK(l4_checksum_ok(out));
+  }
+  SECTION("UDP gets port unreachable quoting it") {
+    Bytes d = build({"2001:db8:1::5", "2001:db8::10", 17, 5000, 9000, 0, Bytes(2000, 1)});
+    REQUIRE(vpm::build_refusal(d, out));
+    CHECK(out.size() == 1280);
+    CHECK(out[40] == 1);
+    CHECK(out[41] == 4);
+    CHECK(std::equal(out.begin() + 48, out.end(), d.begin()));
+    CHECK(l4_checksum_ok(out));
+    Bytes d4 = build({"198.51.100.5", "192.0.2.10", 17, 5000, 9000, 0, {1, 2}});
+    REQUIRE(vpm::build_refusal(d4, out));
+    CHECK(out[20] == 3);
+    CHECK(out[21] == 3);
+    CHECK(l4_checksum_ok(out));
+  }
+  SECTION("a RST is never answered") {
+    CHECK_FALSE(vpm::build_refusal(build({"198.51.100.5", "192.0.2.10", 6, 1, 9000, 0x04}), out));
+    CHECK(out.empty());
+  }
 }

@@ -8,6 +8,7 @@
 
 #include "config_file.hpp"
 #include "replay.hpp"
+#include "run.hpp"
 #include "vpm/rules.hpp"
 
 #ifndef VPMTUN_VERSION
@@ -58,6 +59,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.footer(
       "Examples:\n"
+      "  vpmtun run -c vpm.toml                         the daemon, in the foreground\n"
       "  vpmtun check -c vpm.toml                       validate a configuration, show the p2s\n"
       "  vpmtun replay in.pcap -c vpm.toml -o out.pcap  TUN-side capture -> stack-side view\n"
       "  vpmtun replay out.pcap -c vpm.toml -o back.pcap --reverse\n"
@@ -71,6 +73,23 @@ int main(int argc, char** argv) {
       "Prints every error as FILE:LINE: KEY: message and exits 1, or prints what the\n"
       "configuration means (listens, apps, their hidden ports) and exits 0.\n\n"
       "Example:\n  vpmtun check -c /etc/vpmtun/vpm.toml");
+
+  tun::DaemonOptions dopt;
+  auto* run = app.add_subcommand("run", "Run the daemon in the foreground (needs CAP_NET_ADMIN)");
+  run->add_option("-c,--config", config_path, "Configuration file (TOML)")->required();
+  run->add_option("--capture-tun", dopt.capture_tun,
+                  "Write a pcap of the TUN side (what clients see)");
+  run->add_option("--capture-stack", dopt.capture_stack,
+                  "Write a pcap of the stack side (what the endpoints see)");
+  run->footer(
+      "Creates the TUN from [tun] (name, MTU, addresses; the kernel routes their prefixes\n"
+      "through it), serves every [[app]] on its virtual addresses, and runs until SIGTERM\n"
+      "or SIGINT; the TUN, its addresses and routes go away when it stops. Clients no app\n"
+      "claims get a TCP RST or ICMP port unreachable (unmatched = \"reset\").\n"
+      "Not yet in this version: forward endpoints, per-connection allocation in the\n"
+      "daemon, reload on SIGHUP.\n\n"
+      "Example:\n  vpmtun run -c /etc/vpmtun/vpm.toml --capture-tun tun.pcap --capture-stack "
+      "stack.pcap");
 
   vpmtun::ReplayOptions ropt;
   auto* rep =
@@ -106,5 +125,6 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*rep) return vpmtun::replay(*cfg, ropt);
+  if (*run) return vpmtun::run_daemon(*cfg, dopt);
   return 2;
 }

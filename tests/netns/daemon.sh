@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# The daemon end to end with real clients (curl, socat, nc, tshark).
+#
+#   c1  10.200.1.5, fd00:200:1::5 ---- v1 -+
+#                                          d: vpmtun run, TUN vpm0 10.99.0.1/24, fd00:99::1/64
+#   c2  10.200.2.9, 10.200.3.3,   ---- v2 -+   (routes 10.99.0.0/24 and fd00:99::/64 into it;
+#       fd00:200:2::9                           forwards between the clients and the TUN)
+#
+# Every namespace is made here and deleted on exit; nothing touches the
+# host's own namespace. Without root: exit 77 (ctest: skipped).
+set -euo pipefail
+vpmtun="$(realpath "$1")"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+if [ "$(id -u)" -ne 0 ] || [ ! -c /dev/net/tun ] || ! ip netns add "vpmprobe$$" 2>/dev/null; then
+  echo "daemon: SKIPPED (needs root, /dev/net/tun and network namespaces)"
+  exit 77
+fi
+ip netns del "vpmprobe$$"
+ns="vpmd$$" d="vpmd$$-d" c1="vpmd$$-c1" c2="vpmd$$-c2"
+work="$(mktemp -d)"
+daemon_pid=""
+cleanup() {
+  [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  for n in "$d" "$c1" "$c2"; do ip netns del "$n" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+in_ns() { local n="$1"; shift; ip netns exec "$n" "$@"; }
+
+for n in "$d" "$c1" "$c2"; do ip netns add "$n"; ip -n "$n" link set lo up; done
+ip -n "$d" link add v1 type veth peer name eth0 netns "$c1"
+ip -n "$d" link add v2 type veth peer name eth0 netns "$c2"
+ip -n "$d" addr add 10.200.1.1/24 dev v1; ip -n "$d" addr add fd00:200:1::1/64 dev v1 nodad
+ip -n "$d" addr add 10.200.2.1/24 dev v2; ip -n "$d" addr add 10.200.3.1/24 dev v2
+ip -n "$d" addr add fd00:200:2::1/64 dev v2 nodad
+ip -n "$d" link set v1 up; ip -n "$d" link set v2 up
+ip -n "$c1" addr add 10.200.1.5/24 dev eth0; ip -n "$c1" addr add fd00:200:1::5/64 dev eth0 nodad
+ip -n "$c2" addr add 10.200.2.9/24 dev eth0; ip -n "$c2" addr add 10.200.3.3/24 dev eth0
+ip -n "$c2" addr add fd00:200:2::9/64 dev eth0 nodad
+for c in "$c1" "$c2"; do
+  ip -n "$c" link set eth0 up
+  # Real checksums on the wire, so the client-side capture can be checked too.
+  in_ns "$c" ethtool -K eth0 tx off >/dev/null 2>&1
+done
+ip -n "$c1" route add default via 10.200.1.1; ip -n "$c1" -6 route add default via fd00:200:1::1
+ip -n "$c2" route add default via 10.200.2.1; ip -n "$c2" -6 route add default via fd00:200:2::1
+in_ns "$d" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+
+cat >"$work/vpm.toml" <<TOML
+[tun]
+name = "vpm0"
+address = "10.99.0.1/24"
+address6 = "fd00:99::1/64"
+[[app]]
+name = "blue"
+aid = 101
+listen = ["10.99.0.10:9000", "[fd00:99::10]:9000", "10.99.0.10:9000/udp"]
+clients = ["10.200.1.0/24", "fd00:200:1::/64"]
+serve = "http-info"
+[[app]]
+name = "green"
+aid = 102
+listen = ["10.99.0.10:9000", "[fd00:99::10]:9000", "10.99.0.10:9000/udp"]
+clients = ["10.200.2.0/24", "fd00:200:2::/64"]
+serve = "http-info"
+[[app]]
+name = "echo"
+aid = 103
+listen = ["10.99.0.10:7", "10.99.0.10:7/udp", "[fd00:99::10]:7", "[fd00:99::10]:7/udp"]
+clients = ["10.200.1.0/24", "10.200.2.0/24", "fd00:200::/32"]
+serve = "echo"
+TOML
+
+ip netns exec "$c1" tcpdump -i eth0 -s 0 -U -w "$work/client.pcap" --immediate-mode -Z root 2>/dev/null &
+client_cap=$!
+ip netns exec "$d" "$vpmtun" run -c "$work/vpm.toml" --capture-tun "$work/tun.pcap" --capture-stack "$work/stack.pcap" 2>"$work/daemon.log" &
+daemon_pid=$!
+for _ in $(seq 50); do ip -n "$d" link show vpm0 >/dev/null 2>&1 && break; sleep 0.1; done
+sleep 1
+
+fail=0
+check() {  # check DESCRIPTION COMMAND...
+  if "${@:2}"; then echo "ok   $1"; else echo "FAIL $1"; fail=$((fail + 1)); fi
+}
+body_has() {  # body_has NS EXPECTED curl-args...
+  local n="$1" want="$2"; shift 2
+  local got; got=$(in_ns "$n" curl -s -m 5 "$@") || return 1
+  grep -qF "$want" <<<"$got" || { echo "     got: $got"; return 1; }
+}
+
+check "c1 (10.200.1.5) reaches blue on 10.99.0.10:9000" body_has "$c1" '"app":"blue"' http://10.99.0.10:9000/
+check "c2 (10.200.2.9) reaches green on the same 10.99.0.10:9000" body_has "$c2" '"app":"green"' http://10.99.0.10:9000/
+check "IPv6: c1 reaches blue on [fd00:99::10]:9000" body_has "$c1" '"client":"[fd00:200:1::5]:' 'http://[fd00:99::10]:9000/'
+check "IPv6: c2 reaches green" body_has "$c2" '"app":"green"' 'http://[fd00:99::10]:9000/'
+check "the app sees the client's own address" body_has "$c2" '"client":"10.200.2.9:' http://10.99.0.10:9000/
+
+refused_fast() {
+  local start end rc=0
+  start=$(date +%s%N)
+  in_ns "$c2" curl -s -m 5 --interface 10.200.3.3 http://10.99.0.10:9000/ >/dev/null || rc=$?
+  end=$(date +%s%N)
+  [ "$rc" -eq 7 ] && [ $(((end - start) / 1000000)) -lt 1000 ]
+}
+check "unmatched client (10.200.3.3) gets a RST at once (curl: connection refused)" refused_fast
+
+udp_echo() { [ "$(echo "ping over udp" | in_ns "$1" timeout 5 nc -u -w1 "$2" 7)" = "ping over udp" ]; }
+check "UDP echo over IPv4" udp_echo "$c1" 10.99.0.10
+check "UDP echo over IPv6" udp_echo "$c2" fd00:99::10
+
+head -c 20000000 /dev/urandom >"$work/blob"
+tcp_echo() {  # 20 MB through echo; socat half-closes after sending and reads to the end
+  local got
+  got=$(in_ns "$1" timeout 60 socat -t 30 -b 65536 - "TCP:$2:7" <"$work/blob" | sha256sum | cut -d' ' -f1)
+  [ "$got" = "$(sha256sum <"$work/blob" | cut -d' ' -f1)" ]
+}
+check "20 MB through TCP echo with half-close, sha256 intact (IPv4)" tcp_echo "$c1" 10.99.0.10
+check "20 MB through TCP echo with half-close, sha256 intact (IPv6)" tcp_echo "$c2" "[fd00:99::10]"
+
+parallel_http() {  # 200 concurrent connections, each must name its app
+  local i
+  for i in $(seq 200); do
+    in_ns "$c1" curl -s -m 10 http://10.99.0.10:9000/ >"$work/par.$i" &
+  done
+  wait $(jobs -p | grep -v -e "$daemon_pid" -e "$client_cap") 2>/dev/null || true
+  [ "$(grep -l '"app":"blue"' "$work"/par.* | wc -l)" -eq 200 ]
+}
+check "200 concurrent connections all answered by their app" parallel_http
+
+kill -INT "$client_cap"; wait "$client_cap" 2>/dev/null || true
+only_p1() {  # what the client saw on the wire towards 10.99.0.10: ports 9000 and 7 only
+  local ports
+  ports=$(tshark -r "$work/client.pcap" -Y "ip.addr == 10.99.0.10 && (tcp || udp)" -T fields \
+    -e tcp.srcport -e tcp.dstport -e udp.srcport -e udp.dstport 2>/dev/null |
+    tr '\t' '\n' | grep -vE '^$' | sort -u | awk '$1 < 30000')
+  [ "$(tr '\n' ' ' <<<"$ports")" = "7 9000 " ]
+}
+check "client side sees only the p1 ports of the virtual address" only_p1
+two_p2s() {  # the stack saw blue and green on two different hidden ports
+  local p2s
+  p2s=$(tshark -r "$work/stack.pcap" -Y "ip.dst == 10.99.0.10 && tcp.flags.syn == 1" -T fields -e tcp.dstport 2>/dev/null |
+    sort -u | awk '$1 >= 20000 && $1 <= 29999' | wc -l)
+  [ "$p2s" -ge 3 ]  # blue, green and echo
+}
+check "stack side shows a different p2 per app" two_p2s
+no_bad_checksums() {
+  local f bad=0
+  for f in "$work/tun.pcap" "$work/stack.pcap" "$work/client.pcap"; do
+    echo "     $(basename "$f"): $(tshark -r "$f" 2>/dev/null | wc -l) packets"
+    bad=$((bad + $(tshark -r "$f" -o tcp.check_checksum:TRUE -o udp.check_checksum:TRUE \
+      -Y 'tcp.checksum.status == 0 || udp.checksum.status == 0 || icmp.checksum.status == 0' 2>/dev/null | wc -l)))
+  done
+  [ "$bad" -eq 0 ]
+}
+
+kill -TERM "$daemon_pid"
+wait "$daemon_pid" && daemon_rc=0 || daemon_rc=$?
+daemon_pid=""
+check "SIGTERM: the daemon exits 0" test "$daemon_rc" -eq 0
+check "SIGTERM: no TUN, address or route is left behind" \
+  bash -c "! ip -n '$d' link show vpm0 2>/dev/null && ! ip -n '$d' route | grep -q 10.99.0 && ! ip -n '$d' -6 route | grep -q fd00:99"
+check "tshark finds no bad checksum on either side" no_bad_checksums
+replays_to_stack() {  # replaying the TUN-side capture gives the stack-side capture
+  "$vpmtun" replay "$work/tun.pcap" -c "$work/vpm.toml" -o "$work/replayed.pcap" -q 2>/dev/null &&
+    diff <(tcpdump -nn -t -xx -r "$work/replayed.pcap" 2>/dev/null) \
+      <(tcpdump -nn -t -xx -r "$work/stack.pcap" 2>/dev/null) >/dev/null
+}
+check "vpmtun replay of --capture-tun gives --capture-stack" replays_to_stack
+check "no lwIP assertion fired" bash -c "! grep -q 'lwIP assertion' '$work/daemon.log'"
+
+[ "$fail" -eq 0 ] || { echo "--- daemon log"; tail -20 "$work/daemon.log"; }
+echo "daemon: $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,12 @@
+// `vpmtun run`: the daemon in the foreground.
+#pragma once
+
+#include "tun/daemon.hpp"
+#include "vpm/config.hpp"
+
+namespace vpmtun {
+
+// Returns the process exit code.
+int run_daemon(const vpm::Config& cfg, const tun::DaemonOptions& opt);
+
+}  // namespace vpmtun

@@ -1,0 +1,174 @@
+// The daemon's event loop and packet plumbing.
+#include "tun/daemon.hpp"
+
+#include <fmt/core.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/time.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <stdexcept>
+
+#include "vpm/refusal.hpp"
+
+namespace tun {
+
+uint64_t monotonic_ms() {
+  using namespace std::chrono;
+  return static_cast<uint64_t>(
+      duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count());
+}
+
+// A live pcap of raw IP packets (libpcap's writer; flushed by libpcap's stdio).
+class Daemon::Capture {
+ public:
+  explicit Capture(const std::string& path) {
+    dead_ = pcap_open_dead(DLT_RAW, 262144);
+    dumper_ = dead_ ? pcap_dump_open(dead_, path.c_str()) : nullptr;
+    if (!dumper_) {
+      std::string why = dead_ ? pcap_geterr(dead_) : "out of memory";
+      if (dead_) pcap_close(dead_);
+      throw std::runtime_error(path + ": cannot write capture: " + why);
+    }
+  }
+  ~Capture() {
+    pcap_dump_close(dumper_);
+    pcap_close(dead_);
+  }
+  void write(std::span<const uint8_t> packet) {
+    pcap_pkthdr h{};
+    gettimeofday(&h.ts, nullptr);
+    h.caplen = h.len = static_cast<bpf_u_int32>(packet.size());
+    pcap_dump(reinterpret_cast<u_char*>(dumper_), &h, packet.data());
+  }
+
+ private:
+  pcap_t* dead_ = nullptr;
+  pcap_dumper_t* dumper_ = nullptr;
+};
+
+Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions& opt)
+    : engine_(cfg), device_(device), buffer_(device.mtu() + 64) {
+  if (!opt.capture_tun.empty()) capture_tun_ = std::make_unique<Capture>(opt.capture_tun);
+  if (!opt.capture_stack.empty()) capture_stack_ = std::make_unique<Capture>(opt.capture_stack);
+  stack_ = std::make_unique<stack::Stack>(engine_.rules(), device.mtu(),
+                                          [this](std::span<uint8_t> p) { from_stack(p); });
+}
+
+Daemon::~Daemon() = default;
+
+void Daemon::send(std::span<const uint8_t> packet) {
+  if (capture_tun_) capture_tun_->write(packet);
+  if (!device_.write(packet)) ++counters_.device_write_errors;
+}
+
+void Daemon::from_device(std::span<uint8_t> packet, uint64_t now_ms) {
+  if (capture_tun_) capture_tun_->write(packet);
+  vpm::Result r = engine_.to_stack(packet, now_ms);
+  switch (r.verdict) {
+    case vpm::Verdict::translated:
+    case vpm::Verdict::passed:
+      if (capture_stack_) capture_stack_->write(packet);
+      stack_->input(packet);
+      break;
+    case vpm::Verdict::refused:
+      // The engine has not touched a refused packet: answer it as the TUN side sees it.
+      if (vpm::build_refusal(packet, refusal_)) {
+        send(refusal_);
+        ++counters_.refusals_sent;
+      }
+      spdlog::debug("refused: {}", vpm::drop_description(r.reason));
+      break;
+    case vpm::Verdict::dropped:
+      break;
+  }
+}
+
+void Daemon::from_stack(std::span<uint8_t> packet) {
+  if (capture_stack_) capture_stack_->write(packet);
+  vpm::Result r = engine_.to_tun(packet, now_ms_);
+  if (r.verdict == vpm::Verdict::translated || r.verdict == vpm::Verdict::passed) send(packet);
+}
+
+void Daemon::drain_device(uint64_t now_ms) {
+  now_ms_ = now_ms;
+  // Bounded, so timers and signals are not starved under a flood.
+  for (int i = 0; i < 1024; ++i) {
+    size_t n = device_.read(buffer_);
+    if (n == 0) return;
+    from_device({buffer_.data(), n}, now_ms);
+  }
+}
+
+void Daemon::tick(uint64_t now_ms) {
+  now_ms_ = now_ms;
+  stack_->poll();
+  engine_.expire(now_ms, 4096);
+}
+
+int Daemon::run() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  sigprocmask(SIG_BLOCK, &signals, nullptr);
+  int sfd = signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC);
+  int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  itimerspec every{{0, 50'000'000}, {0, 50'000'000}};
+  timerfd_settime(tfd, 0, &every, nullptr);
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  auto watch = [&](int fd) {
+    epoll_event e{};
+    e.events = EPOLLIN;
+    e.data.fd = fd;
+    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
+  };
+  watch(device_.fd());
+  watch(sfd);
+  watch(tfd);
+
+  int code = 0;
+  for (bool running = true; running;) {
+    epoll_event events[8];
+    int n = epoll_wait(ep, events, 8, -1);
+    if (n < 0 && errno != EINTR) {
+      spdlog::error("epoll: {}", std::strerror(errno));
+      code = 1;
+      break;
+    }
+    uint64_t now = monotonic_ms();
+    for (int i = 0; i < n; ++i) {
+      int fd = events[i].data.fd;
+      if (fd == device_.fd()) {
+        drain_device(now);
+      } else if (fd == tfd) {
+        uint64_t expirations;
+        while (::read(tfd, &expirations, sizeof expirations) > 0) {
+        }
+        tick(now);
+      } else if (fd == sfd) {
+        signalfd_siginfo si{};
+        while (::read(sfd, &si, sizeof si) == sizeof si) {
+          if (si.ssi_signo == SIGHUP) {
+            spdlog::warn(
+                "SIGHUP: reloading is not implemented yet; keeping the running configuration");
+          } else {
+            spdlog::info("{}: stopping", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+            running = false;
+          }
+        }
+      }
+    }
+  }
+  ::close(ep);
+  ::close(tfd);
+  ::close(sfd);
+  return code;
+}
+
+}  // namespace tun

@@ -1,0 +1,72 @@
+// The daemon: one event loop joining a packet device, the engine and the stack.
+//
+// Theory of operation. epoll waits on the device, a timerfd (every 50 ms:
+// lwIP timers, flow expiry) and a signalfd (SIGTERM/SIGINT stop, SIGHUP is
+// logged). Each packet read from the device goes through Engine::to_stack;
+// translated or passed, it enters the stack; refused, the client gets a RST
+// or port unreachable built by vpm::build_refusal. Each packet the stack
+// sends goes through Engine::to_tun and out of the device. Optional pcap
+// captures record both views: --capture-tun what crosses the device,
+// --capture-stack what crosses the stack's netifs.
+#pragma once
+
+#include <pcap/pcap.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "stack/stack.hpp"
+#include "tun/device.hpp"
+#include "vpm/engine.hpp"
+
+namespace tun {
+
+struct DaemonOptions {
+  std::string capture_tun;    // pcap of the TUN side, or empty
+  std::string capture_stack;  // pcap of the stack side, or empty
+};
+
+struct DaemonCounters {
+  uint64_t device_write_errors = 0;
+  uint64_t refusals_sent = 0;
+};
+
+class Daemon {
+ public:
+  // Throws std::runtime_error for what it cannot set up (captures, stack).
+  Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions& opt);
+  ~Daemon();
+
+  // Reads and handles every packet waiting on the device.
+  void drain_device(uint64_t now_ms);
+  // Timers: lwIP's and flow expiry.
+  void tick(uint64_t now_ms);
+  // The event loop, until SIGTERM or SIGINT. Returns the exit code.
+  int run();
+
+  const vpm::Engine& engine() const { return engine_; }
+  const stack::Stack& stack() const { return *stack_; }
+  const DaemonCounters& counters() const { return counters_; }
+
+ private:
+  class Capture;
+  void from_device(std::span<uint8_t> packet, uint64_t now_ms);
+  void from_stack(std::span<uint8_t> packet);
+  void send(std::span<const uint8_t> packet);
+
+  vpm::Engine engine_;
+  PacketDevice& device_;
+  std::unique_ptr<Capture> capture_tun_, capture_stack_;
+  std::unique_ptr<stack::Stack> stack_;
+  std::vector<uint8_t> buffer_;
+  std::vector<uint8_t> refusal_;
+  uint64_t now_ms_ = 0;
+  DaemonCounters counters_;
+};
+
+uint64_t monotonic_ms();
+
+}  // namespace tun
