@@ -29,12 +29,13 @@ serve = "echo"
 // The engine and the stack wired as the daemon wires them, with the TUN
 // replaced by two queues.
 struct DataPath {
-  vpm::Engine engine;
-  stack::Stack stack;
   std::vector<Bytes> to_clients;  // what the daemon would write to the TUN
+  vpm::Engine engine;
+  stack::Stack stack;  // last: its destructor still sends (RSTs) through the others
 
   explicit DataPath(const vpm::Config& cfg)
-      : engine(cfg), stack(engine.rules(), 65520, [this](std::span<uint8_t> p) {
+      : engine(cfg),
+        stack(engine.rules(), 65520, [this](std::span<uint8_t> p) {
           Bytes copy(p.begin(), p.end());
           auto r = engine.to_tun(copy, 0);
           if (r.verdict == vpm::Verdict::translated || r.verdict == vpm::Verdict::passed)
