@@ -1,9 +1,17 @@
 // lwIP netifs for the virtual addresses, and the built-in endpoints.
 #include "stack/stack.hpp"
 
+#include <fcntl.h>
 #include <fmt/core.h>
+#include <netinet/in.h>
 #include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <array>
+#include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <stdexcept>
@@ -19,12 +27,83 @@
 #include "lwip/timeouts.h"
 #include "lwip/udp.h"
 #include "stack_internal.hpp"
+#include "vpm/packet.hpp"
+#include "vpm/refusal.hpp"
 
 namespace stack {
 
 namespace {
 
-enum class Service { echo, discard, http_info };
+enum class Service { echo, discard, http_info, forward };
+
+constexpr uint64_t kBackendConnectMs = 3000;  // then a held SYN is refused
+constexpr size_t kRelayChunk = 65536;
+
+uint64_t now_ms() {
+  using namespace std::chrono;
+  return static_cast<uint64_t>(
+      duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count());
+}
+
+// (client address, client port, virtual address, p2) as bytes, for maps.
+using Tuple = std::array<uint8_t, 36>;
+Tuple make_tuple(const vpm::IpAddr& client, uint16_t cport, const vpm::IpAddr& vip, uint16_t p2) {
+  Tuple t{};
+  std::memcpy(t.data(), client.bytes.data(), 16);
+  std::memcpy(t.data() + 16, vip.bytes.data(), 16);
+  vpm::store16(t.data() + 32, cport);
+  vpm::store16(t.data() + 34, p2);
+  return t;
+}
+
+vpm::IpAddr from_lwip(const ip_addr_t* addr) {
+  return IP_IS_V6(addr) ? vpm::IpAddr::v6(reinterpret_cast<const uint8_t*>(ip_2_ip6(addr)->addr))
+                        : vpm::IpAddr::v4(reinterpret_cast<const uint8_t*>(&ip_2_ip4(addr)->addr));
+}
+
+// A socket address for a backend endpoint.
+socklen_t to_sockaddr(const vpm::Endpoint& ep, sockaddr_storage& ss) {
+  std::memset(&ss, 0, sizeof ss);
+  if (ep.addr.is_v4()) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(ep.port);
+    std::memcpy(&sin->sin_addr, &ep.addr.bytes[12], 4);
+    return sizeof(sockaddr_in);
+  }
+  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  sin6->sin6_family = AF_INET6;
+  sin6->sin6_port = htons(ep.port);
+  std::memcpy(&sin6->sin6_addr, ep.addr.bytes.data(), 16);
+  return sizeof(sockaddr_in6);
+}
+
+// PROXY protocol v2 header: the client as it connected (address, port) to
+// the virtual address and p1 it used.
+std::string proxy_v2(bool tcp, const vpm::IpAddr& client, uint16_t cport, const vpm::IpAddr& vip,
+                     uint16_t p1) {
+  static const char sig[] = "\r\n\r\n\0\r\nQUIT\n";
+  std::string h(sig, 12);
+  bool v4 = client.is_v4();
+  h += static_cast<char>(0x21);  // version 2, PROXY
+  h += static_cast<char>((v4 ? 0x10 : 0x20) | (tcp ? 0x01 : 0x02));
+  uint16_t len = v4 ? 12 : 36;
+  h += static_cast<char>(len >> 8);
+  h += static_cast<char>(len & 0xff);
+  auto addr = [&](const vpm::IpAddr& a) {
+    if (v4)
+      h.append(reinterpret_cast<const char*>(&a.bytes[12]), 4);
+    else
+      h.append(reinterpret_cast<const char*>(a.bytes.data()), 16);
+  };
+  addr(client);
+  addr(vip);
+  for (uint16_t port : {cport, p1}) {
+    h += static_cast<char>(port >> 8);
+    h += static_cast<char>(port & 0xff);
+  }
+  return h;
+}
 
 constexpr size_t kMaxRequest = 16 * 1024;  // http-info reads at most this much of a request
 
@@ -67,10 +146,33 @@ struct Conn {
   uint16_t app = 0;
   Service service = Service::discard;
   tcp_pcb* pcb = nullptr;
-  pbuf* pending = nullptr;  // echo: read, not yet queued back
+  pbuf* pending = nullptr;  // echo: read, not yet queued back; forward: not yet sent to the backend
   std::string request;      // http-info
   bool fin_seen = false;
   bool answered = false;
+  // forward
+  int sock = -1;
+  std::string preamble;      // PROXY header still to send
+  std::string from_backend;  // read from the backend, not yet taken by lwIP
+  bool backend_fin = false;
+  bool sent_fin = false;
+};
+
+// A client SYN held while its backend connection is made.
+struct Connecting {
+  std::vector<uint8_t> syn;
+  int sock = -1;
+  uint16_t app = 0;
+  uint64_t started_ms = 0;
+};
+
+// A forward UDP session: one connected socket per client address:port.
+struct UdpSession {
+  int sock = -1;
+  uint64_t last_ms = 0;
+  ip_addr_t client;
+  uint16_t client_port = 0;
+  Endpoint* ep = nullptr;
 };
 
 }  // namespace
@@ -78,6 +180,10 @@ struct Conn {
 struct Stack::Impl {
   const vpm::Ruleset& rules;
   PacketSink sink;
+  IoLoop* io = nullptr;
+  std::map<Tuple, Connecting> connecting;               // SYNs held for their backend
+  std::map<Tuple, std::pair<int, uint16_t>> connected;  // backend socket and app, awaiting accept
+  std::map<Tuple, UdpSession> udp_sessions;
   StackCounters counters;
   std::vector<std::unique_ptr<netif>> netifs;
   std::vector<std::unique_ptr<Endpoint>> endpoints;
@@ -88,6 +194,7 @@ struct Stack::Impl {
 
   Service service_of(uint16_t app) const {
     const auto& a = rules.config().apps[app];
+    if (a.forward) return Service::forward;
     if (a.serve == "echo") return Service::echo;
     if (a.serve == "http-info") return Service::http_info;
     return Service::discard;
@@ -111,9 +218,22 @@ struct Stack::Impl {
 
   void forget(Conn* c) {
     if (c->pending) pbuf_free(c->pending);
+    if (c->sock >= 0) {
+      io->unwatch(c->sock);
+      ::close(c->sock);
+    }
     conns.erase(c);
     ++counters.tcp_closed;
     delete c;
+  }
+
+  // Resets the client's connection. lwIP frees a TIME_WAIT pcb on abort
+  // without calling the error callback, so that case is closed instead.
+  void abort(Conn* c) {
+    if (c->pcb->state == TIME_WAIT)
+      close(c);
+    else
+      tcp_abort(c->pcb);  // on_tcp_err frees c
   }
 
   // Closes our side once everything queued has been handed to lwIP.
@@ -125,6 +245,172 @@ struct Stack::Impl {
     if (tcp_close(c->pcb) != ERR_OK) tcp_abort(c->pcb);
     forget(c);
   }
+
+  // Forward, client to backend: send what lwIP delivered, acknowledging
+  // (opening the client's window for) only what the socket took. Returns
+  // false when it had to abort the connection (lwIP callbacks then return
+  // ERR_ABRT, as lwIP requires).
+  bool to_backend(Conn* c) {
+    while (!c->preamble.empty()) {
+      ssize_t n =
+          ::send(c->sock, c->preamble.data(), c->preamble.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n < 0) break;
+      c->preamble.erase(0, static_cast<size_t>(n));
+    }
+    while (c->preamble.empty() && c->pending) {
+      ssize_t n =
+          ::send(c->sock, c->pending->payload, c->pending->len, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+        abort(c);  // backend gone: the client gets a RST
+        return false;
+      }
+      tcp_recved(c->pcb, static_cast<u16_t>(n));
+      c->pending = pbuf_free_header(c->pending, static_cast<u16_t>(n));
+    }
+    bool blocked = !c->preamble.empty() || c->pending;
+    if (!blocked && c->fin_seen) ::shutdown(c->sock, SHUT_WR);
+    rewatch(c, blocked);
+    return true;
+  }
+
+  // Forward, backend to client: read only as much as lwIP can queue.
+  enum class Outcome { alive, closed, aborted };
+  Outcome from_backend(Conn* c) {
+    for (;;) {
+      if (!c->from_backend.empty()) {
+        u16_t n = static_cast<u16_t>(
+            std::min<size_t>({c->from_backend.size(), tcp_sndbuf(c->pcb), 0xffff}));
+        if (n == 0 || tcp_write(c->pcb, c->from_backend.data(), n, TCP_WRITE_FLAG_COPY) != ERR_OK)
+          break;
+        c->from_backend.erase(0, n);
+        continue;
+      }
+      if (c->backend_fin || tcp_sndbuf(c->pcb) == 0) break;
+      char buf[kRelayChunk];
+      size_t want = std::min<size_t>(sizeof buf, tcp_sndbuf(c->pcb));
+      ssize_t n = ::recv(c->sock, buf, want, MSG_DONTWAIT);
+      if (n > 0) {
+        c->from_backend.assign(buf, static_cast<size_t>(n));
+        continue;
+      }
+      if (n == 0) {
+        c->backend_fin = true;
+        break;
+      }
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      abort(c);
+      return Outcome::aborted;
+    }
+    tcp_output(c->pcb);
+    if (c->backend_fin && c->from_backend.empty() && !c->sent_fin) {
+      c->sent_fin = true;
+      tcp_shutdown(c->pcb, 0, 1);  // pass the backend's FIN on
+    }
+    if (c->sent_fin && c->fin_seen && !c->pending) {
+      close(c);
+      return Outcome::closed;
+    }
+    rewatch(c, !c->preamble.empty() || c->pending);
+    return Outcome::alive;
+  }
+
+  // Watch the backend for what we can use now: input only while lwIP has
+  // room (back-pressure towards the backend), output only while blocked.
+  void rewatch(Conn* c, bool want_out) {
+    uint32_t ev = 0;
+    if (!c->backend_fin && tcp_sndbuf(c->pcb) > 0) ev |= EPOLLIN;
+    if (want_out) ev |= EPOLLOUT;
+    io->watch(c->sock, ev, [this, c](uint32_t ready) {
+      if (ready & EPOLLERR) {
+        abort(c);
+        return;
+      }
+      if (ready & EPOLLOUT) to_backend(c);
+      // A hang-up reads as end of stream.
+      if (conns.count(c) && (ready & (EPOLLIN | EPOLLHUP))) from_backend(c);
+    });
+  }
+
+  // A SYN for a forward endpoint: connect to the backend first.
+  bool hold_syn(std::span<const uint8_t> packet) {
+    std::vector<uint8_t> copy(packet.begin(), packet.end());
+    vpm::PacketView v;
+    if (vpm::parse_packet(copy, v) != vpm::Drop::none || !v.has_l4 || v.proto != vpm::ipproto::tcp)
+      return false;
+    uint8_t flags = v.l4_ptr()[13];
+    if ((flags & 0x12) != 0x02) return false;  // only a SYN without ACK starts a connection
+    Endpoint* ep = find_endpoint(v.dst(), v.dst_port(), vpm::Proto::tcp);
+    if (!ep || service_of(ep->apps.front()) != Service::forward) return false;
+    Tuple key = make_tuple(v.src(), v.src_port(), v.dst(), v.dst_port());
+    if (connected.count(key)) return false;  // a retransmission after the backend accepted
+    if (connecting.count(key)) return true;  // still connecting: the client retransmits
+    uint16_t app = ep->apps[ep->turn++ % ep->apps.size()];
+    const vpm::Endpoint& backend = *rules.config().apps[app].forward;
+    sockaddr_storage ss;
+    socklen_t len = to_sockaddr(backend, ss);
+    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 ||
+        (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0 && errno != EINPROGRESS)) {
+      if (fd >= 0) ::close(fd);
+      refuse(copy);
+      return true;
+    }
+    connecting[key] = Connecting{copy, fd, app, now_ms()};
+    io->watch(fd, EPOLLOUT, [this, key](uint32_t) { backend_answered(key); });
+    return true;
+  }
+
+  void backend_answered(const Tuple& key) {
+    auto it = connecting.find(key);
+    if (it == connecting.end()) return;
+    Connecting c = std::move(it->second);
+    connecting.erase(it);
+    io->unwatch(c.sock);
+    int err = 0;
+    socklen_t len = sizeof err;
+    ::getsockopt(c.sock, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0) {
+      ::close(c.sock);
+      refuse(c.syn);
+      return;
+    }
+    connected[key] = {c.sock, c.app};
+    deliver(c.syn);  // now lwIP may complete the handshake
+  }
+
+  // Tells the client of a held SYN that nobody will answer.
+  void refuse(const std::vector<uint8_t>& syn) {
+    ++counters.backend_connect_failures;
+    std::vector<uint8_t> rst;
+    if (vpm::build_refusal(syn, rst)) {
+      ++counters.packets_out;
+      sink({rst.data(), rst.size()});
+    }
+  }
+
+  Endpoint* find_endpoint(const vpm::IpAddr& vip, uint16_t p2, vpm::Proto proto) {
+    for (auto& ep : endpoints)
+      if (ep->p2 == p2 && ep->proto == proto && ep->vaddr == vip) return ep.get();
+    return nullptr;
+  }
+
+  void deliver(std::span<const uint8_t> packet) {
+    pbuf* p = pbuf_alloc(PBUF_RAW, static_cast<u16_t>(packet.size()), PBUF_RAM);
+    if (!p) {
+      ++counters.input_errors;
+      return;
+    }
+    pbuf_take(p, packet.data(), static_cast<u16_t>(packet.size()));
+    netif* first = netifs.front().get();
+    if (first->input(p, first) != ERR_OK) {
+      pbuf_free(p);
+      ++counters.input_errors;
+    }
+  }
+
+  void udp_forward(Endpoint* ep, uint16_t app, pbuf* p, const ip_addr_t* addr, u16_t port);
+  void expire(uint64_t now);
 
   // Echo: queue back what was read, as far as the send buffer allows, and
   // acknowledge only that much (the client's window is our back-pressure).
@@ -166,11 +452,21 @@ err_t on_tcp_recv(void* arg, tcp_pcb* pcb, pbuf* p, err_t err) {
     if (p) pbuf_free(p);
     if (c->service == Service::echo)
       s->pump(c);
-    else
+    else if (c->service == Service::forward) {
+      if (!s->to_backend(c)) return ERR_ABRT;  // half-close towards the backend once all is sent
+      // Both directions have ended: the pcb may already be in TIME_WAIT.
+      if (c->sent_fin) s->close(c);
+    } else
       s->close(c);
     return ERR_OK;
   }
   switch (c->service) {
+    case Service::forward:
+      if (c->pending)
+        pbuf_cat(c->pending, p);
+      else
+        c->pending = p;
+      return s->to_backend(c) ? ERR_OK : ERR_ABRT;
     case Service::echo:
       if (c->pending)
         pbuf_cat(c->pending, p);
@@ -210,6 +506,9 @@ err_t on_tcp_recv(void* arg, tcp_pcb* pcb, pbuf* p, err_t err) {
 err_t on_tcp_sent(void* arg, tcp_pcb*, u16_t) {
   auto* c = static_cast<Conn*>(arg);
   if (c && c->service == Service::echo) c->stack->pump(c);
+  if (c && c->service == Service::forward &&
+      c->stack->from_backend(c) == Stack::Impl::Outcome::aborted)
+    return ERR_ABRT;
   return ERR_OK;
 }
 
@@ -225,9 +524,25 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
   auto* c = new Conn;
   c->stack = s;
   c->ep = ep;
-  c->app = ep->apps[ep->turn++ % ep->apps.size()];
-  c->service = s->service_of(c->app);
   c->pcb = pcb;
+  if (s->service_of(ep->apps.front()) == Service::forward) {
+    // The backend connection was made before lwIP saw the SYN.
+    Tuple key = make_tuple(from_lwip(&pcb->remote_ip), pcb->remote_port, ep->vaddr, ep->p2);
+    auto it = s->connected.find(key);
+    if (it == s->connected.end()) {
+      delete c;
+      tcp_abort(pcb);
+      return ERR_ABRT;
+    }
+    std::tie(c->sock, c->app) = it->second;
+    s->connected.erase(it);
+    c->service = Service::forward;
+    if (s->rules.config().apps[c->app].proxy_protocol_v2)
+      c->preamble = proxy_v2(true, from_lwip(&pcb->remote_ip), pcb->remote_port, ep->vaddr, ep->p1);
+  } else {
+    c->app = ep->apps[ep->turn++ % ep->apps.size()];
+    c->service = s->service_of(c->app);
+  }
   s->conns.insert(c);
   ++s->counters.tcp_accepted;
   tcp_arg(pcb, c);
@@ -235,6 +550,8 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
   tcp_sent(pcb, on_tcp_sent);
   tcp_err(pcb, on_tcp_err);
   tcp_nagle_disable(pcb);
+  // The PROXY header, and start watching the backend.
+  if (c->service == Service::forward && !s->to_backend(c)) return ERR_ABRT;
   return ERR_OK;
 }
 
@@ -244,6 +561,9 @@ void on_udp_recv(void* arg, udp_pcb* pcb, pbuf* p, const ip_addr_t* addr, u16_t 
   ++s->counters.udp_datagrams;
   uint16_t app = ep->apps[ep->turn++ % ep->apps.size()];
   switch (s->service_of(app)) {
+    case Service::forward:
+      s->udp_forward(ep, app, p, addr, port);
+      break;
     case Service::echo:
       udp_sendto(pcb, p, addr, port);
       break;
@@ -265,8 +585,77 @@ void on_udp_recv(void* arg, udp_pcb* pcb, pbuf* p, const ip_addr_t* addr, u16_t 
 
 }  // namespace
 
-Stack::Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink)
+void Stack::Impl::udp_forward(Endpoint* ep, uint16_t app, pbuf* p, const ip_addr_t* addr,
+                              u16_t port) {
+  Tuple key = make_tuple(from_lwip(addr), port, ep->vaddr, ep->p2);
+  auto it = udp_sessions.find(key);
+  if (it == udp_sessions.end()) {
+    const auto& a = rules.config().apps[app];
+    sockaddr_storage ss;
+    socklen_t len = to_sockaddr(*a.forward, ss);
+    int fd = ::socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0) {
+      if (fd >= 0) ::close(fd);
+      ++counters.backend_connect_failures;
+      return;
+    }
+    UdpSession sess;
+    sess.sock = fd;
+    sess.client = *addr;
+    sess.client_port = port;
+    sess.ep = ep;
+    it = udp_sessions.emplace(key, sess).first;
+    io->watch(fd, EPOLLIN, [this, key](uint32_t) {
+      auto s = udp_sessions.find(key);
+      if (s == udp_sessions.end()) return;
+      char buf[65536];
+      for (;;) {
+        ssize_t n = ::recv(s->second.sock, buf, sizeof buf, MSG_DONTWAIT);
+        if (n < 0) break;
+        s->second.last_ms = now_ms();
+        pbuf* reply = pbuf_alloc(PBUF_TRANSPORT, static_cast<u16_t>(n), PBUF_RAM);
+        if (!reply) break;
+        pbuf_take(reply, buf, static_cast<u16_t>(n));
+        udp_sendto(s->second.ep->udp, reply, &s->second.client, s->second.client_port);
+        pbuf_free(reply);
+      }
+    });
+  }
+  it->second.last_ms = now_ms();
+  std::string data(p->tot_len, '\0');
+  pbuf_copy_partial(p, data.data(), p->tot_len, 0);
+  if (rules.config().apps[app].proxy_protocol_v2)
+    data = proxy_v2(false, from_lwip(addr), port, ep->vaddr, ep->p1) + data;
+  ::send(it->second.sock, data.data(), data.size(), MSG_DONTWAIT);
+}
+
+void Stack::Impl::expire(uint64_t now) {
+  for (auto it = connecting.begin(); it != connecting.end();) {
+    if (now - it->second.started_ms < kBackendConnectMs) {
+      ++it;
+      continue;
+    }
+    io->unwatch(it->second.sock);
+    ::close(it->second.sock);
+    refuse(it->second.syn);  // the backend never answered
+    it = connecting.erase(it);
+  }
+  uint64_t idle = rules.config().timeouts.udp_ms;
+  for (auto it = udp_sessions.begin(); it != udp_sessions.end();) {
+    if (now - it->second.last_ms < idle) {
+      ++it;
+      continue;
+    }
+    io->unwatch(it->second.sock);
+    ::close(it->second.sock);
+    ++counters.udp_sessions_expired;
+    it = udp_sessions.erase(it);
+  }
+}
+
+Stack::Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink, IoLoop* io)
     : impl_(std::make_unique<Impl>(rules, std::move(sink))) {
+  impl_->io = io;
   static bool initialised = false;
   if (!initialised) {
     lwip_init();
@@ -277,10 +666,8 @@ Stack::Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink)
     throw std::runtime_error(
         "the daemon serves allocation = \"per-app\" only so far (per-connection works in replay)");
   for (const auto& app : cfg.apps)
-    if (app.forward)
-      throw std::runtime_error("app '" + app.name +
-                               "': forward endpoints are not implemented in the daemon yet; "
-                               "use serve = \"echo\", \"discard\" or \"http-info\"");
+    if (app.forward && !io)
+      throw std::runtime_error("app '" + app.name + "': forward endpoints need an event loop");
 
   // A netif per virtual address; the first is the default route for replies.
   for (const auto& v : rules.vaddrs()) {
@@ -344,6 +731,15 @@ Stack::Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink)
 Stack::~Stack() {
   std::vector<Conn*> open(impl_->conns.begin(), impl_->conns.end());
   for (Conn* c : open) tcp_abort(c->pcb);  // calls on_tcp_err, which frees c
+  for (auto& [key, c] : impl_->connecting) {
+    impl_->io->unwatch(c.sock);
+    ::close(c.sock);
+  }
+  for (auto& [key, c] : impl_->connected) ::close(c.first);
+  for (auto& [key, u] : impl_->udp_sessions) {
+    impl_->io->unwatch(u.sock);
+    ::close(u.sock);
+  }
   for (auto& ep : impl_->endpoints) {
     if (ep->listener) tcp_close(ep->listener);
     if (ep->udp) udp_remove(ep->udp);
@@ -357,20 +753,14 @@ void Stack::input(std::span<const uint8_t> packet) {
     ++impl_->counters.input_errors;
     return;
   }
-  pbuf* p = pbuf_alloc(PBUF_RAW, static_cast<u16_t>(packet.size()), PBUF_RAM);
-  if (!p) {
-    ++impl_->counters.input_errors;
-    return;
-  }
-  pbuf_take(p, packet.data(), static_cast<u16_t>(packet.size()));
-  netif* first = impl_->netifs.front().get();
-  if (first->input(p, first) != ERR_OK) {
-    pbuf_free(p);
-    ++impl_->counters.input_errors;
-  }
+  if (impl_->io && impl_->hold_syn(packet)) return;
+  impl_->deliver(packet);
 }
 
-void Stack::poll() { sys_check_timeouts(); }
+void Stack::poll() {
+  sys_check_timeouts();
+  if (impl_->io) impl_->expire(now_ms());
+}
 
 const StackCounters& Stack::counters() const {
   impl_->counters.lwip_asserts = lwip_assert_count();

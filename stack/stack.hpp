@@ -15,6 +15,17 @@
 //   discard    reads and drops.
 //   http-info  answers an HTTP request with a JSON body naming the app, its
 //              AID, p1, p2 and the client (UDP: any datagram gets the JSON).
+// Forward endpoints splice each connection to a real backend socket:
+//   TCP  connect first, accept after: a client's SYN is held until the
+//        backend accepts (then lwIP completes the handshake) or refuses or
+//        stays silent for kBackendConnectMs (then the client gets a RST), so
+//        a client never sees a connection that is then dropped. Each
+//        direction only reads what the other can take (lwIP's send buffer,
+//        the socket's), so neither a slow client nor a slow backend makes
+//        memory grow. A FIN is passed on as a half-close.
+//        proxy_protocol = "v2" sends the client's address first.
+//   UDP  one connected socket per client address:port, idle-expired after
+//        [timeouts] udp.
 // lwIP is one global instance: at most one Stack exists at a time, and all
 // calls come from one thread.
 #pragma once
@@ -31,6 +42,15 @@ namespace stack {
 // Receives each packet the stack sends, whole (stack view). Valid during the call only.
 using PacketSink = std::function<void(std::span<uint8_t>)>;
 
+// The event loop that backend sockets of forward endpoints live on (the
+// daemon's epoll). watch() replaces any earlier watch of the same fd.
+class IoLoop {
+ public:
+  virtual ~IoLoop() = default;
+  virtual void watch(int fd, uint32_t epoll_events, std::function<void(uint32_t)> ready) = 0;
+  virtual void unwatch(int fd) = 0;
+};
+
 struct StackCounters {
   uint64_t packets_in = 0;
   uint64_t packets_out = 0;
@@ -39,6 +59,8 @@ struct StackCounters {
   uint64_t tcp_accepted = 0;
   uint64_t tcp_closed = 0;
   uint64_t udp_datagrams = 0;
+  uint64_t backend_connect_failures = 0;
+  uint64_t udp_sessions_expired = 0;
 };
 
 class Stack {
@@ -46,15 +68,16 @@ class Stack {
   // Brings up one netif per virtual address (MTU `mtu`) and binds the
   // endpoints. Throws std::runtime_error when something cannot be bound, or
   // for configuration the stack does not serve yet.
-  Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink);
+  // `io` is needed when any app forwards to a backend.
+  Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink, IoLoop* io = nullptr);
   ~Stack();
   Stack(const Stack&) = delete;
   Stack& operator=(const Stack&) = delete;
 
   // One stack-side IP packet in. Copied; the caller keeps its buffer.
   void input(std::span<const uint8_t> packet);
-  // lwIP's timers (TCP retransmission, delayed ACKs, reassembly). Call at
-  // least every 100 ms; calling more often is harmless.
+  // lwIP's timers (TCP retransmission, delayed ACKs, reassembly), backend
+  // connect timeouts and UDP session expiry. Call at least every 100 ms.
   void poll();
 
   const StackCounters& counters() const;

@@ -55,11 +55,29 @@ Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions
     : engine_(cfg), device_(device), buffer_(device.mtu() + 64) {
   if (!opt.capture_tun.empty()) capture_tun_ = std::make_unique<Capture>(opt.capture_tun);
   if (!opt.capture_stack.empty()) capture_stack_ = std::make_unique<Capture>(opt.capture_stack);
-  stack_ = std::make_unique<stack::Stack>(engine_.rules(), device.mtu(),
-                                          [this](std::span<uint8_t> p) { from_stack(p); });
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) throw std::runtime_error(std::string("epoll: ") + std::strerror(errno));
+  stack_ = std::make_unique<stack::Stack>(
+      engine_.rules(), device.mtu(), [this](std::span<uint8_t> p) { from_stack(p); }, this);
 }
 
-Daemon::~Daemon() = default;
+Daemon::~Daemon() {
+  stack_.reset();  // closes backend sockets while the epoll set still exists
+  ::close(epoll_fd_);
+}
+
+void Daemon::watch(int fd, uint32_t epoll_events, std::function<void(uint32_t)> ready) {
+  epoll_event e{};
+  e.events = epoll_events;
+  e.data.fd = fd;
+  bool known = watched_.count(fd) != 0;
+  watched_[fd] = std::move(ready);
+  epoll_ctl(epoll_fd_, known ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &e);
+}
+
+void Daemon::unwatch(int fd) {
+  if (watched_.erase(fd)) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+}
 
 void Daemon::send(std::span<const uint8_t> packet) {
   if (capture_tun_) capture_tun_->write(packet);
@@ -121,21 +139,21 @@ int Daemon::run() {
   int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   itimerspec every{{0, 50'000'000}, {0, 50'000'000}};
   timerfd_settime(tfd, 0, &every, nullptr);
-  int ep = epoll_create1(EPOLL_CLOEXEC);
-  auto watch = [&](int fd) {
+  int ep = epoll_fd_;
+  auto add = [&](int fd) {
     epoll_event e{};
     e.events = EPOLLIN;
     e.data.fd = fd;
     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
   };
-  watch(device_.fd());
-  watch(sfd);
-  watch(tfd);
+  add(device_.fd());
+  add(sfd);
+  add(tfd);
 
   int code = 0;
   for (bool running = true; running;) {
-    epoll_event events[8];
-    int n = epoll_wait(ep, events, 8, -1);
+    epoll_event events[64];
+    int n = epoll_wait(ep, events, 64, -1);
     if (n < 0 && errno != EINTR) {
       spdlog::error("epoll: {}", std::strerror(errno));
       code = 1;
@@ -151,6 +169,10 @@ int Daemon::run() {
         while (::read(tfd, &expirations, sizeof expirations) > 0) {
         }
         tick(now);
+      } else if (auto w = watched_.find(fd); w != watched_.end()) {
+        now_ms_ = now;
+        auto ready = w->second;  // the callback may unwatch (and erase) itself
+        ready(events[i].events);
       } else if (fd == sfd) {
         signalfd_siginfo si{};
         while (::read(sfd, &si, sizeof si) == sizeof si) {
@@ -165,7 +187,6 @@ int Daemon::run() {
       }
     }
   }
-  ::close(ep);
   ::close(tfd);
   ::close(sfd);
   return code;

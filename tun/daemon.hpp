@@ -13,6 +13,8 @@
 #include <pcap/pcap.h>
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -34,7 +36,7 @@ struct DaemonCounters {
   uint64_t refusals_sent = 0;
 };
 
-class Daemon {
+class Daemon : public stack::IoLoop {
  public:
   // Throws std::runtime_error for what it cannot set up (captures, stack).
   Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions& opt);
@@ -51,6 +53,10 @@ class Daemon {
   const stack::Stack& stack() const { return *stack_; }
   const DaemonCounters& counters() const { return counters_; }
 
+  // stack::IoLoop: backend sockets join the epoll set.
+  void watch(int fd, uint32_t epoll_events, std::function<void(uint32_t)> ready) override;
+  void unwatch(int fd) override;
+
  private:
   class Capture;
   void from_device(std::span<uint8_t> packet, uint64_t now_ms);
@@ -65,6 +71,8 @@ class Daemon {
   std::vector<uint8_t> refusal_;
   uint64_t now_ms_ = 0;
   DaemonCounters counters_;
+  int epoll_fd_ = -1;
+  std::map<int, std::function<void(uint32_t)>> watched_;
 };
 
 uint64_t monotonic_ms();
