@@ -185,8 +185,10 @@ struct Stack::Impl {
   std::map<Tuple, std::pair<int, uint16_t>> connected;  // backend socket and app, awaiting accept
   std::map<Tuple, UdpSession> udp_sessions;
   StackCounters counters;
+  bool per_connection = false;
   std::vector<std::unique_ptr<netif>> netifs;
   std::vector<std::unique_ptr<Endpoint>> endpoints;
+  std::map<std::tuple<vpm::IpAddr, uint16_t, vpm::Proto>, Endpoint*> by_port;
   std::unordered_set<Conn*> conns;
   std::vector<uint8_t> out;
 
@@ -332,19 +334,13 @@ struct Stack::Impl {
     });
   }
 
-  // A SYN for a forward endpoint: connect to the backend first.
-  bool hold_syn(std::span<const uint8_t> packet) {
-    std::vector<uint8_t> copy(packet.begin(), packet.end());
-    vpm::PacketView v;
-    if (vpm::parse_packet(copy, v) != vpm::Drop::none || !v.has_l4 || v.proto != vpm::ipproto::tcp)
-      return false;
-    uint8_t flags = v.l4_ptr()[13];
-    if ((flags & 0x12) != 0x02) return false;  // only a SYN without ACK starts a connection
-    Endpoint* ep = find_endpoint(v.dst(), v.dst_port(), vpm::Proto::tcp);
-    if (!ep || service_of(ep->apps.front()) != Service::forward) return false;
+  // A SYN for a forward endpoint: connect to the backend first. Returns
+  // false when lwIP should see the SYN now.
+  bool hold_syn(const vpm::PacketView& v, Endpoint* ep) {
     Tuple key = make_tuple(v.src(), v.src_port(), v.dst(), v.dst_port());
     if (connected.count(key)) return false;  // a retransmission after the backend accepted
     if (connecting.count(key)) return true;  // still connecting: the client retransmits
+    std::vector<uint8_t> copy(v.bytes.begin(), v.bytes.end());
     uint16_t app = ep->apps[ep->turn++ % ep->apps.size()];
     const vpm::Endpoint& backend = *rules.config().apps[app].forward;
     sockaddr_storage ss;
@@ -389,10 +385,39 @@ struct Stack::Impl {
     }
   }
 
-  Endpoint* find_endpoint(const vpm::IpAddr& vip, uint16_t p2, vpm::Proto proto) {
-    for (auto& ep : endpoints)
-      if (ep->p2 == p2 && ep->proto == proto && ep->vaddr == vip) return ep.get();
-    return nullptr;
+  // Binds (vaddr, p2, proto) in lwIP; nullptr if lwIP refuses.
+  Endpoint* bind(const vpm::IpAddr& vaddr, uint16_t p1, uint16_t p2, vpm::Proto proto);
+
+  // Where a packet that starts something goes. With per-connection
+  // allocation p2s are bound when first used, and each is lent to the app
+  // of the one flow that holds it.
+  Endpoint* endpoint_for(const vpm::PacketView& v, vpm::Proto proto, uint16_t app) {
+    auto it = by_port.find({v.dst(), v.dst_port(), proto});
+    Endpoint* ep = it == by_port.end() ? nullptr : it->second;
+    if (!per_connection || app == vpm::kNoApp) return ep;
+    if (!ep) {
+      int vi = rules.find_vaddr(v.dst());
+      uint16_t p1 =
+          vi < 0 || !rules.hidden(v.dst_port()) ? 0 : rules.p1_of(vi, proto, v.dst_port());
+      if (p1 == 0 || !(ep = bind(v.dst(), p1, v.dst_port(), proto))) return nullptr;
+    }
+    ep->apps.assign(1, app);
+    return ep;
+  }
+
+  // One packet in: held when it is a SYN for a forward endpoint, else to lwIP.
+  void arrive(std::span<uint8_t> packet, uint16_t app) {
+    vpm::PacketView v;
+    if (vpm::parse_packet(packet, v) == vpm::Drop::none && v.has_l4) {
+      bool syn = v.proto == vpm::ipproto::tcp && (v.l4_ptr()[13] & 0x12) == 0x02;
+      bool udp = v.proto == vpm::ipproto::udp;
+      if (syn || (udp && per_connection)) {
+        Endpoint* ep = endpoint_for(v, syn ? vpm::Proto::tcp : vpm::Proto::udp, app);
+        if (syn && ep && service_of(ep->apps.front()) == Service::forward && hold_syn(v, ep))
+          return;
+      }
+    }
+    deliver(packet);
   }
 
   void deliver(std::span<const uint8_t> packet) {
@@ -629,6 +654,43 @@ void Stack::Impl::udp_forward(Endpoint* ep, uint16_t app, pbuf* p, const ip_addr
   ::send(it->second.sock, data.data(), data.size(), MSG_DONTWAIT);
 }
 
+Endpoint* Stack::Impl::bind(const vpm::IpAddr& vaddr, uint16_t p1, uint16_t p2, vpm::Proto proto) {
+  auto ep = std::make_unique<Endpoint>();
+  ep->stack = this;
+  ep->vaddr = vaddr;
+  ep->p1 = p1;
+  ep->p2 = p2;
+  ep->proto = proto;
+  ip_addr_t addr = to_lwip(vaddr);
+  if (proto == vpm::Proto::tcp) {
+    tcp_pcb* pcb = tcp_new_ip_type(IP_GET_TYPE(&addr));
+    if (!pcb) return nullptr;
+    if (tcp_bind(pcb, &addr, p2) != ERR_OK) {
+      tcp_close(pcb);
+      return nullptr;
+    }
+    ep->listener = tcp_listen_with_backlog(pcb, TCP_DEFAULT_LISTEN_BACKLOG);
+    if (!ep->listener) {
+      tcp_close(pcb);  // lwIP keeps the unlistened pcb when it fails
+      return nullptr;
+    }
+    tcp_arg(ep->listener, ep.get());
+    tcp_accept(ep->listener, on_tcp_accept);
+  } else {
+    ep->udp = udp_new_ip_type(IP_GET_TYPE(&addr));
+    if (!ep->udp) return nullptr;
+    if (udp_bind(ep->udp, &addr, p2) != ERR_OK) {
+      udp_remove(ep->udp);
+      return nullptr;
+    }
+    udp_recv(ep->udp, on_udp_recv, ep.get());
+  }
+  Endpoint* raw = ep.get();
+  by_port[{vaddr, p2, proto}] = raw;
+  endpoints.push_back(std::move(ep));
+  return raw;
+}
+
 void Stack::Impl::expire(uint64_t now) {
   for (auto it = connecting.begin(); it != connecting.end();) {
     if (now - it->second.started_ms < kBackendConnectMs) {
@@ -662,9 +724,7 @@ Stack::Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink, IoLoop* i
     initialised = true;
   }
   const auto& cfg = rules.config();
-  if (cfg.vpm.allocation == vpm::Allocation::per_connection)
-    throw std::runtime_error(
-        "the daemon serves allocation = \"per-app\" only so far (per-connection works in replay)");
+  impl_->per_connection = cfg.vpm.allocation == vpm::Allocation::per_connection;
   for (const auto& app : cfg.apps)
     if (app.forward && !io)
       throw std::runtime_error("app '" + app.name + "': forward endpoints need an event loop");
@@ -690,40 +750,20 @@ Stack::Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink, IoLoop* i
     impl_->netifs.push_back(std::move(nif));
   }
 
-  // One endpoint per (vaddr, p2, protocol), shared by the apps of one AID.
-  std::map<std::tuple<vpm::IpAddr, uint16_t, vpm::Proto>, Endpoint*> bound;
+  // Per-app: one endpoint per (vaddr, p2, protocol), shared by the apps of
+  // one AID. Per-connection: bound as p2s are first used (arrive()).
   for (const auto& l : rules.listens()) {
     for (size_t a = 0; a < l.p2_of_app.size(); ++a) {
       uint16_t p2 = l.p2_of_app[a];
       if (p2 == 0) continue;
-      auto& slot = bound[{l.vaddr, p2, l.proto}];
-      if (!slot) {
-        auto ep = std::make_unique<Endpoint>();
-        ep->stack = impl_.get();
-        ep->vaddr = l.vaddr;
-        ep->p1 = l.p1;
-        ep->p2 = p2;
-        ep->proto = l.proto;
-        ip_addr_t addr = to_lwip(l.vaddr);
-        if (l.proto == vpm::Proto::tcp) {
-          tcp_pcb* pcb = tcp_new_ip_type(IP_GET_TYPE(&addr));
-          if (!pcb || tcp_bind(pcb, &addr, p2) != ERR_OK)
-            throw std::runtime_error(
-                fmt::format("cannot bind {} in the stack", vpm::Endpoint{l.vaddr, p2}.str()));
-          ep->listener = tcp_listen_with_backlog(pcb, TCP_DEFAULT_LISTEN_BACKLOG);
-          tcp_arg(ep->listener, ep.get());
-          tcp_accept(ep->listener, on_tcp_accept);
-        } else {
-          ep->udp = udp_new_ip_type(IP_GET_TYPE(&addr));
-          if (!ep->udp || udp_bind(ep->udp, &addr, p2) != ERR_OK)
-            throw std::runtime_error(
-                fmt::format("cannot bind {}/udp in the stack", vpm::Endpoint{l.vaddr, p2}.str()));
-          udp_recv(ep->udp, on_udp_recv, ep.get());
-        }
-        slot = ep.get();
-        impl_->endpoints.push_back(std::move(ep));
-      }
-      slot->apps.push_back(static_cast<uint16_t>(a));
+      auto it = impl_->by_port.find({l.vaddr, p2, l.proto});
+      Endpoint* ep =
+          it != impl_->by_port.end() ? it->second : impl_->bind(l.vaddr, l.p1, p2, l.proto);
+      if (!ep)
+        throw std::runtime_error(fmt::format("cannot bind {}/{} in the stack",
+                                             vpm::Endpoint{l.vaddr, p2}.str(),
+                                             vpm::proto_name(l.proto)));
+      ep->apps.push_back(static_cast<uint16_t>(a));
     }
   }
 }
@@ -747,14 +787,13 @@ Stack::~Stack() {
   for (auto& nif : impl_->netifs) netif_remove(nif.get());
 }
 
-void Stack::input(std::span<const uint8_t> packet) {
+void Stack::input(std::span<uint8_t> packet, uint16_t app) {
   ++impl_->counters.packets_in;
   if (packet.empty() || packet.size() > 65535 || impl_->netifs.empty()) {
     ++impl_->counters.input_errors;
     return;
   }
-  if (impl_->io && impl_->hold_syn(packet)) return;
-  impl_->deliver(packet);
+  impl_->arrive(packet, app);
 }
 
 void Stack::poll() {

@@ -6,7 +6,10 @@
 // that the caller translates back and writes to the TUN. For each
 // (virtual address, p2, protocol) one endpoint is bound: with per-app
 // allocation that is one per (vaddr, p1, AID), shared by every app with that
-// AID (new connections go to them in turn). Built-in services:
+// AID (new connections go to them in turn); with per-connection allocation
+// a p2 is bound when the engine first hands it out and is lent to the app of
+// the one flow holding it (the caller says which, see input()). Built-in
+// services:
 //   echo       TCP: returns what it reads; only acknowledges (opens the
 //              window for) what it has queued back, so a client that does
 //              not read is slowed down, never buffered without bound.
@@ -74,8 +77,10 @@ class Stack {
   Stack(const Stack&) = delete;
   Stack& operator=(const Stack&) = delete;
 
-  // One stack-side IP packet in. Copied; the caller keeps its buffer.
-  void input(std::span<const uint8_t> packet);
+  // One stack-side IP packet in, and the app the engine gave its flow
+  // (Result::app; needed with per-connection allocation). Read, not
+  // modified, and copied; the caller keeps its buffer.
+  void input(std::span<uint8_t> packet, uint16_t app = vpm::kNoApp);
   // lwIP's timers (TCP retransmission, delayed ACKs, reassembly), backend
   // connect timeouts and UDP session expiry. Call at least every 100 ms.
   void poll();

@@ -91,7 +91,7 @@ void Daemon::from_device(std::span<uint8_t> packet, uint64_t now_ms) {
     case vpm::Verdict::translated:
     case vpm::Verdict::passed:
       if (capture_stack_) capture_stack_->write(packet);
-      stack_->input(packet);
+      stack_->input(packet, r.app);
       break;
     case vpm::Verdict::refused:
       // The engine has not touched a refused packet: answer it as the TUN side sees it.

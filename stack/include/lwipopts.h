@@ -70,8 +70,15 @@
 #define TCP_SNDLOWAT 1024 /* only the socket API uses it; must stay below 0xFFFF - 4 * MSS */
 #define TCP_OVERSIZE TCP_MSS
 #define TCP_QUEUE_OOSEQ 1
-#define LWIP_TCP_SACK_OUT 0
+/* Tell senders which segments arrived past a loss (RFC 2018), so they
+ * resend only the holes. */
+#define LWIP_TCP_SACK_OUT 1
 #define TCP_LISTEN_BACKLOG 1
+/* lwIP's TCP timers tick every 50 ms (the daemon polls as often): delayed
+ * ACKs wait at most that long, and retransmission timeouts are counted in
+ * 100 ms ticks instead of the default 500, which on a lossy path is the
+ * difference between a stall and a hiccup. */
+#define TCP_TMR_INTERVAL 50
 #define TCP_DEFAULT_LISTEN_BACKLOG 255
 #define LWIP_TCP_KEEPALIVE 1
 

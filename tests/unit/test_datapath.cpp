@@ -44,7 +44,7 @@ struct DataPath {
 
   vpm::Result from_client(Bytes p) {
     auto r = engine.to_stack(p, 0);
-    if (r.verdict == vpm::Verdict::translated || r.verdict == vpm::Verdict::passed) stack.input(p);
+    if (r.verdict == vpm::Verdict::translated || r.verdict == vpm::Verdict::passed) stack.input(p, r.app);
     return r;
   }
 
@@ -64,40 +64,48 @@ Bytes payload_of(const Bytes& p) {
 
 }  // namespace
 
+// A whole HTTP exchange with the stack: handshake, request, reply up to its
+// FIN (checked on the way: only p1 is seen, checksums hold). Returns the reply.
+std::string http_get(DataPath& dp, const std::string& client, const std::string& vip,
+                     uint16_t port) {
+  Spec syn{client, vip, 6, port, 9000, 0x02};
+  syn.seq = 1000;
+  REQUIRE(dp.from_client(build(syn)).verdict == vpm::Verdict::translated);
+  auto out = dp.take();
+  REQUIRE(out.size() == 1);
+  Bytes& synack = out[0];
+  size_t l4 = l4_of(synack);
+  CHECK(get16(synack, l4) == 9000);  // the client sees p1 only
+  CHECK(get16(synack, l4 + 2) == port);
+  CHECK(synack[l4 + 13] == 0x12);
+  CHECK(get32(synack, l4 + 8) == 1001);
+  CHECK(l4_checksum_ok(synack));
+  uint32_t server_seq = get32(synack, l4 + 4);
+
+  std::string request = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  Spec data{client, vip, 6, port, 9000, 0x18, Bytes(request.begin(), request.end())};
+  data.seq = 1001;
+  data.ack = server_seq + 1;
+  REQUIRE(dp.from_client(build(data)).verdict == vpm::Verdict::translated);
+  std::string reply;
+  bool fin = false;
+  for (auto& p : dp.take()) {
+    CHECK(get16(p, l4_of(p)) == 9000);
+    CHECK(l4_checksum_ok(p));
+    Bytes pl = payload_of(p);
+    reply.append(pl.begin(), pl.end());
+    fin |= (p[l4_of(p) + 13] & 0x01) != 0;
+  }
+  CHECK(fin);
+  return reply;
+}
+
 TEST_CASE("a TCP client reaches its app's http-info through engine and lwIP") {
   DataPath dp(config(kConfig));
   for (bool v6 : {false, true}) {
     INFO((v6 ? "IPv6" : "IPv4"));
     std::string client = v6 ? "2001:db8:1::5" : "198.51.100.5";
-    std::string vip = v6 ? "2001:db8::10" : "192.0.2.10";
-    Spec syn{client, vip, 6, 40000, 9000, 0x02};
-    syn.seq = 1000;
-    REQUIRE(dp.from_client(build(syn)).verdict == vpm::Verdict::translated);
-    auto out = dp.take();
-    REQUIRE(out.size() == 1);
-    Bytes& synack = out[0];
-    size_t l4 = l4_of(synack);
-    CHECK(get16(synack, l4) == 9000);  // the client sees p1 only
-    CHECK(get16(synack, l4 + 2) == 40000);
-    CHECK(synack[l4 + 13] == 0x12);
-    CHECK(get32(synack, l4 + 8) == 1001);
-    CHECK(l4_checksum_ok(synack));
-    uint32_t server_seq = get32(synack, l4 + 4);
-
-    std::string request = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-    Spec data{client, vip, 6, 40000, 9000, 0x18, Bytes(request.begin(), request.end())};
-    data.seq = 1001;
-    data.ack = server_seq + 1;
-    REQUIRE(dp.from_client(build(data)).verdict == vpm::Verdict::translated);
-    std::string reply;
-    bool fin = false;
-    for (auto& p : dp.take()) {
-      CHECK(get16(p, l4_of(p)) == 9000);
-      CHECK(l4_checksum_ok(p));
-      Bytes pl = payload_of(p);
-      reply.append(pl.begin(), pl.end());
-      fin |= (p[l4_of(p) + 13] & 0x01) != 0;
-    }
+    std::string reply = http_get(dp, client, v6 ? "2001:db8::10" : "192.0.2.10", 40000);
     INFO(reply);
     CHECK(reply.find("HTTP/1.1 200 OK") == 0);
     CHECK(reply.find("\"app\":\"blue\"") != std::string::npos);
@@ -105,10 +113,28 @@ TEST_CASE("a TCP client reaches its app's http-info through engine and lwIP") {
     CHECK(reply.find("\"p1\":9000") != std::string::npos);
     CHECK(reply.find("\"client\":\"" + (v6 ? "[" + client + "]" : client) + ":40000\"") !=
           std::string::npos);
-    CHECK(fin);
   }
   CHECK(dp.stack.counters().tcp_accepted == 2);
   CHECK(dp.stack.counters().lwip_asserts == 0);
+}
+
+TEST_CASE("per-connection allocation: each connection its own p2, served by its client's app") {
+  DataPath dp(config(std::string("[vpm]\nallocation = \"per-connection\"\n") + kConfig));
+  std::string first = http_get(dp, "198.51.100.5", "192.0.2.10", 40000);
+  std::string second = http_get(dp, "198.51.100.6", "192.0.2.10", 40000);
+  INFO(first << second);
+  CHECK(first.find("\"app\":\"blue\"") != std::string::npos);
+  CHECK(second.find("\"app\":\"blue\"") != std::string::npos);
+  auto p2_of = [](const std::string& r) { return r.substr(r.find("\"p2\":"), 11); };
+  CHECK(p2_of(first) != p2_of(second));  // both connections are still in the flow table
+
+  // A green client's datagram, on a p2 of its own, reaches green's echo.
+  Spec u{"203.0.113.5", "192.0.2.10", 17, 5353, 9000, 0, {'h', 'i'}};
+  REQUIRE(dp.from_client(build(u)).verdict == vpm::Verdict::translated);
+  auto out = dp.take();
+  REQUIRE(out.size() == 1);
+  CHECK(payload_of(out[0]) == Bytes{'h', 'i'});
+  CHECK(get16(out[0], 20) == 9000);
 }
 
 TEST_CASE("UDP echo for the green app over IPv6, and ICMP echo from the stack") {
