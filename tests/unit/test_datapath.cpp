@@ -34,8 +34,7 @@ struct DataPath {
   stack::Stack stack;  // last: its destructor still sends (RSTs) through the others
 
   explicit DataPath(const vpm::Config& cfg)
-      : engine(cfg),
-        stack(engine.rules(), 65520, [this](std::span<uint8_t> p) {
+      : engine(cfg), stack(engine.rules(), 65520, [this](std::span<uint8_t> p) {
           Bytes copy(p.begin(), p.end());
           auto r = engine.to_tun(copy, 0);
           if (r.verdict == vpm::Verdict::translated || r.verdict == vpm::Verdict::passed)
@@ -44,7 +43,8 @@ struct DataPath {
 
   vpm::Result from_client(Bytes p) {
     auto r = engine.to_stack(p, 0);
-    if (r.verdict == vpm::Verdict::translated || r.verdict == vpm::Verdict::passed) stack.input(p, r.app);
+    if (r.verdict == vpm::Verdict::translated || r.verdict == vpm::Verdict::passed)
+      stack.input(p, r.app);
     return r;
   }
 
