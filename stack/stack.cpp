@@ -186,6 +186,7 @@ struct Stack::Impl {
   std::map<Tuple, UdpSession> udp_sessions;
   StackCounters counters;
   bool per_connection = false;
+  bool accepting = true;  // false once draining
   std::vector<std::unique_ptr<netif>> netifs;
   std::vector<std::unique_ptr<Endpoint>> endpoints;
   std::map<std::tuple<vpm::IpAddr, uint16_t, vpm::Proto>, Endpoint*> by_port;
@@ -394,7 +395,7 @@ struct Stack::Impl {
   Endpoint* endpoint_for(const vpm::PacketView& v, vpm::Proto proto, uint16_t app) {
     auto it = by_port.find({v.dst(), v.dst_port(), proto});
     Endpoint* ep = it == by_port.end() ? nullptr : it->second;
-    if (!per_connection || app == vpm::kNoApp) return ep;
+    if (!per_connection || app == vpm::kNoApp || !accepting) return ep;
     if (!ep) {
       int vi = rules.find_vaddr(v.dst());
       uint16_t p1 =
@@ -413,7 +414,8 @@ struct Stack::Impl {
       bool udp = v.proto == vpm::ipproto::udp;
       if (syn || (udp && per_connection)) {
         Endpoint* ep = endpoint_for(v, syn ? vpm::Proto::tcp : vpm::Proto::udp, app);
-        if (syn && ep && service_of(ep->apps.front()) == Service::forward && hold_syn(v, ep))
+        if (syn && ep && ep->listener && service_of(ep->apps.front()) == Service::forward &&
+            hold_syn(v, ep))
           return;
       }
     }
@@ -800,6 +802,16 @@ void Stack::poll() {
   sys_check_timeouts();
   if (impl_->io) impl_->expire(now_ms());
 }
+
+void Stack::stop_accepting() {
+  impl_->accepting = false;
+  for (auto& ep : impl_->endpoints) {
+    if (ep->listener) tcp_close(ep->listener);
+    ep->listener = nullptr;
+  }
+}
+
+size_t Stack::open_connections() const { return impl_->conns.size() + impl_->connecting.size(); }
 
 const StackCounters& Stack::counters() const {
   impl_->counters.lwip_asserts = lwip_assert_count();

@@ -85,6 +85,12 @@ class Stack {
   // connect timeouts and UDP session expiry. Call at least every 100 ms.
   void poll();
 
+  // Stops taking new connections (a SYN now gets a RST; UDP still flows);
+  // those already open go on. For a graceful stop.
+  void stop_accepting();
+  // TCP connections open or being connected to their backend.
+  size_t open_connections() const;
+
   const StackCounters& counters() const;
 
   struct Impl;

@@ -52,7 +52,7 @@ class Daemon::Capture {
 };
 
 Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions& opt)
-    : engine_(cfg), device_(device), buffer_(device.mtu() + 64) {
+    : engine_(cfg), device_(device), opt_(opt), buffer_(device.mtu() + 64) {
   if (!opt.capture_tun.empty()) capture_tun_ = std::make_unique<Capture>(opt.capture_tun);
   if (!opt.capture_stack.empty()) capture_stack_ = std::make_unique<Capture>(opt.capture_stack);
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -151,6 +151,7 @@ int Daemon::run() {
   add(tfd);
 
   int code = 0;
+  uint64_t drain_until = 0;  // set by the first SIGTERM/SIGINT
   for (bool running = true; running;) {
     epoll_event events[64];
     int n = epoll_wait(ep, events, 64, -1);
@@ -169,6 +170,7 @@ int Daemon::run() {
         while (::read(tfd, &expirations, sizeof expirations) > 0) {
         }
         tick(now);
+        if (drain_until && (stack_->open_connections() == 0 || now >= drain_until)) running = false;
       } else if (auto w = watched_.find(fd); w != watched_.end()) {
         now_ms_ = now;
         auto ready = w->second;  // the callback may unwatch (and erase) itself
@@ -179,9 +181,15 @@ int Daemon::run() {
           if (si.ssi_signo == SIGHUP) {
             spdlog::warn(
                 "SIGHUP: reloading is not implemented yet; keeping the running configuration");
-          } else {
+          } else if (drain_until || stack_->open_connections() == 0) {
             spdlog::info("{}: stopping", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
             running = false;
+          } else {
+            drain_until = now + opt_.drain_ms;
+            stack_->stop_accepting();
+            spdlog::info("{}: draining {} connections for up to {} ms (again to stop now)",
+                         si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT", stack_->open_connections(),
+                         opt_.drain_ms);
           }
         }
       }

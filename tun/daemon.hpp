@@ -1,12 +1,13 @@
 // The daemon: one event loop joining a packet device, the engine and the stack.
 //
 // Theory of operation. epoll waits on the device, a timerfd (every 50 ms:
-// lwIP timers, flow expiry) and a signalfd (SIGTERM/SIGINT stop, SIGHUP is
-// logged). Each packet read from the device goes through Engine::to_stack;
-// translated or passed, it enters the stack; refused, the client gets a RST
-// or port unreachable built by vpm::build_refusal. Each packet the stack
-// sends goes through Engine::to_tun and out of the device. Optional pcap
-// captures record both views: --capture-tun what crosses the device,
+// lwIP timers, flow expiry) and a signalfd. SIGTERM/SIGINT drain: no new
+// connections, open ones get up to DaemonOptions::drain_ms to finish, then
+// the rest are reset (a second signal stops at once); SIGHUP is logged. Each packet read from the
+// device goes through Engine::to_stack; translated or passed, it enters the stack; refused, the
+// client gets a RST or port unreachable built by vpm::build_refusal. Each packet the stack sends
+// goes through Engine::to_tun and out of the device. Optional pcap captures record both views:
+// --capture-tun what crosses the device,
 // --capture-stack what crosses the stack's netifs.
 #pragma once
 
@@ -29,6 +30,7 @@ namespace tun {
 struct DaemonOptions {
   std::string capture_tun;    // pcap of the TUN side, or empty
   std::string capture_stack;  // pcap of the stack side, or empty
+  uint64_t drain_ms = 5000;   // how long SIGTERM waits for open connections
 };
 
 struct DaemonCounters {
@@ -65,6 +67,7 @@ class Daemon : public stack::IoLoop {
 
   vpm::Engine engine_;
   PacketDevice& device_;
+  DaemonOptions opt_;
   std::unique_ptr<Capture> capture_tun_, capture_stack_;
   std::unique_ptr<stack::Stack> stack_;
   std::vector<uint8_t> buffer_;

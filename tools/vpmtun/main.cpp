@@ -81,13 +81,18 @@ int main(int argc, char** argv) {
                   "Write a pcap of the TUN side (what clients see)");
   run->add_option("--capture-stack", dopt.capture_stack,
                   "Write a pcap of the stack side (what the endpoints see)");
+  run->add_option("--drain", dopt.drain_ms,
+                  "Milliseconds SIGTERM lets open connections finish before resetting them")
+      ->default_val(5000);
   run->footer(
       "Creates the TUN from [tun] (name, MTU, addresses; the kernel routes their prefixes\n"
-      "through it), serves every [[app]] on its virtual addresses, and runs until SIGTERM\n"
-      "or SIGINT; the TUN, its addresses and routes go away when it stops. Clients no app\n"
-      "claims get a TCP RST or ICMP port unreachable (unmatched = \"reset\").\n"
-      "Not yet in this version: forward endpoints, per-connection allocation in the\n"
-      "daemon, reload on SIGHUP.\n\n"
+      "through it) and serves every [[app]] on its virtual addresses: built-in services,\n"
+      "or forward = \"host:port\" to a real backend (TCP and UDP; the client's SYN is only\n"
+      "answered once the backend has accepted, else it gets a RST). Clients no app claims\n"
+      "get a TCP RST or ICMP port unreachable (unmatched = \"reset\").\n"
+      "SIGTERM or SIGINT drains: new connections are refused, open ones get --drain ms,\n"
+      "then the TUN, its addresses and routes go away. A second signal stops at once.\n"
+      "Not yet in this version: reload on SIGHUP.\n\n"
       "Example:\n  vpmtun run -c /etc/vpmtun/vpm.toml --capture-tun tun.pcap --capture-stack "
       "stack.pcap");
 
