@@ -23,6 +23,7 @@
 #include "lwip/ip.h"
 #include "lwip/netif.h"
 #include "lwip/pbuf.h"
+#include "lwip/priv/tcp_priv.h"  // tcp_tw_pcbs: TIME_WAIT reuse and its limit
 #include "lwip/tcp.h"
 #include "lwip/timeouts.h"
 #include "lwip/udp.h"
@@ -37,6 +38,8 @@ namespace {
 enum class Service { echo, discard, http_info, forward };
 
 constexpr uint64_t kBackendConnectMs = 3000;  // then a held SYN is refused
+constexpr uint64_t kHandshakeMs = 30000;      // then a backend the client never reached is closed
+constexpr size_t kMaxTimeWait = 1024;         // lwIP searches TIME_WAIT pcbs linearly
 constexpr size_t kRelayChunk = 65536;
 
 uint64_t now_ms() {
@@ -181,8 +184,8 @@ struct Stack::Impl {
   const vpm::Ruleset& rules;
   PacketSink sink;
   IoLoop* io = nullptr;
-  std::map<Tuple, Connecting> connecting;               // SYNs held for their backend
-  std::map<Tuple, std::pair<int, uint16_t>> connected;  // backend socket and app, awaiting accept
+  std::map<Tuple, Connecting> connecting;  // SYNs held for their backend
+  std::map<Tuple, Connecting> connected;   // backend connected, lwIP yet to accept (syn emptied)
   std::map<Tuple, UdpSession> udp_sessions;
   StackCounters counters;
   bool per_connection = false;
@@ -278,7 +281,7 @@ struct Stack::Impl {
   }
 
   // Forward, backend to client: read only as much as lwIP can queue.
-  enum class Outcome { alive, closed, aborted };
+  enum class Outcome { alive, aborted };
   Outcome from_backend(Conn* c) {
     for (;;) {
       if (!c->from_backend.empty()) {
@@ -310,10 +313,17 @@ struct Stack::Impl {
       c->sent_fin = true;
       tcp_shutdown(c->pcb, 0, 1);  // pass the backend's FIN on
     }
-    if (c->sent_fin && c->fin_seen && !c->pending) {
-      close(c);
-      return Outcome::closed;
+    if (c->sent_fin && c->fin_seen && !c->pending && c->sock >= 0) {
+      // Both ways are done with the backend. lwIP may still hold data for
+      // the client: it finishes on its own (LAST_ACK, then on_tcp_err with
+      // ERR_CLSD frees c). tcp_close would stop its inactivity timer from
+      // seeing the client's ACKs and cut a slow client off after 2 MSL.
+      io->unwatch(c->sock);
+      ::close(c->sock);
+      c->sock = -1;
+      return Outcome::alive;
     }
+    if (c->sock < 0) return Outcome::alive;
     rewatch(c, !c->preamble.empty() || c->pending);
     return Outcome::alive;
   }
@@ -324,6 +334,12 @@ struct Stack::Impl {
     uint32_t ev = 0;
     if (!c->backend_fin && tcp_sndbuf(c->pcb) > 0) ev |= EPOLLIN;
     if (want_out) ev |= EPOLLOUT;
+    if (ev == 0 && c->backend_fin) {
+      // Nothing left to read or write: epoll would still report the hang-up,
+      // again and again.
+      io->unwatch(c->sock);
+      return;
+    }
     io->watch(c->sock, ev, [this, c](uint32_t ready) {
       if (ready & EPOLLERR) {
         abort(c);
@@ -372,8 +388,10 @@ struct Stack::Impl {
       refuse(c.syn);
       return;
     }
-    connected[key] = {c.sock, c.app};
-    deliver(c.syn);  // now lwIP may complete the handshake
+    c.started_ms = now_ms();
+    std::vector<uint8_t> syn = std::move(c.syn);
+    connected[key] = std::move(c);
+    deliver(syn);  // now lwIP may complete the handshake
   }
 
   // Tells the client of a held SYN that nobody will answer.
@@ -406,12 +424,39 @@ struct Stack::Impl {
     return ep;
   }
 
+  // A new SYN for the 4-tuple of a pcb in TIME_WAIT: lwIP would answer
+  // with an ACK and keep the client waiting for 2 MSL. Like Linux (RFC 6191
+  // without timestamps), let the new connection in when its sequence number
+  // is past the old one's (Linux clients' ISNs grow with time).
+  void reuse_time_wait(const vpm::PacketView& v) {
+    uint32_t seq = vpm::load32(v.l4_ptr() + 4);
+    for (tcp_pcb* pcb = tcp_tw_pcbs; pcb; pcb = pcb->next) {
+      if (pcb->local_port != v.dst_port() || pcb->remote_port != v.src_port() ||
+          from_lwip(&pcb->remote_ip) != v.src() || from_lwip(&pcb->local_ip) != v.dst())
+        continue;
+      if (TCP_SEQ_GT(seq, pcb->rcv_nxt)) tcp_abort(pcb);  // no callbacks: its Conn is gone
+      return;
+    }
+  }
+
+  // Each TIME_WAIT pcb costs every SYN a comparison (and each removal a
+  // walk): keep the newest kMaxTimeWait (lwIP adds them at the list head).
+  void limit_time_wait() {
+    size_t n = 0;
+    for (tcp_pcb* pcb = tcp_tw_pcbs; pcb; pcb = pcb->next) {
+      if (++n < kMaxTimeWait) continue;
+      while (pcb->next) tcp_abort(pcb->next);
+      return;
+    }
+  }
+
   // One packet in: held when it is a SYN for a forward endpoint, else to lwIP.
   void arrive(std::span<uint8_t> packet, uint16_t app) {
     vpm::PacketView v;
     if (vpm::parse_packet(packet, v) == vpm::Drop::none && v.has_l4) {
       bool syn = v.proto == vpm::ipproto::tcp && (v.l4_ptr()[13] & 0x12) == 0x02;
       bool udp = v.proto == vpm::ipproto::udp;
+      if (syn) reuse_time_wait(v);
       if (syn || (udp && per_connection)) {
         Endpoint* ep = endpoint_for(v, syn ? vpm::Proto::tcp : vpm::Proto::udp, app);
         if (syn && ep && ep->listener && service_of(ep->apps.front()) == Service::forward &&
@@ -449,7 +494,12 @@ struct Stack::Impl {
       c->pending = pbuf_free_header(c->pending, n);
     }
     tcp_output(c->pcb);
-    if (!c->pending && c->fin_seen) close(c);
+    if (!c->pending && c->fin_seen && !c->sent_fin) {
+      // All echoed: our FIN follows the data; lwIP frees the pcb after the
+      // client's last ACK and tells on_tcp_err (ERR_CLSD), which frees c.
+      c->sent_fin = true;
+      tcp_shutdown(c->pcb, 0, 1);
+    }
   }
 };
 
@@ -561,7 +611,8 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
       tcp_abort(pcb);
       return ERR_ABRT;
     }
-    std::tie(c->sock, c->app) = it->second;
+    c->sock = it->second.sock;
+    c->app = it->second.app;
     s->connected.erase(it);
     c->service = Service::forward;
     if (s->rules.config().apps[c->app].proxy_protocol_v2)
@@ -704,6 +755,15 @@ void Stack::Impl::expire(uint64_t now) {
     refuse(it->second.syn);  // the backend never answered
     it = connecting.erase(it);
   }
+  // A backend connection whose client never completed the handshake.
+  for (auto it = connected.begin(); it != connected.end();) {
+    if (now - it->second.started_ms < kHandshakeMs) {
+      ++it;
+      continue;
+    }
+    ::close(it->second.sock);
+    it = connected.erase(it);
+  }
   uint64_t idle = rules.config().timeouts.udp_ms;
   for (auto it = udp_sessions.begin(); it != udp_sessions.end();) {
     if (now - it->second.last_ms < idle) {
@@ -777,7 +837,7 @@ Stack::~Stack() {
     impl_->io->unwatch(c.sock);
     ::close(c.sock);
   }
-  for (auto& [key, c] : impl_->connected) ::close(c.first);
+  for (auto& [key, c] : impl_->connected) ::close(c.sock);
   for (auto& [key, u] : impl_->udp_sessions) {
     impl_->io->unwatch(u.sock);
     ::close(u.sock);
@@ -800,6 +860,7 @@ void Stack::input(std::span<uint8_t> packet, uint16_t app) {
 
 void Stack::poll() {
   sys_check_timeouts();
+  impl_->limit_time_wait();
   if (impl_->io) impl_->expire(now_ms());
 }
 

@@ -66,13 +66,17 @@ Daemon::~Daemon() {
   ::close(epoll_fd_);
 }
 
+// Each watch carries a generation beside its fd, so an event that was
+// already collected for a closed fd is not delivered to whatever reuses the
+// number later in the same batch.
 void Daemon::watch(int fd, uint32_t epoll_events, std::function<void(uint32_t)> ready) {
+  auto [it, fresh] = watched_.try_emplace(fd);
+  if (fresh) it->second.generation = ++generation_;
+  it->second.ready = std::move(ready);
   epoll_event e{};
   e.events = epoll_events;
-  e.data.fd = fd;
-  bool known = watched_.count(fd) != 0;
-  watched_[fd] = std::move(ready);
-  epoll_ctl(epoll_fd_, known ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &e);
+  e.data.u64 = it->second.generation << 32 | static_cast<uint32_t>(fd);
+  epoll_ctl(epoll_fd_, fresh ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &e);
 }
 
 void Daemon::unwatch(int fd) {
@@ -143,7 +147,7 @@ int Daemon::run() {
   auto add = [&](int fd) {
     epoll_event e{};
     e.events = EPOLLIN;
-    e.data.fd = fd;
+    e.data.u64 = static_cast<uint32_t>(fd);  // generation 0: never closed while running
     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
   };
   add(device_.fd());
@@ -162,7 +166,8 @@ int Daemon::run() {
     }
     uint64_t now = monotonic_ms();
     for (int i = 0; i < n; ++i) {
-      int fd = events[i].data.fd;
+      int fd = static_cast<int>(events[i].data.u64 & 0xffffffff);
+      uint64_t generation = events[i].data.u64 >> 32;
       if (fd == device_.fd()) {
         drain_device(now);
       } else if (fd == tfd) {
@@ -172,8 +177,9 @@ int Daemon::run() {
         tick(now);
         if (drain_until && (stack_->open_connections() == 0 || now >= drain_until)) running = false;
       } else if (auto w = watched_.find(fd); w != watched_.end()) {
+        if (w->second.generation != generation) continue;  // for an fd closed since
         now_ms_ = now;
-        auto ready = w->second;  // the callback may unwatch (and erase) itself
+        auto ready = w->second.ready;  // the callback may unwatch (and erase) itself
         ready(events[i].events);
       } else if (fd == sfd) {
         signalfd_siginfo si{};

@@ -75,7 +75,12 @@ class Daemon : public stack::IoLoop {
   uint64_t now_ms_ = 0;
   DaemonCounters counters_;
   int epoll_fd_ = -1;
-  std::map<int, std::function<void(uint32_t)>> watched_;
+  struct Watch {
+    uint64_t generation = 0;
+    std::function<void(uint32_t)> ready;
+  };
+  std::map<int, Watch> watched_;
+  uint64_t generation_ = 0;
 };
 
 uint64_t monotonic_ms();

@@ -79,6 +79,10 @@
  * 100 ms ticks instead of the default 500, which on a lossy path is the
  * difference between a stall and a hiccup. */
 #define TCP_TMR_INTERVAL 50
+/* TIME_WAIT lasts 2 * TCP_MSL. lwIP keeps TIME_WAIT pcbs in a list every
+ * SYN searches, so 20 s instead of 120; the stack also lets a newer SYN
+ * reuse a TIME_WAIT 4-tuple and keeps at most 1024 of them (stack.cpp). */
+#define TCP_MSL 10000UL
 #define TCP_DEFAULT_LISTEN_BACKLOG 255
 #define LWIP_TCP_KEEPALIVE 1
 

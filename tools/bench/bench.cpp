@@ -1,12 +1,24 @@
-// vpmtun-bench: makes benchmark captures and times the engine in memory.
+// vpmtun-bench: makes benchmark captures, times the engine in memory, and
+// measures short-connection rates.
 //
 //   vpmtun-bench gen OUT.pcap COUNT          mixed TCP/UDP, IPv4/IPv6, small payloads
 //   vpmtun-bench engine IN.pcap -c CONFIG     packets per second on one core
+//   vpmtun-bench serve ADDR:PORT              answers "ok\n" to each connection and closes
+//   vpmtun-bench connect ADDR:PORT SECONDS PARALLEL
+//                                             short connections (connect, read to the
+//                                             end, close), PARALLEL at a time; prints
+//                                             connections per second
 #include <fmt/core.h>
+#include <netinet/in.h>
 #include <pcap/pcap.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -170,14 +182,105 @@ int engine(const std::string& path, const std::string& config_path) {
   return 0;
 }
 
+socklen_t sockaddr_of(const std::string& text, sockaddr_storage& ss) {
+  std::string why;
+  auto ep = vpm::Endpoint::parse(text, &why);
+  if (!ep) throw std::runtime_error(text + ": " + why);
+  std::memset(&ss, 0, sizeof ss);
+  if (ep->addr.is_v4()) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(ep->port);
+    std::memcpy(&sin->sin_addr, &ep->addr.bytes[12], 4);
+    return sizeof(sockaddr_in);
+  }
+  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  sin6->sin6_family = AF_INET6;
+  sin6->sin6_port = htons(ep->port);
+  std::memcpy(&sin6->sin6_addr, ep->addr.bytes.data(), 16);
+  return sizeof(sockaddr_in6);
+}
+
+int serve(const std::string& where) {
+  sockaddr_storage ss;
+  socklen_t len = sockaddr_of(where, ss);
+  int l = ::socket(ss.ss_family, SOCK_STREAM, 0);
+  int one = 1;
+  ::setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (::bind(l, reinterpret_cast<sockaddr*>(&ss), len) < 0 || ::listen(l, 4096) < 0) {
+    fmt::print(stderr, "serve {}: {}\n", where, std::strerror(errno));
+    return 1;
+  }
+  for (;;) {
+    int c = ::accept(l, nullptr, nullptr);
+    if (c < 0) continue;
+    (void)!::write(c, "ok\n", 3);
+    ::close(c);
+  }
+}
+
+int connect_rate(const std::string& where, double seconds, int parallel) {
+  sockaddr_storage ss;
+  socklen_t len = sockaddr_of(where, ss);
+  int ep = epoll_create1(0);
+  uint64_t done = 0, failed = 0;
+  auto open_one = [&] {
+    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0 && errno != EINPROGRESS) {
+      ++failed;
+      ::close(fd);
+      return;
+    }
+    epoll_event e{};
+    e.events = EPOLLIN | EPOLLRDHUP;
+    e.data.fd = fd;
+    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
+  };
+  auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  int open = 0;
+  for (; open < parallel; ++open) open_one();
+  char buf[256];
+  while (open > 0) {
+    epoll_event events[64];
+    int n = epoll_wait(ep, events, 64, 5000);
+    if (n <= 0) break;  // nothing for 5 s: count the rest as failed
+    for (int i = 0; i < n; ++i) {
+      int fd = events[i].data.fd;
+      ssize_t r;
+      while ((r = ::read(fd, buf, sizeof buf)) > 0) {
+      }
+      if (r < 0 && errno == EAGAIN) continue;
+      (r == 0 ? done : failed) += 1;
+      ::close(fd);
+      --open;
+      if (elapsed() < seconds) {
+        open_one();
+        ++open;
+      }
+    }
+  }
+  failed += static_cast<uint64_t>(open);
+  fmt::print("{:.0f} connections/s ({} in {:.1f} s, {} failed)\n",
+             static_cast<double>(done) / elapsed(), done, elapsed(), failed);
+  return failed == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.size() == 3 && args[0] == "gen") return gen(args[1], std::stoull(args[2]));
   if (args.size() == 4 && args[0] == "engine" && args[2] == "-c") return engine(args[1], args[3]);
+  if (args.size() == 2 && args[0] == "serve") return serve(args[1]);
+  if (args.size() == 4 && args[0] == "connect")
+    return connect_rate(args[1], std::stod(args[2]), std::stoi(args[3]));
   fmt::print(stderr,
              "usage: vpmtun-bench gen OUT.pcap COUNT\n"
-             "       vpmtun-bench engine IN.pcap -c CONFIG\n");
+             "       vpmtun-bench engine IN.pcap -c CONFIG\n"
+             "       vpmtun-bench serve ADDR:PORT\n"
+             "       vpmtun-bench connect ADDR:PORT SECONDS PARALLEL\n");
   return 2;
 }

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: one TCP stream, and short connections, through each
+# way of putting a service behind a port, measured in the same run. A script,
+# not a test. Needs root; everything happens in two namespaces made here.
+#
+#   c  10.201.0.2/24 ---- veth (MTU $MTU) ----- s  10.201.0.1/24
+#      routes 10.99.0.0/24 via s                   iperf3 -s on :5201 (the backend)
+#                                                  vpmtun-bench serve on :5300
+#                                                  nft: :9000 redirect to :5201
+#                                                  HAProxy mode tcp, src ACL: :9001, :9003
+#                                                  vpmtun: TUN vpmb0, 10.99.0.10:
+#                                                    9000 forward -> 127.0.0.1:5201
+#                                                    9002 discard
+#                                                    9003 forward -> 127.0.0.1:5300
+#
+#   tools/bench/e2e.sh [BUILD_DIR] [SECONDS] [RUNS]   (defaults: build-bench, 5, 3)
+#   MTU=65520 tools/bench/e2e.sh ...                  clients on the same host (veth MTU)
+#
+# Every figure is the median of RUNS runs of SECONDS each; ratios are against
+# the kernel's own path (direct) and HAProxy.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+build="${1:-$root/build-bench}"
+secs="${2:-5}"
+runs="${3:-3}"
+mtu="${MTU:-1500}"
+[ "$(id -u)" -eq 0 ] || { echo "e2e.sh: needs root (network namespaces)" >&2; exit 1; }
+for t in iperf3 haproxy nft socat; do
+  command -v "$t" >/dev/null || { echo "e2e.sh: $t missing (tools/install-deps)" >&2; exit 1; }
+done
+if [ ! -x "$build/tools/vpmtun" ] || [ ! -x "$build/tools/bench/vpmtun-bench" ]; then
+  "$root/tools/install-deps" "$build" >/dev/null
+  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DVPMTUN_TESTS=OFF >/dev/null
+  cmake --build "$build" -j"$(nproc)" --target vpmtun vpmtun-bench >/dev/null
+fi
+vpmtun="$build/tools/vpmtun" bench="$build/tools/bench/vpmtun-bench"
+
+c="vpmb$$-c" s="vpmb$$-s"
+work="$(mktemp -d)"
+cleanup() {
+  ip netns pids "$s" 2>/dev/null | xargs -r kill 2>/dev/null || true
+  wait 2>/dev/null || true
+  sleep 0.5
+  ip netns del "$c" 2>/dev/null || true
+  ip netns del "$s" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+in_s() { ip netns exec "$s" "$@"; }
+in_c() { ip netns exec "$c" "$@"; }
+
+ip netns add "$c"; ip netns add "$s"
+ip -n "$c" link set lo up; ip -n "$s" link set lo up
+ip -n "$s" link add eth0 type veth peer name eth0 netns "$c"
+ip -n "$s" addr add 10.201.0.1/24 dev eth0; ip -n "$c" addr add 10.201.0.2/24 dev eth0
+ip -n "$s" link set eth0 mtu "$mtu" up; ip -n "$c" link set eth0 mtu "$mtu" up
+ip -n "$c" route add 10.99.0.0/24 via 10.201.0.1
+in_s sysctl -qw net.ipv4.ip_forward=1
+
+in_s nft -f - <<'NFT'
+table ip bench {
+  chain prerouting {
+    type nat hook prerouting priority dstnat;
+    ip daddr 10.201.0.1 tcp dport 9000 redirect to :5201
+  }
+}
+NFT
+cat >"$work/haproxy.cfg" <<'CFG'
+global
+  maxconn 8000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend stream
+  bind 10.201.0.1:9001
+  acl clients src 10.201.0.0/24
+  tcp-request connection reject if !clients
+  default_backend iperf
+frontend short
+  bind 10.201.0.1:9003
+  acl clients src 10.201.0.0/24
+  tcp-request connection reject if !clients
+  default_backend short
+backend iperf
+  server b 127.0.0.1:5201
+backend short
+  server b 127.0.0.1:5300
+CFG
+cat >"$work/vpm.toml" <<'TOML'
+[tun]
+name = "vpmb0"
+address = "10.99.0.1/24"
+[[app]]
+name = "iperf"
+aid = 1
+listen = ["10.99.0.10:9000"]
+clients = ["10.201.0.0/24"]
+forward = "127.0.0.1:5201"
+[[app]]
+name = "sink"
+aid = 2
+listen = ["10.99.0.10:9002"]
+clients = ["10.201.0.0/24"]
+serve = "discard"
+[[app]]
+name = "short"
+aid = 3
+listen = ["10.99.0.10:9003"]
+clients = ["10.201.0.0/24"]
+forward = "127.0.0.1:5300"
+TOML
+
+in_s iperf3 -s -p 5201 >/dev/null 2>&1 &
+in_s "$bench" serve 0.0.0.0:5300 &
+in_s haproxy -f "$work/haproxy.cfg" -db 2>"$work/haproxy.log" &
+in_s "$vpmtun" run -c "$work/vpm.toml" 2>"$work/vpmtun.log" &
+for _ in $(seq 50); do ip -n "$s" route show 10.99.0.0/24 | grep -q vpmb0 && break; sleep 0.1; done
+sleep 1
+
+median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+iperf_gbps() {  # iperf_gbps HOST PORT [-R]: receiver Gbit/s, median of $runs
+  for _ in $(seq "$runs"); do
+    in_c iperf3 -c "$1" -p "$2" -t "$secs" -J "${@:3}" |
+      /usr/bin/python3 -c 'import json,sys; r = json.load(sys.stdin); print(r["end"]["sum_received"]["bits_per_second"] / 1e9 if "sum_received" in r.get("end", {}) else sys.exit("iperf3: " + r.get("error", "no result")))'
+  done | median
+}
+sink_gbps() {  # sink_gbps HOST PORT: one stream of zeros into a discard endpoint
+  local bytes=$((secs * 500000000))
+  for _ in $(seq "$runs"); do
+    local t0 t1
+    t0=$(date +%s%N)
+    head -c "$bytes" /dev/zero | in_c socat -u -b 262144 - "TCP:$1:$2"
+    t1=$(date +%s%N)
+    echo "$bytes $t0 $t1" | awk '{ print $1 * 8 / ($3 - $2) }'
+  done | median
+}
+conn_rate() {  # conn_rate HOST PORT: short connections per second, 32 in flight
+  for _ in $(seq "$runs"); do
+    { in_c "$bench" connect "$1:$2" "$secs" 32 || true; } | tee -a "$work/connect.log" | awk '{ print $1 }'
+  done | median
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+
+echo "e2e: $(nproc) cores, $(date -u +%FT%TZ), median of $runs runs of $secs s, client MTU $mtu"
+printf "%-34s %10s %10s %9s %9s\n" "single TCP stream" "up Gbit/s" "down" "vs kernel" "vs HAProxy"
+declare -A up down
+measure() {  # measure LABEL HOST PORT
+  up[$1]=$(iperf_gbps "$2" "$3")
+  down[$1]=$(iperf_gbps "$2" "$3" -R)
+}
+measure kernel 10.201.0.1 5201
+measure nft 10.201.0.1 9000
+measure haproxy 10.201.0.1 9001
+measure vpmtun 10.99.0.10 9000
+row() {  # row LABEL KEY
+  printf "%-34s %10.2f %10.2f %4s/%-4s %4s/%-4s\n" "$1" "${up[$2]}" "${down[$2]}" \
+    "$(ratio "${up[$2]}" "${up[kernel]}")" "$(ratio "${down[$2]}" "${down[kernel]}")" \
+    "$(ratio "${up[$2]}" "${up[haproxy]}")" "$(ratio "${down[$2]}" "${down[haproxy]}")"
+}
+row "kernel direct" kernel
+row "nft redirect 9000 -> 5201" nft
+row "HAProxy mode tcp, src ACL" haproxy
+row "vpmtun forward" vpmtun
+sink=$(sink_gbps 10.99.0.10 9002)
+printf "%-34s %10.2f %10s %4s\n" "vpmtun built-in discard (socat)" "$sink" "-" "$(ratio "$sink" "${up[kernel]}")"
+
+echo
+printf "%-34s %10s %9s\n" "short connections (32 in flight)" "conn/s" "vs HAProxy"
+direct=$(conn_rate 10.201.0.1 5300)
+haproxy=$(conn_rate 10.201.0.1 9003)
+vpm=$(conn_rate 10.99.0.10 9003)
+printf "%-34s %10.0f %9s\n" "kernel direct" "$direct" "$(ratio "$direct" "$haproxy")"
+printf "%-34s %10.0f %9s\n" "HAProxy mode tcp" "$haproxy" "1.00"
+printf "%-34s %10.0f %9s\n" "vpmtun forward" "$vpm" "$(ratio "$vpm" "$haproxy")"
+grep -v " 0 failed" "$work/connect.log" | sed "s/^/failures: /" || true
+grep -iE "assert|error" "$work/vpmtun.log" || true
