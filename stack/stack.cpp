@@ -64,23 +64,6 @@ vpm::IpAddr from_lwip(const ip_addr_t* addr) {
                         : vpm::IpAddr::v4(reinterpret_cast<const uint8_t*>(&ip_2_ip4(addr)->addr));
 }
 
-// A socket address for a backend endpoint.
-socklen_t to_sockaddr(const vpm::Endpoint& ep, sockaddr_storage& ss) {
-  std::memset(&ss, 0, sizeof ss);
-  if (ep.addr.is_v4()) {
-    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(ep.port);
-    std::memcpy(&sin->sin_addr, &ep.addr.bytes[12], 4);
-    return sizeof(sockaddr_in);
-  }
-  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  sin6->sin6_family = AF_INET6;
-  sin6->sin6_port = htons(ep.port);
-  std::memcpy(&sin6->sin6_addr, ep.addr.bytes.data(), 16);
-  return sizeof(sockaddr_in6);
-}
-
 // PROXY protocol v2 header: the client as it connected (address, port) to
 // the virtual address and p1 it used.
 std::string proxy_v2(bool tcp, const vpm::IpAddr& client, uint16_t cport, const vpm::IpAddr& vip,
@@ -120,14 +103,6 @@ ip_addr_t to_lwip(const vpm::IpAddr& a) {
     ip6_addr_clear_zone(ip_2_ip6(&out));
   }
   return out;
-}
-
-// Formatted as the rest of vpmtun formats endpoints (RFC 5952 for IPv6).
-std::string endpoint_text(const ip_addr_t* addr, uint16_t port) {
-  vpm::IpAddr a = IP_IS_V6(addr)
-                      ? vpm::IpAddr::v6(reinterpret_cast<const uint8_t*>(ip_2_ip6(addr)->addr))
-                      : vpm::IpAddr::v4(reinterpret_cast<const uint8_t*>(&ip_2_ip4(addr)->addr));
-  return vpm::Endpoint{a, port}.str();
 }
 
 // One bound (virtual address, p2, protocol) and the apps that share it.
@@ -211,7 +186,7 @@ struct Stack::Impl {
     const auto& a = rules.config().apps[app];
     return fmt::format(
         "{{\"app\":\"{}\",\"aid\":{},\"p1\":{},\"p2\":{},\"client\":\"{}\",\"protocol\":\"{}\"}}\n",
-        a.name, a.aid, ep.p1, ep.p2, endpoint_text(client, port), proto);
+        a.name, a.aid, ep.p1, ep.p2, vpm::Endpoint{from_lwip(client), port}.str(), proto);
   }
 
   err_t emit(pbuf* p) {
@@ -361,7 +336,7 @@ struct Stack::Impl {
     uint16_t app = ep->apps[ep->turn++ % ep->apps.size()];
     const vpm::Endpoint& backend = *rules.config().apps[app].forward;
     sockaddr_storage ss;
-    socklen_t len = to_sockaddr(backend, ss);
+    socklen_t len = vpm::to_sockaddr(backend, ss);
     int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0 ||
         (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0 && errno != EINPROGRESS)) {
@@ -670,7 +645,7 @@ void Stack::Impl::udp_forward(Endpoint* ep, uint16_t app, pbuf* p, const ip_addr
   if (it == udp_sessions.end()) {
     const auto& a = rules.config().apps[app];
     sockaddr_storage ss;
-    socklen_t len = to_sockaddr(*a.forward, ss);
+    socklen_t len = vpm::to_sockaddr(*a.forward, ss);
     int fd = ::socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0) {
       if (fd >= 0) ::close(fd);

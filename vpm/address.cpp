@@ -120,4 +120,20 @@ std::string Endpoint::str() const {
   return addr.is_v4() ? addr.str() + ":" + port_text : "[" + addr.str() + "]:" + port_text;
 }
 
+socklen_t to_sockaddr(const Endpoint& ep, sockaddr_storage& ss) {
+  std::memset(&ss, 0, sizeof ss);
+  if (ep.addr.is_v4()) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(ep.port);
+    std::memcpy(&sin->sin_addr, &ep.addr.bytes[12], 4);
+    return sizeof(sockaddr_in);
+  }
+  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  sin6->sin6_family = AF_INET6;
+  sin6->sin6_port = htons(ep.port);
+  std::memcpy(&sin6->sin6_addr, ep.addr.bytes.data(), 16);
+  return sizeof(sockaddr_in6);
+}
+
 }  // namespace vpm

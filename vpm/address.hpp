@@ -1,6 +1,8 @@
 // IP addresses, prefixes and endpoints as the VPM compares and hashes them.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -73,5 +75,9 @@ struct Endpoint {
     return addr < o.addr || (addr == o.addr && port < o.port);
   }
 };
+
+// The socket address of an endpoint (sockaddr_in for IPv4, sockaddr_in6 for
+// IPv6); returns its length.
+socklen_t to_sockaddr(const Endpoint& ep, sockaddr_storage& ss);
 
 }  // namespace vpm

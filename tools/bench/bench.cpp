@@ -9,7 +9,6 @@
 //                                             end, close), PARALLEL at a time; prints
 //                                             connections per second
 #include <fmt/core.h>
-#include <netinet/in.h>
 #include <pcap/pcap.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -186,19 +185,7 @@ socklen_t sockaddr_of(const std::string& text, sockaddr_storage& ss) {
   std::string why;
   auto ep = vpm::Endpoint::parse(text, &why);
   if (!ep) throw std::runtime_error(text + ": " + why);
-  std::memset(&ss, 0, sizeof ss);
-  if (ep->addr.is_v4()) {
-    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(ep->port);
-    std::memcpy(&sin->sin_addr, &ep->addr.bytes[12], 4);
-    return sizeof(sockaddr_in);
-  }
-  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  sin6->sin6_family = AF_INET6;
-  sin6->sin6_port = htons(ep->port);
-  std::memcpy(&sin6->sin6_addr, ep->addr.bytes.data(), 16);
-  return sizeof(sockaddr_in6);
+  return vpm::to_sockaddr(*ep, ss);
 }
 
 int serve(const std::string& where) {
