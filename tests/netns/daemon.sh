@@ -110,7 +110,9 @@ TOML
 backend() { ip netns exec "$d" "$@" >/dev/null 2>&1 & }
 backend socat TCP-LISTEN:19001,fork,reuseaddr,bind=127.0.0.1 SYSTEM:"echo backend-one"
 backend socat TCP-LISTEN:19002,fork,reuseaddr,bind=127.0.0.1 SYSTEM:"echo backend-two"
-backend socat TCP-LISTEN:19003,fork,reuseaddr,bind=127.0.0.1 EXEC:cat
+# -t 60: after the client's half-close reaches it, socat by default gives
+# cat's output only 0.5 s more, and a client slowed by loss may need longer.
+backend socat -t 60 TCP-LISTEN:19003,fork,reuseaddr,bind=127.0.0.1 EXEC:cat
 backend socat UDP-RECVFROM:19003,fork,reuseaddr,bind=127.0.0.1 EXEC:cat
 cat >"$work/proxy_backend.py" <<'PY'
 import socket
