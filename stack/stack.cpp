@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <chrono>
@@ -164,7 +165,8 @@ struct Stack::Impl {
   std::map<Tuple, UdpSession> udp_sessions;
   StackCounters counters;
   bool per_connection = false;
-  bool accepting = true;  // false once draining
+  bool accepting = true;   // false once draining
+  uint16_t large_mss = 0;  // with send_large_segments(): lwIP's MSS towards every client
   std::vector<std::unique_ptr<netif>> netifs;
   std::vector<std::unique_ptr<Endpoint>> endpoints;
   std::map<std::tuple<vpm::IpAddr, uint16_t, vpm::Proto>, Endpoint*> by_port;
@@ -426,7 +428,7 @@ struct Stack::Impl {
   }
 
   // One packet in: held when it is a SYN for a forward endpoint, else to lwIP.
-  void arrive(std::span<uint8_t> packet, uint16_t app) {
+  void arrive(std::span<uint8_t> packet, uint16_t app, bool verified) {
     vpm::PacketView v;
     if (vpm::parse_packet(packet, v) == vpm::Drop::none && v.has_l4) {
       bool syn = v.proto == vpm::ipproto::tcp && (v.l4_ptr()[13] & 0x12) == 0x02;
@@ -439,17 +441,21 @@ struct Stack::Impl {
           return;
       }
     }
-    deliver(packet);
+    deliver(packet, verified);
   }
 
-  void deliver(std::span<const uint8_t> packet) {
+  // Packets enter through the first netif, whose flags say what lwIP checks.
+  void deliver(std::span<const uint8_t> packet, bool verified = false) {
+    netif* first = netifs.front().get();
+    constexpr u16_t kTrusted =
+        NETIF_CHECKSUM_ENABLE_ALL & ~(NETIF_CHECKSUM_CHECK_TCP | NETIF_CHECKSUM_CHECK_UDP);
+    NETIF_SET_CHECKSUM_CTRL(first, verified ? kTrusted : NETIF_CHECKSUM_ENABLE_ALL);
     pbuf* p = pbuf_alloc(PBUF_RAW, static_cast<u16_t>(packet.size()), PBUF_RAM);
     if (!p) {
       ++counters.input_errors;
       return;
     }
     pbuf_take(p, packet.data(), static_cast<u16_t>(packet.size()));
-    netif* first = netifs.front().get();
     if (first->input(p, first) != ERR_OK) {
       pbuf_free(p);
       ++counters.input_errors;
@@ -603,6 +609,7 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
   tcp_sent(pcb, on_tcp_sent);
   tcp_err(pcb, on_tcp_err);
   tcp_nagle_disable(pcb);
+  if (s->large_mss) pcb->mss = s->large_mss;  // the device cuts them to the client's MSS
   // The PROXY header, and start watching the backend.
   if (c->service == Service::forward && !s->to_backend(c)) return ERR_ABRT;
   return ERR_OK;
@@ -824,19 +831,29 @@ Stack::~Stack() {
   for (auto& nif : impl_->netifs) netif_remove(nif.get());
 }
 
-void Stack::input(std::span<uint8_t> packet, uint16_t app) {
+void Stack::input(std::span<uint8_t> packet, uint16_t app, bool verified) {
   ++impl_->counters.packets_in;
   if (packet.empty() || packet.size() > 65535 || impl_->netifs.empty()) {
     ++impl_->counters.input_errors;
     return;
   }
-  impl_->arrive(packet, app);
+  impl_->arrive(packet, app, verified);
 }
 
 void Stack::poll() {
   sys_check_timeouts();
   impl_->limit_time_wait();
   if (impl_->io) impl_->expire(now_ms());
+}
+
+// Set per connection, above TCP_MSS: lwIP's segment arithmetic is 16-bit
+// but holds for any MSS whose segment, with 80 bytes of IP and TCP headers
+// and options, still fits a 64 KiB packet and the netif's MTU. (TCP_MSS
+// itself is capped by a sanity check about the socket API's low-water mark,
+// which we do not use.)
+void Stack::send_large_segments() {
+  uint32_t mtu = impl_->netifs.empty() ? 0 : impl_->netifs.front()->mtu;
+  impl_->large_mss = static_cast<uint16_t>(std::clamp<uint32_t>(mtu, 100 + TCP_MSS, 65100) - 100);
 }
 
 void Stack::stop_accepting() {

@@ -79,11 +79,19 @@ class Stack {
 
   // One stack-side IP packet in, and the app the engine gave its flow
   // (Result::app; needed with per-connection allocation). Read, not
-  // modified, and copied; the caller keeps its buffer.
-  void input(std::span<uint8_t> packet, uint16_t app = vpm::kNoApp);
+  // modified, and copied; the caller keeps its buffer. `verified`: the
+  // TCP/UDP checksum is known to be good, lwIP need not check it.
+  void input(std::span<uint8_t> packet, uint16_t app = vpm::kNoApp, bool verified = false);
   // lwIP's timers (TCP retransmission, delayed ACKs, reassembly), backend
   // connect timeouts and UDP session expiry. Call at least every 100 ms.
   void poll();
+
+  // The device cuts long TCP packets into segments of each client's MSS
+  // (TSO): from now on lwIP sends segments of up to 65000 bytes (as the
+  // MTU allows) to every client it accepts, whatever MSS the client
+  // announced; the caller passes that
+  // MSS to the device with each packet (vpm::Result::mss).
+  void send_large_segments();
 
   // Stops taking new connections (a SYN now gets a RST; UDP still flows);
   // those already open go on. For a graceful stop.

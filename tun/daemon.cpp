@@ -52,13 +52,14 @@ class Daemon::Capture {
 };
 
 Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions& opt)
-    : engine_(cfg), device_(device), opt_(opt), buffer_(device.mtu() + 64) {
+    : engine_(cfg), device_(device), opt_(opt), buffer_(kMaxPacket) {
   if (!opt.capture_tun.empty()) capture_tun_ = std::make_unique<Capture>(opt.capture_tun);
   if (!opt.capture_stack.empty()) capture_stack_ = std::make_unique<Capture>(opt.capture_stack);
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
   if (epoll_fd_ < 0) throw std::runtime_error(std::string("epoll: ") + std::strerror(errno));
   stack_ = std::make_unique<stack::Stack>(
       engine_.rules(), device.mtu(), [this](std::span<uint8_t> p) { from_stack(p); }, this);
+  if (device.segments()) stack_->send_large_segments();
 }
 
 Daemon::~Daemon() {
@@ -83,19 +84,19 @@ void Daemon::unwatch(int fd) {
   if (watched_.erase(fd)) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
 }
 
-void Daemon::send(std::span<const uint8_t> packet) {
+void Daemon::send(std::span<uint8_t> packet, uint16_t mss) {
   if (capture_tun_) capture_tun_->write(packet);
-  if (!device_.write(packet)) ++counters_.device_write_errors;
+  if (!device_.write(packet, mss)) ++counters_.device_write_errors;
 }
 
-void Daemon::from_device(std::span<uint8_t> packet, uint64_t now_ms) {
+void Daemon::from_device(std::span<uint8_t> packet, bool verified, uint64_t now_ms) {
   if (capture_tun_) capture_tun_->write(packet);
   vpm::Result r = engine_.to_stack(packet, now_ms);
   switch (r.verdict) {
     case vpm::Verdict::translated:
     case vpm::Verdict::passed:
       if (capture_stack_) capture_stack_->write(packet);
-      stack_->input(packet, r.app);
+      stack_->input(packet, r.app, verified);
       break;
     case vpm::Verdict::refused:
       // The engine has not touched a refused packet: answer it as the TUN side sees it.
@@ -113,16 +114,18 @@ void Daemon::from_device(std::span<uint8_t> packet, uint64_t now_ms) {
 void Daemon::from_stack(std::span<uint8_t> packet) {
   if (capture_stack_) capture_stack_->write(packet);
   vpm::Result r = engine_.to_tun(packet, now_ms_);
-  if (r.verdict == vpm::Verdict::translated || r.verdict == vpm::Verdict::passed) send(packet);
+  if (r.verdict == vpm::Verdict::translated || r.verdict == vpm::Verdict::passed)
+    send(packet, r.mss);
 }
 
 void Daemon::drain_device(uint64_t now_ms) {
   now_ms_ = now_ms;
   // Bounded, so timers and signals are not starved under a flood.
   for (int i = 0; i < 1024; ++i) {
-    size_t n = device_.read(buffer_);
+    bool verified = false;
+    size_t n = device_.read(buffer_, verified);
     if (n == 0) return;
-    from_device({buffer_.data(), n}, now_ms);
+    from_device({buffer_.data(), n}, verified, now_ms);
   }
 }
 

@@ -61,9 +61,9 @@ class Daemon : public stack::IoLoop {
 
  private:
   class Capture;
-  void from_device(std::span<uint8_t> packet, uint64_t now_ms);
+  void from_device(std::span<uint8_t> packet, bool verified, uint64_t now_ms);
   void from_stack(std::span<uint8_t> packet);
-  void send(std::span<const uint8_t> packet);
+  void send(std::span<uint8_t> packet, uint16_t mss = 0);
 
   vpm::Engine engine_;
   PacketDevice& device_;

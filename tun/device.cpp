@@ -8,11 +8,14 @@
 #include <net/if.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
+
+#include "vpm/checksum.hpp"
 
 namespace tun {
 
@@ -79,7 +82,7 @@ TunDevice::TunDevice(const vpm::TunConfig& cfg) : mtu_(cfg.mtu), name_(cfg.name)
   fd_ = ::open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
   if (fd_ < 0) throw sys_error("/dev/net/tun (is the tun module available, and are we root?)");
   ifreq ifr = named(cfg.name);
-  ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+  ifr.ifr_flags = static_cast<short>(IFF_TUN | IFF_NO_PI | (cfg.offload ? IFF_VNET_HDR : 0));
   if (::ioctl(fd_, TUNSETIFF, &ifr) < 0) {
     int err = errno;
     ::close(fd_);
@@ -94,6 +97,14 @@ TunDevice::TunDevice(const vpm::TunConfig& cfg) : mtu_(cfg.mtu), name_(cfg.name)
     throw sys_error("creating TUN " + cfg.name);
   }
   name_ = ifr.ifr_name;
+  vnet_ = cfg.offload;
+  if (vnet_ &&
+      ::ioctl(fd_, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN) < 0) {
+    auto e = sys_error("TUN " + name_ + ": enabling offloads (set [tun] offload = false)");
+    ::close(fd_);
+    fd_ = -1;
+    throw e;
+  }
   if (cfg.configure) {
     try {
       configure(name_, cfg);
@@ -109,25 +120,95 @@ TunDevice::~TunDevice() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-size_t TunDevice::read(std::span<uint8_t> buffer) {
+namespace {
+
+// struct virtio_net_hdr, which C++ cannot include (a member is named
+// "class"); host byte order, as the TUN driver uses on little-endian hosts.
+struct VnetHeader {
+  uint8_t flags;
+  uint8_t gso_type;
+  uint16_t hdr_len, gso_size, csum_start, csum_offset;
+};
+static_assert(sizeof(VnetHeader) == 10);
+constexpr uint8_t kNeedsChecksum = 1;  // VIRTIO_NET_HDR_F_NEEDS_CSUM
+constexpr uint8_t kDataValid = 2;      // VIRTIO_NET_HDR_F_DATA_VALID
+constexpr uint8_t kGsoTcp4 = 1, kGsoTcp6 = 4;
+
+// A partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM): the field holds the
+// pseudo-header sum; the sum from csum_start to the end completes it.
+void complete_checksum(const VnetHeader& h, std::span<uint8_t> packet) {
+  size_t start = h.csum_start, field = start + h.csum_offset;
+  if (field + 2 > packet.size()) return;  // nonsense offsets: lwIP will drop the packet
+  uint16_t sum = vpm::finish(vpm::sum_words(packet.subspan(start)));
+  if (sum == 0 && h.csum_offset == 6) sum = 0xffff;  // UDP: 0 means "no checksum"
+  vpm::store16(&packet[field], sum);
+}
+
+// The virtio header that has the kernel cut a TCP packet longer than the
+// client's MSS into segments (TSO): the checksum becomes partial (the field
+// holds the pseudo-header sum, which the kernel completes per segment), and
+// each segment carries a copy of the IP and TCP headers, so TCP options
+// shorten its payload.
+VnetHeader gso_header(std::span<uint8_t> packet, uint16_t mss) {
+  VnetHeader h{};
+  if (mss == 0 || packet.size() < 40) return h;
+  bool v6 = packet[0] >> 4 == 6;
+  size_t l4 = v6 ? 40 : (packet[0] & 0x0f) * 4u;  // the stack sends no IPv6 extension headers
+  if ((v6 ? packet[6] : packet[9]) != 6 || l4 + 20 > packet.size()) return h;
+  size_t tcp_header = (packet[l4 + 12] >> 4) * 4u;
+  size_t header = l4 + tcp_header, options = tcp_header - 20;
+  if (header > packet.size() || mss <= options || packet.size() - header <= mss - options)
+    return h;  // fits in one segment
+  size_t tcp_length = packet.size() - l4;
+  uint64_t pseudo =
+      v6 ? vpm::sum_words(packet.subspan(8, 32)) : vpm::sum_words(packet.subspan(12, 8));
+  pseudo += 6 + (tcp_length >> 16) + (tcp_length & 0xffff);
+  vpm::store16(&packet[l4 + 16], vpm::fold(pseudo));
+  h.flags = kNeedsChecksum;
+  h.gso_type = v6 ? kGsoTcp6 : kGsoTcp4;
+  h.hdr_len = static_cast<uint16_t>(header);
+  h.gso_size = static_cast<uint16_t>(mss - options);
+  h.csum_start = static_cast<uint16_t>(l4);
+  h.csum_offset = 16;
+  return h;
+}
+
+}  // namespace
+
+size_t TunDevice::read(std::span<uint8_t> buffer, bool& verified) {
+  VnetHeader h{};
+  iovec iov[2] = {{&h, sizeof h}, {buffer.data(), buffer.size()}};
+  int first = vnet_ ? 0 : 1;
   for (;;) {
-    ssize_t n = ::read(fd_, buffer.data(), buffer.size());
-    if (n >= 0) return static_cast<size_t>(n);
-    if (errno == EINTR) continue;
-    return 0;  // EAGAIN: nothing waiting
+    ssize_t n = ::readv(fd_, iov + first, 2 - first);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return 0;  // EAGAIN: nothing waiting
+    verified = false;
+    if (!vnet_) return static_cast<size_t>(n);
+    if (static_cast<size_t>(n) < sizeof h) return 0;
+    size_t len = static_cast<size_t>(n) - sizeof h;
+    if (h.flags & kNeedsChecksum) complete_checksum(h, buffer.first(len));
+    verified = h.flags & (kNeedsChecksum | kDataValid);
+    return len;
   }
 }
 
-bool TunDevice::write(std::span<const uint8_t> packet) {
+bool TunDevice::write(std::span<uint8_t> packet, uint16_t mss) {
+  VnetHeader h{};
+  if (vnet_) h = gso_header(packet, mss);
+  iovec iov[2] = {{&h, sizeof h}, {packet.data(), packet.size()}};
+  int first = vnet_ ? 0 : 1;
+  size_t want = packet.size() + (vnet_ ? sizeof h : 0);
   for (;;) {
-    ssize_t n = ::write(fd_, packet.data(), packet.size());
-    if (n == static_cast<ssize_t>(packet.size())) return true;
+    ssize_t n = ::writev(fd_, iov + first, 2 - first);
+    if (n == static_cast<ssize_t>(want)) return true;
     if (n < 0 && errno == EINTR) continue;
     return false;
   }
 }
 
-size_t FakeDevice::read(std::span<uint8_t> buffer) {
+size_t FakeDevice::read(std::span<uint8_t> buffer, bool& verified) {
+  verified = false;
   if (inbound.empty()) return 0;
   auto p = std::move(inbound.front());
   inbound.pop_front();
@@ -136,8 +217,9 @@ size_t FakeDevice::read(std::span<uint8_t> buffer) {
   return n;
 }
 
-bool FakeDevice::write(std::span<const uint8_t> packet) {
+bool FakeDevice::write(std::span<uint8_t> packet, uint16_t mss) {
   written.emplace_back(packet.begin(), packet.end());
+  written_mss.push_back(mss);
   return true;
 }
 

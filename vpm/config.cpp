@@ -150,7 +150,7 @@ std::optional<Prefix> prefix_key(Checker& c, const toml::table& t, std::string_v
 }
 
 void parse_tun(Checker& c, const toml::table& t, TunConfig& tun) {
-  c.only_keys(t, "tun", {"name", "mtu", "address", "address6", "configure"});
+  c.only_keys(t, "tun", {"name", "mtu", "address", "address6", "configure", "offload"});
   if (auto s = c.string(t, "name", "tun.name")) {
     if (s->empty() || s->size() > 15 || s->find('/') != std::string::npos)
       c.fail(t.get("name"), "tun.name",
@@ -169,6 +169,7 @@ void parse_tun(Checker& c, const toml::table& t, TunConfig& tun) {
   if (tun.address6 && tun.mtu < 1280)
     c.fail(t.get("mtu"), "tun.mtu", "IPv6 needs an MTU of at least 1280");
   if (auto b = c.boolean(t, "configure", "tun.configure")) tun.configure = *b;
+  if (auto b = c.boolean(t, "offload", "tun.offload")) tun.offload = *b;
 }
 
 void parse_vpm(Checker& c, const toml::table& t, VpmConfig& vpm) {

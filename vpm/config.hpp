@@ -23,6 +23,7 @@ struct TunConfig {
   std::optional<Prefix> address;  // kernel side of the TUN, e.g. 10.99.0.1/24
   std::optional<Prefix> address6;
   bool configure = true;
+  bool offload = true;  // TSO and checksum offload with the kernel (virtio-net headers)
 };
 
 struct VpmConfig {

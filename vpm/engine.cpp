@@ -187,6 +187,7 @@ Result Engine::stack_l4(const PacketView& v, uint64_t now) {
   Mapping m = flow_p2(e.key(e.vport, proto), *l, e.inbound, flags, now);
   if (m.port == 0) return m.result;
   track(*m.flow, proto, flags, e.inbound, v.bytes.size(), now);
+  if (e.inbound && (flags & tcpflag::syn) && proto == Proto::tcp) m.flow->mss = announced_mss(v);
   WordEdit edits[2];
   rewrite_port(proto, v.l4_ptr(), v.l4_len(), e.inbound, m.port, edits);
   return {Verdict::translated, Drop::none, m.flow->app};
@@ -202,6 +203,7 @@ Result Engine::tun_l4(const PacketView& v, uint64_t now) {
   if (Flow* f = flows_.find(e.key(m.port, proto))) {
     track(*f, proto, tcp_flags(v), e.inbound, v.bytes.size(), now);
     r.app = f->app;
+    r.mss = f->mss;
   }
   WordEdit edits[2];
   rewrite_port(proto, v.l4_ptr(), v.l4_len(), e.inbound, m.port, edits);

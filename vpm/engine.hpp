@@ -54,6 +54,7 @@ struct Result {
   Verdict verdict = Verdict::passed;
   Drop reason = Drop::none;
   uint16_t app = kNoApp;  // the app whose flow carried the packet, when known
+  uint16_t mss = 0;       // towards the TUN, TCP: the client's MSS (0: unknown)
 };
 
 enum Side : uint8_t { to_stack_side = 0, to_tun_side = 1 };

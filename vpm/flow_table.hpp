@@ -60,6 +60,7 @@ struct alignas(64) Flow {
   uint16_t app = 0;     // index into Config::apps
   FlowState state = FlowState::established;
   uint8_t tcp_seen = 0;  // flow_tcp bits
+  uint16_t mss = 0;      // TCP: the MSS the client's SYN announced
 };
 static_assert(sizeof(Flow) == 64);
 

@@ -1,6 +1,8 @@
 // IPv4/IPv6 header parsing with bounds checks, and drop-reason names.
 #include "vpm/packet.hpp"
 
+#include <algorithm>
+
 namespace vpm {
 
 namespace {
@@ -187,6 +189,25 @@ Drop parse_quoted(std::span<uint8_t> buf, bool expect_v6, PacketView& out) {
   // RFC 792 guarantees 8 bytes of the quoted upper-layer header; ports need 4.
   if (out.has_l4 && out.l4_len() < 4) out.has_l4 = false;
   return Drop::none;
+}
+
+uint16_t announced_mss(const PacketView& v) {
+  uint16_t fallback = v.v6 ? 1220 : 536;
+  if (v.fragment || v.l4_len() < 20) return fallback;  // a SYN in fragments: not worth reading
+  const uint8_t* tcp = v.l4_ptr();
+  size_t end = std::min<size_t>(v.l4_len(), (tcp[12] >> 4) * 4u);
+  for (size_t i = 20; i < end;) {
+    uint8_t kind = tcp[i];
+    if (kind == 0) break;  // end of options
+    if (kind == 1) {       // no-op
+      ++i;
+      continue;
+    }
+    if (i + 1 >= end || tcp[i + 1] < 2 || i + tcp[i + 1] > end) break;
+    if (kind == 2 && tcp[i + 1] == 4) return load16(tcp + i + 2);
+    i += tcp[i + 1];
+  }
+  return fallback;
 }
 
 }  // namespace vpm

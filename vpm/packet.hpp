@@ -79,6 +79,11 @@ Drop parse_packet(std::span<uint8_t> buf, PacketView& out);
 // header need be present. has_l4 is set only when the ports are present.
 Drop parse_quoted(std::span<uint8_t> buf, bool expect_v6, PacketView& out);
 
+// The MSS a TCP SYN announces (RFC 9293 3.7.1); without the option, the
+// default for its family: 536 (IPv4) or 1220 (IPv6, RFC 8200 minimum MTU).
+// `v` must be TCP with has_l4.
+uint16_t announced_mss(const PacketView& v);
+
 // True for ICMP/ICMPv6 types that quote the offending packet after an 8-byte header.
 bool is_icmp_error(bool v6, uint8_t type);
 

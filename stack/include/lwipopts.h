@@ -94,6 +94,9 @@
 #define CHECKSUM_CHECK_TCP 1
 #define CHECKSUM_CHECK_UDP 1
 #define LWIP_CHECKSUM_ON_COPY 1
+/* Per-netif checksum checks: Stack::input skips TCP/UDP checks for packets
+ * the kernel vouches for (TUN offloads). */
+#define LWIP_CHECKSUM_CTRL_PER_NETIF 1
 
 #define LWIP_NETIF_STATUS_CALLBACK 0
 #define LWIP_NETIF_LINK_CALLBACK 0

@@ -44,6 +44,7 @@ mtu = 9000
 address = "10.99.0.1/24"
 address6 = "fd00:99::1/64"
 configure = false
+offload = false
 [vpm]
 port_range = "30000-30099"
 allocation = "per-connection"
@@ -67,6 +68,7 @@ proxy_protocol = "v2"
   CHECK(cfg.tun.mtu == 9000);
   CHECK(cfg.tun.address->str() == "10.99.0.1/24");
   CHECK_FALSE(cfg.tun.configure);
+  CHECK_FALSE(cfg.tun.offload);
   CHECK(cfg.vpm.range_lo == 30000);
   CHECK(cfg.vpm.range_hi == 30099);
   CHECK(cfg.vpm.allocation == vpm::Allocation::per_connection);

@@ -208,3 +208,55 @@ TEST_CASE("the daemon's packet plumbing over an in-memory device") {
   CHECK(daemon.counters().refusals_sent == 1);
   CHECK(daemon.engine().counters().by_reason[static_cast<size_t>(vpm::Drop::unmatched)] == 1);
 }
+
+// With a device that segments (TSO), lwIP sends segments larger than the
+// client's MSS and each leaves with that MSS, for the device to cut to;
+// without, no segment is larger than the MSS the client announced.
+TEST_CASE("segments larger than the client's MSS only go to a device that cuts them") {
+  for (bool segmenting : {true, false}) {
+    CAPTURE(segmenting);
+    tun::FakeDevice device;
+    device.segmenting = segmenting;
+    tun::Daemon daemon(config(kConfig), device, {});
+    Spec syn{"203.0.113.5", "192.0.2.10", 6, 41000, 9000, 0x02};  // no MSS option: 536
+    syn.seq = 5000;
+    device.inbound.push_back(build(syn));
+    daemon.drain_device(0);
+    REQUIRE(device.written.size() == 1);
+    uint32_t sseq = get32(device.written[0], 24);
+    Spec ack{"203.0.113.5", "192.0.2.10", 6, 41000, 9000, 0x10};
+    ack.seq = 5001;
+    ack.ack = sseq + 1;
+    device.inbound.push_back(build(ack));
+    Spec data = ack;
+    data.tcp_flags = 0x18;
+    data.payload = Bytes(8000, 'e');
+    device.inbound.push_back(build(data));  // echoed back by green
+    daemon.drain_device(0);
+    size_t largest = 0;
+    for (size_t i = 1; i < device.written.size(); ++i) {
+      size_t len = payload_of(device.written[i]).size();
+      largest = std::max(largest, len);
+      if (len > 0) CHECK(device.written_mss[i] == 536);
+    }
+    if (segmenting)
+      CHECK(largest > 536);
+    else
+      CHECK(largest == 536);
+  }
+}
+
+// lwIP drops a segment whose checksum is wrong, unless the device said the
+// kernel vouches for it (then nobody sums the data twice).
+TEST_CASE("lwIP checks TCP checksums except where the device vouches for them") {
+  for (bool verified : {false, true}) {
+    CAPTURE(verified);
+    DataPath dp(config(kConfig));
+    Spec syn{"203.0.113.5", "192.0.2.10", 6, 41000, 9000, 0x02};
+    Bytes p = build(syn);
+    p[20 + 16] ^= 0x5a;  // break the TCP checksum
+    REQUIRE(dp.engine.to_stack(p, 0).verdict == vpm::Verdict::translated);
+    dp.stack.input(p, vpm::kNoApp, verified);
+    CHECK(dp.take().size() == (verified ? 1u : 0u));  // the SYN-ACK, or nothing
+  }
+}
