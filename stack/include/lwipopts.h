@@ -56,11 +56,13 @@
 #define PBUF_POOL_SIZE 4096
 #define PBUF_POOL_BUFSIZE 2048
 
-/* TCP sized for a large MTU. lwIP 2.1 does its segment arithmetic in 16
- * bits and refuses (init.c sanity checks) an MSS whose 4 segments overflow
- * them, so 16000 bytes is as large as it safely goes: 11 times an Ethernet
- * segment. The window is 4 MiB, advertised with scale 7, and the send
- * buffer the same. */
+/* TCP sized for a large MTU. lwIP 2.1 refuses (an init.c sanity check
+ * about the socket API's low-water mark) a TCP_MSS whose 4 segments
+ * overflow 16 bits, so 16000 is what we announce and accept; with TUN
+ * offloads the stack raises each accepted pcb's MSS to 65000 at run time
+ * (Stack::send_large_segments), which the 16-bit segment arithmetic holds.
+ * The window is 4 MiB, advertised with scale 7, and the send buffer the
+ * same. */
 #define TCP_MSS 16000
 #define LWIP_WND_SCALE 1
 #define TCP_RCV_SCALE 7

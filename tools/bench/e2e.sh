@@ -112,10 +112,12 @@ clients = ["10.201.0.0/24"]
 forward = "127.0.0.1:5300"
 TOML
 
-in_s iperf3 -s -p 5201 >/dev/null 2>&1 &
-in_s "$bench" serve 0.0.0.0:5300 &
-in_s haproxy -f "$work/haproxy.cfg" -db 2>"$work/haproxy.log" &
-in_s "$vpmtun" run -c "$work/vpm.toml" 2>"$work/vpmtun.log" &
+# Servers are started without the in_s function: a backgrounded function
+# would wait in a subshell and report "Terminated" when cleanup kills them.
+ip netns exec "$s" iperf3 -s -p 5201 >/dev/null 2>&1 &
+ip netns exec "$s" "$bench" serve 0.0.0.0:5300 &
+ip netns exec "$s" haproxy -f "$work/haproxy.cfg" -db 2>"$work/haproxy.log" &
+ip netns exec "$s" "$vpmtun" run -c "$work/vpm.toml" 2>"$work/vpmtun.log" &
 for _ in $(seq 50); do ip -n "$s" route show 10.99.0.0/24 | grep -q vpmb0 && break; sleep 0.1; done
 sleep 1
 
