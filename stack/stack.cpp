@@ -164,6 +164,7 @@ struct Stack::Impl {
   std::map<Tuple, Connecting> connected;   // backend connected, lwIP yet to accept (syn emptied)
   std::map<Tuple, UdpSession> udp_sessions;
   StackCounters counters;
+  std::vector<AppStackCounters> apps;
   bool per_connection = false;
   bool accepting = true;   // false once draining
   uint16_t large_mss = 0;  // with send_large_segments(): lwIP's MSS towards every client
@@ -173,7 +174,8 @@ struct Stack::Impl {
   std::unordered_set<Conn*> conns;
   std::vector<uint8_t> out;
 
-  Impl(const vpm::Ruleset& r, PacketSink s) : rules(r), sink(std::move(s)) {}
+  Impl(const vpm::Ruleset& r, PacketSink s)
+      : rules(r), sink(std::move(s)), apps(r.config().apps.size()) {}
 
   Service service_of(uint16_t app) const {
     const auto& a = rules.config().apps[app];
@@ -206,6 +208,7 @@ struct Stack::Impl {
       ::close(c->sock);
     }
     conns.erase(c);
+    --apps[c->app].open;
     ++counters.tcp_closed;
     delete c;
   }
@@ -343,7 +346,7 @@ struct Stack::Impl {
     if (fd < 0 ||
         (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0 && errno != EINPROGRESS)) {
       if (fd >= 0) ::close(fd);
-      refuse(copy);
+      refuse(copy, app);
       return true;
     }
     connecting[key] = Connecting{copy, fd, app, now_ms()};
@@ -362,18 +365,21 @@ struct Stack::Impl {
     ::getsockopt(c.sock, SOL_SOCKET, SO_ERROR, &err, &len);
     if (err != 0) {
       ::close(c.sock);
-      refuse(c.syn);
+      refuse(c.syn, c.app);
       return;
     }
+    apps[c.app].backend_up = 1;
     c.started_ms = now_ms();
     std::vector<uint8_t> syn = std::move(c.syn);
     connected[key] = std::move(c);
     deliver(syn);  // now lwIP may complete the handshake
   }
 
-  // Tells the client of a held SYN that nobody will answer.
-  void refuse(const std::vector<uint8_t>& syn) {
+  // Tells the client of a held SYN that its app's backend will not answer.
+  void refuse(const std::vector<uint8_t>& syn, uint16_t app) {
     ++counters.backend_connect_failures;
+    ++apps[app].backend_failures;
+    apps[app].backend_up = 0;
     std::vector<uint8_t> rst;
     if (vpm::build_refusal(syn, rst)) {
       ++counters.packets_out;
@@ -604,6 +610,8 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
   }
   s->conns.insert(c);
   ++s->counters.tcp_accepted;
+  ++s->apps[c->app].accepted;
+  ++s->apps[c->app].open;
   tcp_arg(pcb, c);
   tcp_recv(pcb, on_tcp_recv);
   tcp_sent(pcb, on_tcp_sent);
@@ -657,6 +665,8 @@ void Stack::Impl::udp_forward(Endpoint* ep, uint16_t app, pbuf* p, const ip_addr
     if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0) {
       if (fd >= 0) ::close(fd);
       ++counters.backend_connect_failures;
+      ++apps[app].backend_failures;
+      apps[app].backend_up = 0;
       return;
     }
     UdpSession sess;
@@ -734,7 +744,7 @@ void Stack::Impl::expire(uint64_t now) {
     }
     io->unwatch(it->second.sock);
     ::close(it->second.sock);
-    refuse(it->second.syn);  // the backend never answered
+    refuse(it->second.syn, it->second.app);  // the backend never answered
     it = connecting.erase(it);
   }
   // A backend connection whose client never completed the handshake.
@@ -865,6 +875,8 @@ void Stack::stop_accepting() {
 }
 
 size_t Stack::open_connections() const { return impl_->conns.size() + impl_->connecting.size(); }
+
+const std::vector<AppStackCounters>& Stack::app_counters() const { return impl_->apps; }
 
 const StackCounters& Stack::counters() const {
   impl_->counters.lwip_asserts = lwip_assert_count();

@@ -66,6 +66,14 @@ struct StackCounters {
   uint64_t udp_sessions_expired = 0;
 };
 
+// Per app (index into Config::apps).
+struct AppStackCounters {
+  uint64_t accepted = 0;          // TCP connections accepted
+  uint64_t backend_failures = 0;  // forward: backend refused or silent
+  int backend_up = -1;  // forward: the last connect succeeded (1), failed (0), none yet (-1)
+  uint64_t open = 0;    // TCP connections open now
+};
+
 class Stack {
  public:
   // Brings up one netif per virtual address (MTU `mtu`) and binds the
@@ -100,6 +108,7 @@ class Stack {
   size_t open_connections() const;
 
   const StackCounters& counters() const;
+  const std::vector<AppStackCounters>& app_counters() const;
 
   struct Impl;
 

@@ -13,6 +13,9 @@
 #include <chrono>
 #include <stdexcept>
 
+#include "tun/control.hpp"
+#include "tun/metrics.hpp"
+#include "tun/report.hpp"
 #include "vpm/refusal.hpp"
 
 namespace tun {
@@ -52,7 +55,7 @@ class Daemon::Capture {
 };
 
 Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions& opt)
-    : engine_(cfg), device_(device), opt_(opt), buffer_(kMaxPacket) {
+    : engine_(cfg), device_(device), opt_(opt), buffer_(kMaxPacket), started_ms_(monotonic_ms()) {
   if (!opt.capture_tun.empty()) capture_tun_ = std::make_unique<Capture>(opt.capture_tun);
   if (!opt.capture_stack.empty()) capture_stack_ = std::make_unique<Capture>(opt.capture_stack);
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -63,7 +66,10 @@ Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions
 }
 
 Daemon::~Daemon() {
-  stack_.reset();  // closes backend sockets while the epoll set still exists
+  // These close their sockets while the epoll set still exists.
+  metrics_.reset();
+  control_.reset();
+  stack_.reset();
   ::close(epoll_fd_);
 }
 
@@ -133,6 +139,50 @@ void Daemon::tick(uint64_t now_ms) {
   now_ms_ = now_ms;
   stack_->poll();
   engine_.expire(now_ms, 4096);
+}
+
+void Daemon::serve_control(const std::string& path) {
+  control_ = std::make_unique<ControlServer>(
+      path, *this, [this](const std::string& request) { return answer(request); });
+}
+
+void Daemon::serve_metrics(const vpm::Endpoint& listen) {
+  metrics_ =
+      std::make_unique<MetricsServer>(listen, *this, [this] { return render_metrics(*this); });
+}
+
+std::pair<bool, std::string> Daemon::answer(const std::string& request) const {
+  std::vector<std::string> words;
+  for (size_t at = 0; at < request.size();) {
+    size_t end = std::min(request.find(' ', at), request.size());
+    if (end > at) words.push_back(request.substr(at, end - at));
+    at = end + 1;
+  }
+  if (words.empty()) return {false, "empty request\n"};
+  bool json = false;
+  TableFilter filter;
+  for (size_t i = 1; i < words.size(); ++i) {
+    const std::string& w = words[i];
+    if (w == "json") {
+      json = true;
+    } else if (w.starts_with("app=")) {
+      filter.app = w.substr(4);
+      bool known = false;
+      for (auto& a : engine_.rules().config().apps) known |= a.name == filter.app;
+      if (!known) return {false, "no app is named '" + filter.app + "'\n"};
+    } else if (w.starts_with("client=")) {
+      std::string why;
+      filter.client = vpm::Prefix::parse(w.substr(7), &why);
+      if (!filter.client) return {false, "--client " + w.substr(7) + ": " + why + "\n"};
+    } else {
+      return {false, "unknown argument '" + w + "'\n"};
+    }
+  }
+  const std::string& verb = words[0];
+  if (verb == "stats") return {true, render_stats(*this, json)};
+  if (verb == "table") return {true, render_table(*this, filter, json)};
+  if (verb == "apps") return {true, render_apps(*this, json)};
+  return {false, "unknown request '" + verb + "' (stats, table, apps)\n"};
 }
 
 int Daemon::run() {

@@ -27,6 +27,9 @@
 
 namespace tun {
 
+class ControlServer;
+class MetricsServer;
+
 struct DaemonOptions {
   std::string capture_tun;    // pcap of the TUN side, or empty
   std::string capture_stack;  // pcap of the stack side, or empty
@@ -51,6 +54,18 @@ class Daemon : public stack::IoLoop {
   // The event loop, until SIGTERM or SIGINT. Returns the exit code.
   int run();
 
+  // Answers `vpmtun stats/table/apps` on a Unix socket at `path` (see
+  // tun/control.hpp). Throws std::runtime_error if it cannot.
+  void serve_control(const std::string& path);
+  // Serves the Prometheus exposition at http://listen/metrics. Throws
+  // std::runtime_error if it cannot listen.
+  void serve_metrics(const vpm::Endpoint& listen);
+  // One control request ("stats [json]", "table [json] [app=NAME]
+  // [client=PREFIX]", "apps [json]"): (ok, answer or what was wrong).
+  std::pair<bool, std::string> answer(const std::string& request) const;
+
+  uint64_t started_ms() const { return started_ms_; }
+
   const vpm::Engine& engine() const { return engine_; }
   const stack::Stack& stack() const { return *stack_; }
   const DaemonCounters& counters() const { return counters_; }
@@ -61,6 +76,8 @@ class Daemon : public stack::IoLoop {
 
  private:
   class Capture;
+  std::unique_ptr<ControlServer> control_;
+  std::unique_ptr<MetricsServer> metrics_;
   void from_device(std::span<uint8_t> packet, bool verified, uint64_t now_ms);
   void from_stack(std::span<uint8_t> packet);
   void send(std::span<uint8_t> packet, uint16_t mss = 0);
@@ -81,6 +98,7 @@ class Daemon : public stack::IoLoop {
   };
   std::map<int, Watch> watched_;
   uint64_t generation_ = 0;
+  uint64_t started_ms_;
 };
 
 uint64_t monotonic_ms();

@@ -402,10 +402,25 @@ ConfigResult parse_config(std::string_view text, const std::string& file) {
   }
   Config cfg;
   cfg.file = file;
-  c.only_keys(root, "", {"tun", "vpm", "timeouts", "app"});
+  c.only_keys(root, "", {"tun", "vpm", "timeouts", "metrics", "daemon", "app"});
   if (auto t = c.section(root, "tun")) parse_tun(c, *t, cfg.tun);
   if (auto t = c.section(root, "vpm")) parse_vpm(c, *t, cfg.vpm);
   if (auto t = c.section(root, "timeouts")) parse_timeouts(c, *t, cfg.timeouts);
+  if (auto t = c.section(root, "metrics")) {
+    c.only_keys(*t, "metrics", {"listen"});
+    if (auto s = c.string(*t, "listen", "metrics.listen")) {
+      std::string why;
+      cfg.metrics.listen = Endpoint::parse(*s, &why);
+      if (!cfg.metrics.listen) c.fail(t->get("listen"), "metrics.listen", why);
+    }
+  }
+  if (auto t = c.section(root, "daemon")) {
+    c.only_keys(*t, "daemon", {"user"});
+    if (auto s = c.string(*t, "user", "daemon.user")) {
+      if (s->empty()) c.fail(t->get("user"), "daemon.user", "must name a user (or leave it out)");
+      cfg.daemon.user = *s;
+    }
+  }
   if (const toml::node* apps = root.get("app")) {
     const toml::array* arr = apps->as_array();
     if (!arr || !arr->is_array_of_tables())

@@ -70,11 +70,21 @@ struct AppConfig {
   int line = 0;  // where [[app]] starts, for later messages
 };
 
+struct MetricsConfig {
+  std::optional<Endpoint> listen;  // Prometheus exposition at http://listen/metrics
+};
+
+struct DaemonConfig {
+  std::string user;  // drop to this user once set up; empty: stay root
+};
+
 struct Config {
   std::string file;
   TunConfig tun;
   VpmConfig vpm;
   Timeouts timeouts;
+  MetricsConfig metrics;
+  DaemonConfig daemon;
   std::vector<AppConfig> apps;
 };
 

@@ -95,7 +95,8 @@ Engine::Engine(const Config& cfg)
       timeouts_(cfg.timeouts),
       per_connection_(cfg.vpm.allocation == Allocation::per_connection),
       queue_timeout_ms_(cfg.vpm.queue_timeout_ms),
-      flows_(cfg.vpm.max_flows) {
+      flows_(cfg.vpm.max_flows),
+      app_counters_(cfg.apps.size()) {
   if (per_connection_)
     for (auto& l : rules_.listens()) pools_.emplace_back(l.slice_lo, l.slice_hi);
 }
@@ -291,6 +292,7 @@ Engine::Mapping Engine::flow_p2(const FlowKey& key, const Listen& l, bool inboun
     f = flows_.insert(key);
     if (!f) return {0, refuse(Drop::table_full), nullptr};
     ++counters_.flows_created;
+    ++app_counters_[app].flows;
     flows_.stats(*f).created_ms = now;
     f->last_ms = now;
     f->listen = static_cast<uint16_t>(&l - rules_.listens().data());
@@ -300,8 +302,10 @@ Engine::Mapping Engine::flow_p2(const FlowKey& key, const Listen& l, bool inboun
       f->p2 = l.p2_of_app[app];
     else if (auto port = pools_[f->listen].acquire())
       f->p2 = *port;
-    else
+    else {
       ++counters_.port_waits;
+      ++app_counters_[app].port_waits;
+    }
     if (f->p2 != 0) start_flow(*f, flags, inbound);
   } else if (f->state == FlowState::waiting) {
     if (auto port = pools_[f->listen].acquire()) {
@@ -313,6 +317,7 @@ Engine::Mapping Engine::flow_p2(const FlowKey& key, const Listen& l, bool inboun
   }
   if (f->state == FlowState::waiting) {
     if (now - flows_.stats(*f).created_ms >= queue_timeout_ms_) {
+      ++app_counters_[f->app].refused;
       end_flow(*f);
       return {0, refuse(Drop::port_wait_timeout), nullptr};
     }

@@ -72,6 +72,13 @@ struct Counters {
   uint64_t port_waits = 0;   // connections that found no free port at first
 };
 
+// Per app (index into Config::apps).
+struct AppCounters {
+  uint64_t flows = 0;       // flows (connections, UDP sessions) created
+  uint64_t port_waits = 0;  // of those, how many found no free p2 at first
+  uint64_t refused = 0;     // refused after waiting queue_timeout_ms for a p2
+};
+
 class Engine {
  public:
   // `cfg` must have come back from parse_config.
@@ -88,6 +95,9 @@ class Engine {
   void expire(uint64_t now_ms, size_t budget);
 
   const Counters& counters() const { return counters_; }
+  const std::vector<AppCounters>& app_counters() const { return app_counters_; }
+  // Per listen, with per-connection allocation (empty with per-app).
+  const std::vector<PortPool>& pools() const { return pools_; }
   const FlowTable& flows() const { return flows_; }
   const Ruleset& rules() const { return rules_; }
 
@@ -120,6 +130,7 @@ class Engine {
   FlowTable flows_;
   std::vector<PortPool> pools_;  // per listen, per-connection allocation only
   Counters counters_;
+  std::vector<AppCounters> app_counters_;
 };
 
 }  // namespace vpm

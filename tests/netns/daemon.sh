@@ -22,6 +22,7 @@ fi
 ip netns del "vpmprobe$$"
 ns="vpmd$$" d="vpmd$$-d" c1="vpmd$$-c1" c2="vpmd$$-c2"
 work="$(mktemp -d)"
+chmod 755 "$work"  # so that the control socket's own mode is what keeps others out
 daemon_pid=""
 cleanup() {
   [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
@@ -52,6 +53,10 @@ ip -n "$c2" route add default via 10.200.2.1; ip -n "$c2" -6 route add default v
 in_ns "$d" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
 
 cat >"$work/vpm.toml" <<TOML
+[vpm]
+control_socket = "$work/vpm.sock"
+[metrics]
+listen = "127.0.0.1:9464"
 [tun]
 name = "vpm0"
 address = "10.99.0.1/24"
@@ -265,9 +270,91 @@ no_bad_checksums() {
   [ "$bad" -eq 0 ]
 }
 
+# Operating: the control socket and the metrics, checked against traffic made here.
+sock="$work/vpm.sock"
+ask() { "$vpmtun" "$@" -s "$sock"; }
+json() {  # json VERB [ARGS] -- PYTHON: the answer as `r` in a Python expression that must hold
+  local args=() 
+  while [ "$1" != "--" ]; do args+=("$1"); shift; done
+  ask "${args[@]}" --json | /usr/bin/python3 -c "import json, sys; r = json.load(sys.stdin); sys.exit(0 if ($2) else 1)"
+}
+second_daemon_refused() {  # same control socket, another TUN: a clear error, exit 1
+  local out rc=0
+  sed 's/^name = "vpm0"/name = "vpm9"\nconfigure = false/' "$work/vpm.toml" >"$work/other.toml"
+  out=$(in_ns "$d" timeout 5 "$vpmtun" run -c "$work/other.toml" 2>&1) || rc=$?
+  echo "     $out"
+  [ "$rc" -eq 1 ] && [[ "$out" == *"$sock is in use by another running vpmtun"* ]]
+}
+check "control: a second daemon on the same socket gets a clear error" second_daemon_refused
+check "control: the socket is mode 0600" test "$(stat -c %a "$sock")" = 600
+check "control: another user cannot use it" \
+  bash -c "out=\$(setpriv --reuid=65534 --regid=65534 --clear-groups '$vpmtun' stats -s '$sock' 2>&1); echo \"     \$out\"; [[ \$out == *'permission denied'* ]]"
+stats_move() {  # five requests: flows, accepted connections and TUN packets all grow by them
+  local before after
+  before=$(ask stats --json)
+  for _ in 1 2 3 4 5; do in_ns "$c1" curl -s -m 5 http://10.99.0.10:9000/ >/dev/null; done
+  after=$(ask stats --json)
+  /usr/bin/python3 - "$before" "$after" <<'PY'
+import json, sys
+b, a = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+grew = lambda g, k, n: a[g][k] - b[g][k] >= n
+print(f"     flows_created +{a['engine']['flows_created'] - b['engine']['flows_created']}, "
+      f"tcp_accepted +{a['stack']['tcp_accepted'] - b['stack']['tcp_accepted']}, "
+      f"tun packets_in +{a['tun']['packets_in'] - b['tun']['packets_in']}")
+# Each request is at least 4 packets in (SYN, request, FIN, ACK) and 3 out.
+sys.exit(0 if grew("engine", "flows_created", 5) and grew("stack", "tcp_accepted", 5)
+         and grew("tun", "packets_in", 20) and grew("engine", "translated", 35)
+         and a["drops"]["unmatched"] >= 1 and a["stack"]["lwip_asserts"] == 0 else 1)
+PY
+}
+check "stats --json: the counters move with the traffic" stats_move
+open_flow() {  # a connection held open shows in the table with its app, p2 and state
+  local rc=0
+  (sleep 3; echo bye) | in_ns "$c1" socat -t 1 - TCP:10.99.0.10:7 >/dev/null &
+  in_ns "$c2" curl -s -m 5 http://10.99.0.10:9000/ >/dev/null  # a green flow for --app
+  sleep 1
+  ask table --client 10.200.1.5 | grep -E "^tcp +10.200.1.5:[0-9]+ +10.99.0.10:7 +echo" | sed 's/^/     /'
+  json table --client 10.200.1.0/24 -- "any(f['virtual'] == '10.99.0.10:7' and f['app'] == 'echo' and f['state'] == 'established' and 20000 <= f['p2'] <= 29999 and f['client'].startswith('10.200.1.5:') and f['packets_in'] >= 2 for f in r)" || rc=1
+  json table --app green -- "r and all(f['app'] == 'green' and not f['client'].startswith('10.200.1.') for f in r)" || rc=1
+  wait $!
+  return "$rc"
+}
+check "table: an open connection, its app, p2 and state; --client and --app filter" open_flow
+check "apps: backends up or down as last seen, connections counted" \
+  json apps -- "(lambda a: a['one']['backend_health'] == 'up' and a['dead']['backend_health'] == 'down' and a['dead']['backend_failures'] >= 1 and a['green']['total'] >= 1 and a['echo']['tcp_accepted'] >= 2 and a['blue']['p2s'][0].isdigit())({x['name']: x for x in r})"
+check "apps and stats also answer as text" bash -c "'$vpmtun' apps -s '$sock' | grep -q '^bulk (aid' && '$vpmtun' stats -s '$sock' | grep -q '^uptime'"
+check "control: a bad filter is an error naming it" \
+  bash -c "! out=\$('$vpmtun' table --app nosuch -s '$sock' 2>&1); [[ \$out == *\"no app is named 'nosuch'\"* ]]"
+metrics_move() {  # scraped with curl and parsed: well formed, and moving with traffic
+  local one two
+  one=$(in_ns "$d" curl -sf http://127.0.0.1:9464/metrics) || return 1
+  in_ns "$c1" curl -s -m 5 http://10.99.0.10:9000/ >/dev/null
+  two=$(in_ns "$d" curl -sf http://127.0.0.1:9464/metrics) || return 1
+  /usr/bin/python3 - "$one" "$two" <<'PY'
+import re, sys
+def parse(text):
+    samples, typed = {}, set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            typed.add(line.split()[2])
+        elif line and not line.startswith("#"):
+            m = re.fullmatch(r'([a-z_]+)(\{[^}]*\})? (\d+)', line)
+            if not m or m.group(1) not in typed:
+                sys.exit(f"bad line: {line!r}")
+            samples[m.group(1) + (m.group(2) or "")] = int(m.group(3))
+    return samples
+a, b = parse(sys.argv[1]), parse(sys.argv[2])
+moved = b["vpmtun_engine_translated_total"] - a["vpmtun_engine_translated_total"]
+print(f"     {len(b)} samples; translated +{moved}; flows {sum(v for k, v in b.items() if k.startswith('vpmtun_flows{'))}")
+sys.exit(0 if moved >= 5 and 'vpmtun_flows{proto="tcp",state="established"}' in b
+         and b['vpmtun_app_flows_total{app="blue",aid="101"}'] >= 1 else 1)
+PY
+}
+check "metrics: Prometheus text, scraped with curl, moves with traffic" metrics_move
+
 check "SIGTERM: the daemon exits 0" stop_daemon
-check "SIGTERM: no TUN, address or route is left behind" \
-  bash -c "! ip -n '$d' link show vpm0 2>/dev/null && ! ip -n '$d' route | grep -q 10.99.0 && ! ip -n '$d' -6 route | grep -q fd00:99"
+check "SIGTERM: no TUN, address, route or control socket is left behind" \
+  bash -c "! ip -n '$d' link show vpm0 2>/dev/null && ! ip -n '$d' route | grep -q 10.99.0 && ! ip -n '$d' -6 route | grep -q fd00:99 && [ ! -e '$sock' ]"
 check "tshark finds no bad checksum on either side" no_bad_checksums
 offloaded() {  # with TUN offloads, TCP crosses the TUN in trains longer than the 1500-byte path
   local to from
@@ -289,8 +376,18 @@ check "vpmtun replay of --capture-tun gives --capture-stack" replays_to_stack
 # wire: per-connection allocation, and 2% loss each way (nft drops one
 # packet in 50 at random on the forward path; segments also arrive out of
 # order behind each loss).
-sed 's/^\[tun\]/[vpm]\nallocation = "per-connection"\n\n[tun]\noffload = false/' "$work/vpm.toml" >"$work/vpm2.toml"
+# It also drops to an unprivileged user once set up.
+sed 's/^\[vpm\]/[vpm]\nallocation = "per-connection"/; s/^\[tun\]/[tun]\noffload = false/' "$work/vpm.toml" >"$work/vpm2.toml"
+printf '[daemon]\nuser = "nobody"\n' >>"$work/vpm2.toml"
 start_daemon "$work/vpm2.toml"
+unprivileged() {  # /proc says: uid nobody, no capabilities left
+  local status
+  status=$(cat "/proc/$daemon_pid/status")
+  echo "     $(grep -E '^(Uid|CapEff)' <<<"$status" | tr -s '\t' ' ' | paste -sd';')"
+  grep -qE "^Uid:\s+65534\s+65534\s+65534\s+65534" <<<"$status" && grep -qE "^CapEff:\s+0+$" <<<"$status"
+}
+check "privileges: runs as [daemon] user (nobody) with no capabilities" unprivileged
+check "privileges: the control socket belongs to that user" test "$(stat -c %U "$work/vpm.sock")" = nobody
 p2_of() { in_ns "$1" curl -s -m 5 "http://10.99.0.10:9000/" | grep -o '"app":"[a-z]*".*"p2":[0-9]*'; }
 per_connection() {
   local a b c

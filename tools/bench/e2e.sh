@@ -88,7 +88,9 @@ backend iperf
 backend short
   server b 127.0.0.1:5300
 CFG
-cat >"$work/vpm.toml" <<'TOML'
+cat >"$work/vpm.toml" <<TOML
+[vpm]
+control_socket = "$work/vpm.sock"
 [tun]
 name = "vpmb0"
 address = "10.99.0.1/24"

@@ -9,6 +9,7 @@
 #include "config_file.hpp"
 #include "replay.hpp"
 #include "run.hpp"
+#include "tun/control.hpp"
 #include "vpm/rules.hpp"
 
 #ifndef VPMTUN_VERSION
@@ -45,6 +46,26 @@ void describe_config(const vpm::Config& cfg) {
   }
 }
 
+// A question for the running daemon over its control socket: the answer
+// goes to stdout (or stderr when the daemon says the request was wrong).
+int ask(const std::string& socket, const std::string& config_path, const std::string& request) {
+  std::string path = socket;
+  if (path.empty() && !config_path.empty()) {
+    auto cfg = vpmtun::load_config(config_path);
+    if (!cfg) return 1;
+    path = cfg->vpm.control_socket;
+  }
+  if (path.empty()) path = vpm::VpmConfig{}.control_socket;
+  try {
+    auto [ok, body] = tun::ask_daemon(path, request);
+    fmt::print(ok ? stdout : stderr, "{}", ok ? body : "vpmtun: " + body);
+    return ok ? 0 : 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "vpmtun: {}\n", e.what());
+    return 1;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -63,6 +84,9 @@ int main(int argc, char** argv) {
       "  vpmtun check -c vpm.toml                       validate a configuration, show the p2s\n"
       "  vpmtun replay in.pcap -c vpm.toml -o out.pcap  TUN-side capture -> stack-side view\n"
       "  vpmtun replay out.pcap -c vpm.toml -o back.pcap --reverse\n"
+      "  vpmtun table --app blue                        a running daemon's flows, like conntrack "
+      "-L\n"
+      "  vpmtun stats --json                            every counter, for programs\n"
       "\nRun 'vpmtun VERB --help' for the options of a verb.");
 
   std::string config_path;
@@ -121,7 +145,52 @@ int main(int argc, char** argv) {
       "  vpmtun replay pcaps/two-clients.pcap -c pcaps/demo.toml -o /tmp/stack.pcap -p\n"
       "  vpmtun replay /tmp/stack.pcap -c pcaps/demo.toml -o /tmp/tun.pcap --reverse");
 
+  // Verbs that ask a running daemon over its control socket.
+  std::string socket;
+  bool json = false;
+  std::string filter_app, filter_client;
+  auto asking = [&](const char* name, const char* what, const char* about) {
+    auto* verb = app.add_subcommand(name, what);
+    verb->add_option("-s,--socket", socket,
+                     "The daemon's control socket (default: [vpm] control_socket of -c, or "
+                     "/run/vpmtun.sock)");
+    verb->add_option("-c,--config", config_path, "Take the socket path from this configuration");
+    verb->add_flag("--json", json, "Answer in JSON, for programs");
+    verb->footer(about);
+    return verb;
+  };
+  auto* stats = asking(
+      "stats", "Every counter of a running daemon",
+      "Packets and bytes each way through the TUN, translated, passed, dropped and\n"
+      "refused (by reason: unmatched clients, port waits and their timeouts, a full\n"
+      "flow table, ...), flows, lwIP errors and assertions, backend connect failures.\n"
+      "The socket is mode 0600: run it as the daemon's user or root.\n\n"
+      "Examples:\n  vpmtun stats\n  vpmtun stats -c /etc/vpmtun/vpm.toml --json | jq .drops");
+  auto* table =
+      asking("table", "The flows of a running daemon, one per line (like conntrack -L)",
+             "Each flow: protocol, client address:port, virtual address:p1, app and AID, the\n"
+             "hidden port p2, state, age and idle seconds, packets and bytes each way\n"
+             "(in = from the client).\n\n"
+             "Examples:\n  vpmtun table\n  vpmtun table --app blue --client 10.200.1.0/24\n"
+             "  vpmtun table --json | jq '.[] | select(.state == \"established\")'");
+  table->add_option("--app", filter_app, "Only the flows of this app");
+  table->add_option("--client", filter_client,
+                    "Only clients in this prefix (10.200.1.0/24, fd00::/64, or one address)");
+  auto* apps = asking("apps", "The apps of a running daemon and how they are doing",
+                      "Per app: its listens and hidden ports (p2), its service or backend and the\n"
+                      "backend's health (up/down by the last connect), active and total flows,\n"
+                      "TCP connections open and accepted, allocation waits and refusals.\n\n"
+                      "Examples:\n  vpmtun apps\n  vpmtun apps --json");
+
   CLI11_PARSE(app, argc, argv);
+
+  for (auto* verb : {stats, table, apps}) {
+    if (!*verb) continue;
+    std::string request = verb->get_name() + (json ? " json" : "");
+    if (!filter_app.empty()) request += " app=" + filter_app;
+    if (!filter_client.empty()) request += " client=" + filter_client;
+    return ask(socket, config_path, request);
+  }
 
   auto cfg = vpmtun::load_config(config_path);
   if (!cfg) return 1;

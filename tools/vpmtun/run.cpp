@@ -1,24 +1,84 @@
 // `vpmtun run`: the daemon in the foreground.
 #include "run.hpp"
 
+#include <grp.h>
+#include <pwd.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
 
 #include "tun/daemon.hpp"
 #include "tun/device.hpp"
 
 namespace vpmtun {
 
+namespace {
+
+// Everything that needs root is done by now: the TUN is open and configured
+// (its addresses and routes vanish with its file descriptor, which needs no
+// privilege), the control socket and the metrics port are bound, captures
+// are open. So the daemon keeps no capability at all. The control socket
+// is handed to the user, so that it may use it and remove it at exit.
+void drop_privileges(const std::string& user, const std::string& control_socket) {
+  errno = 0;
+  passwd* pw = ::getpwnam(user.c_str());
+  if (!pw) throw std::runtime_error("[daemon] user = \"" + user + "\": no such user");
+  if (::chown(control_socket.c_str(), pw->pw_uid, pw->pw_gid) < 0)
+    throw std::runtime_error(control_socket + ": giving it to " + user + ": " +
+                             std::strerror(errno));
+  if (::initgroups(pw->pw_name, pw->pw_gid) < 0 || ::setgid(pw->pw_gid) < 0 ||
+      ::setuid(pw->pw_uid) < 0)
+    throw std::runtime_error("dropping to user " + user + ": " + std::strerror(errno));
+  if (::setuid(0) == 0) throw std::runtime_error("dropping to user " + user + ": root came back");
+}
+
+// systemd's readiness protocol (sd_notify(3)): one datagram to
+// $NOTIFY_SOCKET, when systemd started us with Type=notify.
+void notify_systemd(const char* state) {
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  if (!path || !*path) return;
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  size_t len = std::strlen(path);
+  if (len >= sizeof a.sun_path) return;
+  std::memcpy(a.sun_path, path, len);
+  if (a.sun_path[0] == '@') a.sun_path[0] = '\0';  // abstract namespace
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  ::sendto(fd, state, std::strlen(state), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&a),
+           static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len));
+  ::close(fd);
+}
+
+}  // namespace
+
 int run_daemon(const vpm::Config& cfg, const tun::DaemonOptions& opt) {
   try {
     tun::TunDevice device(cfg.tun);
     tun::Daemon daemon(cfg, device, opt);
+    daemon.serve_control(cfg.vpm.control_socket);
+    if (cfg.metrics.listen) daemon.serve_metrics(*cfg.metrics.listen);
+    if (!cfg.daemon.user.empty())
+      drop_privileges(cfg.daemon.user, cfg.vpm.control_socket);
+    else if (::geteuid() == 0)
+      spdlog::warn("running as root: set [daemon] user to drop privileges once set up");
     std::string addrs;
     if (cfg.tun.address) addrs += " " + cfg.tun.address->str();
     if (cfg.tun.address6) addrs += " " + cfg.tun.address6->str();
-    spdlog::info("{} up (mtu {}{}{}), {} listens, {} apps", device.name(), cfg.tun.mtu,
-                 cfg.tun.configure ? "," : ", not configured by vpmtun", addrs,
-                 daemon.engine().rules().listens().size(), cfg.apps.size());
+    spdlog::info(
+        "{} up (mtu {}{}{}), {} listens, {} apps; control socket {}{}{}", device.name(),
+        cfg.tun.mtu, cfg.tun.configure ? "," : ", not configured by vpmtun", addrs,
+        daemon.engine().rules().listens().size(), cfg.apps.size(), cfg.vpm.control_socket,
+        cfg.metrics.listen ? "; metrics http://" + cfg.metrics.listen->str() + "/metrics" : "",
+        cfg.daemon.user.empty() ? "" : "; running as " + cfg.daemon.user);
+    notify_systemd("READY=1");
     int code = daemon.run();
+    notify_systemd("STOPPING=1");
     const auto& c = daemon.engine().counters();
     spdlog::info(
         "stopped: {} packets in, {} out, {} translated, {} dropped, {} refused; "

@@ -1,0 +1,33 @@
+// [metrics] listen: the Prometheus text exposition over HTTP (cpp-httplib).
+//
+// The HTTP server runs on its own threads, but the counters belong to the
+// event loop: each scrape posts a request through an eventfd that the loop
+// watches, the loop renders the body, and the server thread waits for it
+// (5 s at most, then 503). So a scrape is a consistent snapshot and the
+// data path never takes a lock.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "stack/stack.hpp"
+#include "vpm/address.hpp"
+
+namespace tun {
+
+class MetricsServer {
+ public:
+  // Throws std::runtime_error when it cannot listen on `listen`.
+  MetricsServer(const vpm::Endpoint& listen, stack::IoLoop& io,
+                std::function<std::string()> render);
+  ~MetricsServer();
+  MetricsServer(const MetricsServer&) = delete;
+  MetricsServer& operator=(const MetricsServer&) = delete;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tun

@@ -1,0 +1,349 @@
+// Rendering the daemon's state for `vpmtun stats/table/apps` and Prometheus.
+#include "tun/report.hpp"
+
+#include <fmt/core.h>
+
+#include <map>
+#include <string_view>
+#include <vector>
+
+#include "tun/daemon.hpp"
+#include "vpm/flow_table.hpp"
+
+namespace tun {
+
+namespace {
+
+// A JSON writer that places the commas: values follow keys or open arrays.
+class Json {
+ public:
+  Json& open(char bracket) {
+    separate();
+    out_ += bracket;
+    first_ = true;
+    return *this;
+  }
+  Json& close(char bracket) {
+    out_ += bracket;
+    first_ = false;
+    return *this;
+  }
+  Json& key(std::string_view k) {
+    separate();
+    quote(k);
+    out_ += ':';
+    first_ = true;  // the value needs no comma
+    return *this;
+  }
+  Json& value(std::string_view v) {
+    separate();
+    quote(v);
+    return *this;
+  }
+  Json& value(uint64_t v) {
+    separate();
+    out_ += std::to_string(v);
+    return *this;
+  }
+  Json& value(double v) {
+    separate();
+    out_ += fmt::format("{:.3f}", v);
+    return *this;
+  }
+  template <typename T>
+  Json& field(std::string_view k, T v) {
+    return key(k).value(v);
+  }
+  std::string take() { return std::move(out_) + "\n"; }
+
+ private:
+  void separate() {
+    if (!first_) out_ += ',';
+    first_ = false;
+  }
+  void quote(std::string_view s) {
+    out_ += '"';
+    for (char ch : s) {
+      auto c = static_cast<unsigned char>(ch);
+      if (c == '"' || c == '\\')
+        (out_ += '\\') += ch;
+      else if (c < 0x20)
+        out_ += fmt::format("\\u{:04x}", c);
+      else
+        out_ += ch;
+    }
+    out_ += '"';
+  }
+  std::string out_;
+  bool first_ = true;
+};
+
+// Every counter once, as (group, name, value): one list feeds the text,
+// the JSON and the Prometheus forms of `stats`.
+struct Counter {
+  const char* group;
+  std::string name;
+  uint64_t value;
+};
+
+std::vector<Counter> counters_of(const Daemon& d) {
+  const auto& e = d.engine().counters();
+  const auto& s = d.stack().counters();
+  std::vector<Counter> list = {
+      {"tun", "packets_in", e.packets[vpm::to_stack_side]},
+      {"tun", "bytes_in", e.bytes[vpm::to_stack_side]},
+      {"tun", "packets_out", e.packets[vpm::to_tun_side]},
+      {"tun", "bytes_out", e.bytes[vpm::to_tun_side]},
+      {"tun", "write_errors", d.counters().device_write_errors},
+      {"engine", "translated", e.translated},
+      {"engine", "passed", e.passed},
+      {"engine", "dropped", e.dropped},
+      {"engine", "refused", e.refused},
+      {"engine", "refusals_sent", d.counters().refusals_sent},
+      {"engine", "flows", d.engine().flows().size()},
+      {"engine", "max_flows", d.engine().flows().max_flows()},
+      {"engine", "flows_created", e.flows_created},
+      {"engine", "flows_ended", e.flows_ended},
+      {"engine", "port_waits", e.port_waits},
+      {"stack", "packets_in", s.packets_in},
+      {"stack", "packets_out", s.packets_out},
+      {"stack", "input_errors", s.input_errors},
+      {"stack", "lwip_asserts", s.lwip_asserts},
+      {"stack", "tcp_accepted", s.tcp_accepted},
+      {"stack", "tcp_closed", s.tcp_closed},
+      {"stack", "tcp_open", d.stack().open_connections()},
+      {"stack", "udp_datagrams", s.udp_datagrams},
+      {"stack", "udp_sessions_expired", s.udp_sessions_expired},
+      {"stack", "backend_connect_failures", s.backend_connect_failures},
+  };
+  for (size_t r = 1; r < vpm::kDropCount; ++r)
+    list.push_back({"drops", vpm::drop_name(static_cast<vpm::Drop>(r)), e.by_reason[r]});
+  return list;
+}
+
+std::string uptime(const Daemon& d) {
+  uint64_t s = (monotonic_ms() - d.started_ms()) / 1000;
+  return fmt::format("{}d {:02}:{:02}:{:02}", s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+}
+
+std::string seconds(uint64_t ms) { return fmt::format("{:.1f}", static_cast<double>(ms) / 1000); }
+
+}  // namespace
+
+std::string render_stats(const Daemon& d, bool json) {
+  auto list = counters_of(d);
+  if (json) {
+    Json j;
+    j.open('{').field("uptime_s", (monotonic_ms() - d.started_ms()) / 1000);
+    std::string_view group;
+    for (auto& c : list) {
+      if (c.group != group) {
+        if (!group.empty()) j.close('}');
+        group = c.group;
+        j.key(group).open('{');
+      }
+      j.field(c.name, c.value);
+    }
+    return j.close('}').close('}').take();
+  }
+  std::string out = fmt::format("uptime {}\n", uptime(d));
+  std::string_view group;
+  for (auto& c : list) {
+    if (c.group != group) {
+      group = c.group;
+      out += fmt::format("{}:\n", group);
+    }
+    if (c.value != 0 || group != "drops") out += fmt::format("  {:<26} {}\n", c.name, c.value);
+  }
+  return out;
+}
+
+std::string render_table(const Daemon& d, const TableFilter& filter, bool json) {
+  const auto& cfg = d.engine().rules().config();
+  uint64_t now = monotonic_ms();
+  Json j;
+  j.open('[');
+  std::string text =
+      fmt::format("{:<5} {:<41} {:<41} {:<12} {:>6} {:>5} {:<11} {:>8} {:>8} {:>17} {:>21}\n",
+                  "proto", "client", "virtual", "app", "aid", "p2", "state", "age s", "idle s",
+                  "packets in/out", "bytes in/out");
+  size_t rows = 0;
+  d.engine().flows().for_each([&](const vpm::Flow& f, const vpm::FlowStats& st) {
+    const auto& app = cfg.apps[f.app];
+    if (!filter.app.empty() && app.name != filter.app) return;
+    if (filter.client && !filter.client->contains(f.key.client)) return;
+    ++rows;
+    const char* proto = f.key.proto == vpm::ipproto::tcp ? "tcp" : "udp";
+    std::string client = vpm::Endpoint{f.key.client, f.key.client_port}.str();
+    std::string vip = vpm::Endpoint{f.key.vaddr, f.key.p1}.str();
+    uint64_t age = now - std::min(now, st.created_ms), idle = now - std::min(now, f.last_ms);
+    if (json) {
+      j.open('{')
+          .field("proto", proto)
+          .field("client", client)
+          .field("virtual", vip)
+          .field("app", app.name)
+          .field("aid", uint64_t{app.aid})
+          .field("p2", uint64_t{f.p2})
+          .field("state", vpm::flow_state_name(f.state))
+          .field("age_s", static_cast<double>(age) / 1000)
+          .field("idle_s", static_cast<double>(idle) / 1000)
+          .field("packets_in", st.packets[0])
+          .field("packets_out", st.packets[1])
+          .field("bytes_in", st.bytes[0])
+          .field("bytes_out", st.bytes[1])
+          .close('}');
+    } else {
+      text += fmt::format(
+          "{:<5} {:<41} {:<41} {:<12} {:>6} {:>5} {:<11} {:>8} {:>8} {:>17} {:>21}\n", proto,
+          client, vip, app.name, app.aid, f.p2, vpm::flow_state_name(f.state), seconds(age),
+          seconds(idle), fmt::format("{}/{}", st.packets[0], st.packets[1]),
+          fmt::format("{}/{}", st.bytes[0], st.bytes[1]));
+    }
+  });
+  if (json) return j.close(']').take();
+  return text + fmt::format("{} flow{}\n", rows, rows == 1 ? "" : "s");
+}
+
+std::string render_apps(const Daemon& d, bool json) {
+  const auto& cfg = d.engine().rules().config();
+  const auto& rules = d.engine().rules();
+  const auto& engine_apps = d.engine().app_counters();
+  const auto& stack_apps = d.stack().app_counters();
+  std::vector<uint64_t> active(cfg.apps.size());
+  d.engine().flows().for_each([&](const vpm::Flow& f, const vpm::FlowStats&) {
+    if (f.state != vpm::FlowState::closed) ++active[f.app];
+  });
+  Json j;
+  j.open('[');
+  std::string text;
+  for (size_t a = 0; a < cfg.apps.size(); ++a) {
+    const auto& app = cfg.apps[a];
+    std::vector<std::string> listens, p2s;
+    for (size_t li = 0; li < rules.listens().size(); ++li) {
+      const auto& l = rules.listens()[li];
+      uint16_t p2 = l.p2_of_app[a];
+      bool here = false;
+      for (auto& s : app.listen)
+        here |= s.at.addr == l.vaddr && s.at.port == l.p1 && s.proto == l.proto;
+      if (!here) continue;
+      listens.push_back(
+          fmt::format("{}/{}", vpm::Endpoint{l.vaddr, l.p1}.str(), vpm::proto_name(l.proto)));
+      if (cfg.vpm.allocation == vpm::Allocation::per_app)
+        p2s.push_back(std::to_string(p2));
+      else
+        p2s.push_back(fmt::format("{}-{} ({} in use)", l.slice_lo, l.slice_hi,
+                                  d.engine().pools()[li].in_use()));
+    }
+    std::string service = app.forward ? "forward " + app.forward->str() : app.serve;
+    const char* health = !app.forward                    ? "-"
+                         : stack_apps[a].backend_up == 1 ? "up"
+                         : stack_apps[a].backend_up == 0 ? "down"
+                                                         : "unknown";
+    if (json) {
+      j.open('{').field("name", app.name).field("aid", uint64_t{app.aid}).key("listens").open('[');
+      for (auto& l : listens) j.value(l);
+      j.close(']').key("p2s").open('[');
+      for (auto& p : p2s) j.value(p);
+      j.close(']').field("service", app.serve.empty() ? "forward" : app.serve);
+      if (app.forward) j.field("backend", app.forward->str()).field("backend_health", health);
+      j.field("active", active[a])
+          .field("total", engine_apps[a].flows)
+          .field("tcp_accepted", stack_apps[a].accepted)
+          .field("tcp_open", stack_apps[a].open)
+          .field("backend_failures", stack_apps[a].backend_failures)
+          .field("port_waits", engine_apps[a].port_waits)
+          .field("refused", engine_apps[a].refused)
+          .close('}');
+    } else {
+      std::string joined_listens, joined_p2s;
+      for (size_t i = 0; i < listens.size(); ++i) {
+        joined_listens += (i ? ", " : "") + listens[i];
+        joined_p2s += (i ? ", " : "") + p2s[i];
+      }
+      text += fmt::format(
+          "{} (aid {}): {}{}\n", app.name, app.aid, service,
+          app.forward ? fmt::format(" [{}; {} failures]", health, stack_apps[a].backend_failures)
+                      : "");
+      text += fmt::format("  listens  {}\n  p2s      {}\n", joined_listens, joined_p2s);
+      text += fmt::format(
+          "  flows    {} active, {} total; tcp {} open, {} accepted; {} port waits, {} refused\n",
+          active[a], engine_apps[a].flows, stack_apps[a].open, stack_apps[a].accepted,
+          engine_apps[a].port_waits, engine_apps[a].refused);
+    }
+  }
+  return json ? j.close(']').take() : text;
+}
+
+std::string render_metrics(const Daemon& d) {
+  std::string out;
+  auto family = [&](std::string_view name, const char* type, std::string_view help) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+  };
+  // Counters keep their stats names: vpmtun_<group>_<name>, with drops as
+  // one family labelled by reason.
+  bool drops_started = false;
+  for (auto& c : counters_of(d)) {
+    if (std::string_view(c.group) == "drops") {
+      if (!drops_started) {
+        family("vpmtun_drops_total", "counter", "Packets the engine dropped or refused, by reason");
+        drops_started = true;
+      }
+      out += fmt::format("vpmtun_drops_total{{reason=\"{}\"}} {}\n", c.name, c.value);
+      continue;
+    }
+    bool gauge = c.name == "flows" || c.name == "max_flows" || c.name == "tcp_open";
+    std::string name = fmt::format("vpmtun_{}_{}{}", c.group, c.name, gauge ? "" : "_total");
+    family(name, gauge ? "gauge" : "counter", fmt::format("vpmtun stats: {} {}", c.group, c.name));
+    out += fmt::format("{} {}\n", name, c.value);
+  }
+  // Flows by state and protocol.
+  std::map<std::pair<std::string, std::string>, uint64_t> by_state;
+  for (auto s : {vpm::FlowState::waiting, vpm::FlowState::syn_sent, vpm::FlowState::syn_recv,
+                 vpm::FlowState::pickup, vpm::FlowState::established, vpm::FlowState::fin_wait,
+                 vpm::FlowState::closed})
+    for (const char* p : {"tcp", "udp"}) by_state[{p, vpm::flow_state_name(s)}] = 0;
+  d.engine().flows().for_each([&](const vpm::Flow& f, const vpm::FlowStats&) {
+    ++by_state[{f.key.proto == vpm::ipproto::tcp ? "tcp" : "udp", vpm::flow_state_name(f.state)}];
+  });
+  family("vpmtun_flows", "gauge", "Flows in the table by protocol and state");
+  for (auto& [k, n] : by_state)
+    out += fmt::format("vpmtun_flows{{proto=\"{}\",state=\"{}\"}} {}\n", k.first, k.second, n);
+  // Hidden ports in use per virtual port (per-connection allocation), and
+  // per app. Each family's samples stay together, as the format requires.
+  const auto& rules = d.engine().rules();
+  const auto& pools = d.engine().pools();
+  auto per_listen = [&](std::string_view name, std::string_view help, auto value) {
+    if (pools.empty()) return;
+    family(name, "gauge", help);
+    for (size_t li = 0; li < pools.size(); ++li) {
+      const auto& l = rules.listens()[li];
+      out += fmt::format("{}{{vaddr=\"{}\",p1=\"{}\",proto=\"{}\"}} {}\n", name, l.vaddr.str(),
+                         l.p1, vpm::proto_name(l.proto), value(pools[li]));
+    }
+  };
+  per_listen("vpmtun_port_pool_used", "Hidden ports (p2) in use per virtual address and p1",
+             [](const vpm::PortPool& p) { return p.in_use(); });
+  per_listen("vpmtun_port_pool_size", "Hidden ports (p2) per virtual address and p1",
+             [](const vpm::PortPool& p) { return p.capacity(); });
+  const auto& cfg = rules.config();
+  const auto& ea = d.engine().app_counters();
+  const auto& sa = d.stack().app_counters();
+  auto per_app = [&](std::string_view name, const char* type, std::string_view help, auto value) {
+    family(name, type, help);
+    for (size_t a = 0; a < cfg.apps.size(); ++a)
+      out += fmt::format("{}{{app=\"{}\",aid=\"{}\"}} {}\n", name, cfg.apps[a].name,
+                         cfg.apps[a].aid, value(a));
+  };
+  per_app("vpmtun_app_flows_total", "counter", "Flows created per app",
+          [&](size_t a) { return ea[a].flows; });
+  per_app("vpmtun_app_tcp_open", "gauge", "TCP connections open per app",
+          [&](size_t a) { return sa[a].open; });
+  per_app("vpmtun_app_backend_failures_total", "counter", "Backend connects that failed per app",
+          [&](size_t a) { return sa[a].backend_failures; });
+  family("vpmtun_uptime_seconds", "gauge", "Seconds since the daemon started");
+  out += fmt::format("vpmtun_uptime_seconds {}\n", (monotonic_ms() - d.started_ms()) / 1000);
+  return out;
+}
+
+}  // namespace tun
