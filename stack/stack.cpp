@@ -135,6 +135,7 @@ struct Conn {
   std::string from_backend;  // read from the backend, not yet taken by lwIP
   bool backend_fin = false;
   bool sent_fin = false;
+  std::string who;  // "client > vaddr:p1 (app, p2)", kept for the debug log only
 };
 
 // A client SYN held while its backend connection is made.
@@ -202,6 +203,7 @@ struct Stack::Impl {
   }
 
   void forget(Conn* c) {
+    if (!c->who.empty()) spdlog::debug("tcp closed: {}", c->who);
     if (c->pending) pbuf_free(c->pending);
     if (c->sock >= 0) {
       io->unwatch(c->sock);
@@ -612,6 +614,12 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
   ++s->counters.tcp_accepted;
   ++s->apps[c->app].accepted;
   ++s->apps[c->app].open;
+  if (spdlog::should_log(spdlog::level::debug)) {
+    c->who = fmt::format(
+        "{} > {} ({}, p2 {})", vpm::Endpoint{from_lwip(&pcb->remote_ip), pcb->remote_port}.str(),
+        vpm::Endpoint{ep->vaddr, ep->p1}.str(), s->rules.config().apps[c->app].name, ep->p2);
+    spdlog::debug("tcp open: {}", c->who);
+  }
   tcp_arg(pcb, c);
   tcp_recv(pcb, on_tcp_recv);
   tcp_sent(pcb, on_tcp_sent);

@@ -110,11 +110,37 @@ void Daemon::from_device(std::span<uint8_t> packet, bool verified, uint64_t now_
         send(refusal_);
         ++counters_.refusals_sent;
       }
-      spdlog::debug("refused: {}", vpm::drop_description(r.reason));
+      log_verdict("refused", packet, r.reason, now_ms);
       break;
     case vpm::Verdict::dropped:
+      log_verdict("dropped", packet, r.reason, now_ms);
       break;
   }
+}
+
+// Refusals and drops are logged at info, at most kLogBurst lines a second;
+// the rest are counted, and the count is logged once the second is over.
+constexpr uint64_t kLogBurst = 10;
+
+void Daemon::end_log_second(uint64_t now_ms) {
+  if (now_ms - log_second_ms_ < 1000) return;
+  if (log_suppressed_)
+    spdlog::info("{} more refusals and drops not logged (at most {} a second; see vpmtun stats)",
+                 log_suppressed_, kLogBurst);
+  log_second_ms_ = now_ms;
+  log_lines_ = log_suppressed_ = 0;
+}
+
+void Daemon::log_verdict(const char* what, std::span<uint8_t> packet, vpm::Drop reason,
+                         uint64_t now_ms) {
+  if (!spdlog::should_log(spdlog::level::info)) return;
+  end_log_second(now_ms);
+  if (log_lines_ == kLogBurst) {
+    ++log_suppressed_;
+    return;
+  }
+  ++log_lines_;
+  spdlog::info("{} {}: {}", what, vpm::describe_packet(packet), vpm::drop_description(reason));
 }
 
 void Daemon::from_stack(std::span<uint8_t> packet) {
@@ -139,6 +165,7 @@ void Daemon::tick(uint64_t now_ms) {
   now_ms_ = now_ms;
   stack_->poll();
   engine_.expire(now_ms, 4096);
+  end_log_second(now_ms);
 }
 
 void Daemon::serve_control(const std::string& path) {

@@ -81,6 +81,8 @@ class Daemon : public stack::IoLoop {
   void from_device(std::span<uint8_t> packet, bool verified, uint64_t now_ms);
   void from_stack(std::span<uint8_t> packet);
   void send(std::span<uint8_t> packet, uint16_t mss = 0);
+  void log_verdict(const char* what, std::span<uint8_t> packet, vpm::Drop reason, uint64_t now_ms);
+  void end_log_second(uint64_t now_ms);
 
   vpm::Engine engine_;
   PacketDevice& device_;
@@ -99,6 +101,7 @@ class Daemon : public stack::IoLoop {
   std::map<int, Watch> watched_;
   uint64_t generation_ = 0;
   uint64_t started_ms_;
+  uint64_t log_second_ms_ = 0, log_lines_ = 0, log_suppressed_ = 0;
 };
 
 uint64_t monotonic_ms();

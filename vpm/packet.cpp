@@ -210,4 +210,27 @@ uint16_t announced_mss(const PacketView& v) {
   return fallback;
 }
 
+std::string describe_packet(std::span<uint8_t> packet) {
+  PacketView v;
+  if (parse_packet(packet, v) != Drop::none) return "malformed IP packet";
+  auto ep = [](const IpAddr& a, uint16_t port) { return Endpoint{a, port}.str(); };
+  std::string ends = v.has_l4 && (v.proto == ipproto::udp || v.proto == ipproto::tcp)
+                         ? ep(v.src(), v.src_port()) + " > " + ep(v.dst(), v.dst_port())
+                         : v.src().str() + " > " + v.dst().str();
+  if (v.has_l4 && v.proto == ipproto::udp) return "udp " + ends;
+  if (v.has_l4 && v.proto == ipproto::tcp) {
+    // Flags as tcpdump writes them: S, F, R, P, and . for ACK.
+    uint8_t f = v.l4_ptr()[13];
+    std::string flags;
+    for (auto [bit, c] : {std::pair{0x02, 'S'}, {0x01, 'F'}, {0x04, 'R'}, {0x08, 'P'}, {0x10, '.'}})
+      if (f & bit) flags += c;
+    return "tcp " + ends + " [" + flags + "]";
+  }
+  const char* name = v.proto == ipproto::icmp     ? "icmp"
+                     : v.proto == ipproto::icmpv6 ? "icmp6"
+                     : v.has_l4                   ? "proto"
+                                                  : "fragment";
+  return name + (" " + ends);
+}
+
 }  // namespace vpm

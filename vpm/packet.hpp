@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 
 #include "vpm/address.hpp"
 #include "vpm/checksum.hpp"
@@ -83,6 +84,10 @@ Drop parse_quoted(std::span<uint8_t> buf, bool expect_v6, PacketView& out);
 // default for its family: 536 (IPv4) or 1220 (IPv6, RFC 8200 minimum MTU).
 // `v` must be TCP with has_l4.
 uint16_t announced_mss(const PacketView& v);
+
+// One line for people, as tcpdump would put it:
+// "tcp 10.200.1.5:40000 > 10.99.0.10:9000 [S]", "icmp 10.200.1.5 > 10.99.0.10".
+std::string describe_packet(std::span<uint8_t> packet);
 
 // True for ICMP/ICMPv6 types that quote the offending packet after an 8-byte header.
 bool is_icmp_error(bool v6, uint8_t type);

@@ -351,6 +351,18 @@ sys.exit(0 if moved >= 5 and 'vpmtun_flows{proto="tcp",state="established"}' in 
 PY
 }
 check "metrics: Prometheus text, scraped with curl, moves with traffic" metrics_move
+log_limited() {  # 40 refused clients at once: at most 10 lines a second, the rest counted
+  local lines before
+  before=$(wc -l <"$work/daemon.log")
+  for _ in $(seq 40); do in_ns "$c2" nc -z -w1 -s 10.200.3.3 10.99.0.10 9000 & done
+  wait $!
+  sleep 1.5
+  lines=$(tail -n +"$((before + 1))" "$work/daemon.log")
+  echo "     $(grep -c 'refused tcp 10.200.3.3' <<<"$lines") lines name a refusal; $(grep -o '[0-9]* more refusals and drops not logged' <<<"$lines" | paste -sd+)"
+  [ "$(grep -c 'refused tcp 10.200.3.3:[0-9]* > 10.99.0.10:9000 \[S\]: no app claims' <<<"$lines")" -le 20 ] &&
+    grep -q 'more refusals and drops not logged' <<<"$lines"
+}
+check "logs: refusals at info, named, at most 10 a second, the rest counted" log_limited
 
 check "SIGTERM: the daemon exits 0" stop_daemon
 check "SIGTERM: no TUN, address, route or control socket is left behind" \
@@ -379,7 +391,7 @@ check "vpmtun replay of --capture-tun gives --capture-stack" replays_to_stack
 # It also drops to an unprivileged user once set up.
 sed 's/^\[vpm\]/[vpm]\nallocation = "per-connection"/; s/^\[tun\]/[tun]\noffload = false/' "$work/vpm.toml" >"$work/vpm2.toml"
 printf '[daemon]\nuser = "nobody"\n' >>"$work/vpm2.toml"
-start_daemon "$work/vpm2.toml"
+start_daemon "$work/vpm2.toml" --log-format json --log-level debug
 unprivileged() {  # /proc says: uid nobody, no capabilities left
   local status
   status=$(cat "/proc/$daemon_pid/status")
@@ -430,6 +442,18 @@ drain() {  # SIGTERM with a connection open: it finishes, new ones are refused
   [ "$rc" -eq 7 ] && [ "$(cat "$work/drain.out")" = "sent while draining" ]
 }
 check "SIGTERM drains: the open connection completes, a new one is refused, exit 0" drain
+json_logs() {  # the second run logged JSON, one object a line, connections at debug
+  grep '^{' "$work/daemon.log" | /usr/bin/python3 -c "$(cat <<'PY'
+import json, sys
+msgs = [json.loads(line) for line in sys.stdin]
+opened = sum(m["msg"].startswith("tcp open: 10.200.") for m in msgs)
+closed = sum(m["msg"].startswith("tcp closed: 10.200.") for m in msgs)
+print(f"     {len(msgs)} JSON lines; {opened} connections opened, {closed} closed")
+sys.exit(0 if msgs and all({"time", "level", "msg"} <= m.keys() for m in msgs) and opened and closed else 1)
+PY
+)"
+}
+check "logs: --log-format json gives one object a line; debug names each connection" json_logs
 check "no lwIP assertion fired in either run" bash -c "! grep -q 'lwIP assertion' '$work/daemon.log'"
 
 [ "$fail" -eq 0 ] || { echo "--- daemon log"; tail -20 "$work/daemon.log"; }

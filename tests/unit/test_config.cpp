@@ -63,12 +63,18 @@ listen = ["192.0.2.10:9000", "[2001:db8::10]:9000/udp"]
 clients = ["198.51.100.0/24", "198.51.100.7:40000", "[2001:db8::7]:5000", "2001:db8:1::/48", "203.0.113.9"]
 forward = "127.0.0.1:19001"
 proxy_protocol = "v2"
+[metrics]
+listen = "127.0.0.1:9464"
+[daemon]
+user = "vpmtun"
 )");
   CHECK(cfg.tun.name == "vpm7");
   CHECK(cfg.tun.mtu == 9000);
   CHECK(cfg.tun.address->str() == "10.99.0.1/24");
   CHECK_FALSE(cfg.tun.configure);
   CHECK_FALSE(cfg.tun.offload);
+  CHECK(cfg.metrics.listen->str() == "127.0.0.1:9464");
+  CHECK(cfg.daemon.user == "vpmtun");
   CHECK(cfg.vpm.range_lo == 30000);
   CHECK(cfg.vpm.range_hi == 30099);
   CHECK(cfg.vpm.allocation == vpm::Allocation::per_connection);
@@ -142,6 +148,10 @@ TEST_CASE("configuration errors name line and key") {
        8, "app[1].clients", "already claimed by app 'blue'"},
       {"unmatched names no app", std::string("[vpm]\nunmatched = \"nobody\"\n") + kApp, 2,
        "vpm.unmatched", "neither"},
+      {"bad metrics address", std::string("[metrics]\nlisten = \"localhost\"\n") + kApp, 2,
+       "metrics.listen", ""},
+      {"empty daemon user", std::string("[daemon]\nuser = \"\"\n") + kApp, 2, "daemon.user",
+       "must name a user"},
       {"range too small",
        std::string("[vpm]\nport_range = \"20000-20000\"\n") + kApp +
            "[[app]]\nname = \"green\"\naid = 102\nlisten = [\"192.0.2.10:9000\"]\nserve = "

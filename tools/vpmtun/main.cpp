@@ -1,5 +1,6 @@
 // The vpmtun command: verbs, options and help.
 #include <fmt/core.h>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -17,6 +18,36 @@
 #endif
 
 namespace {
+
+// %j in a log pattern: the message as the inside of a JSON string.
+class JsonMessage : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&,
+              spdlog::memory_buf_t& dest) override {
+    for (char ch : std::string_view(msg.payload.data(), msg.payload.size())) {
+      auto c = static_cast<unsigned char>(ch);
+      if (c == '"' || c == '\\') {
+        dest.push_back('\\');
+        dest.push_back(ch);
+      } else if (c < 0x20) {
+        fmt::format_to(std::back_inserter(dest), "\\u{:04x}", c);
+      } else {
+        dest.push_back(ch);
+      }
+    }
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<JsonMessage>();
+  }
+};
+
+// --log-format json: one object per line, for log shippers.
+void log_as_json() {
+  auto f = std::make_unique<spdlog::pattern_formatter>();
+  f->add_flag<JsonMessage>('j').set_pattern(
+      R"({"time":"%Y-%m-%dT%H:%M:%S.%f%z","level":"%l","pid":%P,"msg":"%j"})");
+  spdlog::set_formatter(std::move(f));
+}
 
 // `vpmtun check`: what the configuration means, so a user can see the p2s.
 void describe_config(const vpm::Config& cfg) {
@@ -99,6 +130,7 @@ int main(int argc, char** argv) {
       "Example:\n  vpmtun check -c /etc/vpmtun/vpm.toml");
 
   tun::DaemonOptions dopt;
+  std::string log_level = "info", log_format = "text";
   auto* run = app.add_subcommand("run", "Run the daemon in the foreground (needs CAP_NET_ADMIN)");
   run->add_option("-c,--config", config_path, "Configuration file (TOML)")->required();
   run->add_option("--capture-tun", dopt.capture_tun,
@@ -108,6 +140,14 @@ int main(int argc, char** argv) {
   run->add_option("--drain", dopt.drain_ms,
                   "Milliseconds SIGTERM lets open connections finish before resetting them")
       ->default_val(5000);
+  run->add_option("--log-level", log_level,
+                  "debug (each connection opened and closed), info (refusals and drops, at most "
+                  "10 a second), warning, error")
+      ->check(CLI::IsMember({"debug", "info", "warning", "error"}))
+      ->default_val("info");
+  run->add_option("--log-format", log_format, "text, or json: one object per line for log shippers")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->default_val("text");
   run->footer(
       "Creates the TUN from [tun] (name, MTU, addresses; the kernel routes their prefixes\n"
       "through it) and serves every [[app]] on its virtual addresses: built-in services,\n"
@@ -116,9 +156,14 @@ int main(int argc, char** argv) {
       "get a TCP RST or ICMP port unreachable (unmatched = \"reset\").\n"
       "SIGTERM or SIGINT drains: new connections are refused, open ones get --drain ms,\n"
       "then the TUN, its addresses and routes go away. A second signal stops at once.\n"
-      "Not yet in this version: reload on SIGHUP.\n\n"
-      "Example:\n  vpmtun run -c /etc/vpmtun/vpm.toml --capture-tun tun.pcap --capture-stack "
-      "stack.pcap");
+      "Operating it: 'vpmtun stats', 'table' and 'apps' ask it over [vpm] control_socket;\n"
+      "[metrics] listen serves Prometheus text at /metrics; with [daemon] user it drops\n"
+      "all privileges once the TUN and sockets are set up. Reload on SIGHUP is not\n"
+      "implemented yet (SIGHUP is logged and ignored).\n\n"
+      "Examples:\n"
+      "  vpmtun run -c /etc/vpmtun/vpm.toml\n"
+      "  vpmtun run -c vpm.toml --log-level debug --log-format json\n"
+      "  vpmtun run -c vpm.toml --capture-tun tun.pcap --capture-stack stack.pcap");
 
   vpmtun::ReplayOptions ropt;
   auto* rep =
@@ -192,6 +237,8 @@ int main(int argc, char** argv) {
     return ask(socket, config_path, request);
   }
 
+  spdlog::set_level(spdlog::level::from_str(log_level == "warning" ? "warn" : log_level));
+  if (log_format == "json") log_as_json();
   auto cfg = vpmtun::load_config(config_path);
   if (!cfg) return 1;
   if (*check) {

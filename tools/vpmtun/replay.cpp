@@ -20,29 +20,6 @@ namespace {
 constexpr uint64_t kSweepEveryMs = 1000;  // capture time between flow-expiry sweeps
 constexpr int kDropsShownPerReason = 5;
 
-// "tcp 10.200.1.5:40000 > 10.99.0.10:9000", or the protocol number for others.
-std::string describe(std::span<uint8_t> ip) {
-  vpm::PacketView v;
-  if (vpm::parse_packet(ip, v) != vpm::Drop::none) return "malformed IP packet";
-  auto ep = [&](const vpm::IpAddr& a, uint16_t port) { return vpm::Endpoint{a, port}.str(); };
-  if (v.has_l4 && v.proto == vpm::ipproto::udp)
-    return fmt::format("udp {} > {}", ep(v.src(), v.src_port()), ep(v.dst(), v.dst_port()));
-  if (v.has_l4 && v.proto == vpm::ipproto::tcp) {
-    // Flags as tcpdump writes them: S, F, R, P, and . for ACK.
-    uint8_t f = v.l4_ptr()[13];
-    std::string flags;
-    for (auto [bit, c] : {std::pair{0x02, 'S'}, {0x01, 'F'}, {0x04, 'R'}, {0x08, 'P'}, {0x10, '.'}})
-      if (f & bit) flags += c;
-    return fmt::format("tcp {} > {} [{}]", ep(v.src(), v.src_port()), ep(v.dst(), v.dst_port()),
-                       flags);
-  }
-  const char* name = v.proto == vpm::ipproto::icmp     ? "icmp"
-                     : v.proto == vpm::ipproto::icmpv6 ? "icmp6"
-                     : v.has_l4                        ? "proto"
-                                                       : "fragment";
-  return fmt::format("{} {} > {}", name, v.src().str(), v.dst().str());
-}
-
 class Progress {
  public:
   explicit Progress(uint64_t total) : total_(total), enabled_(isatty(STDERR_FILENO) == 1) {}
@@ -133,7 +110,7 @@ int replay(const vpm::Config& cfg, const ReplayOptions& opt) {
         last_sweep = clock;
       }
       auto ip = bytes.subspan(*at);
-      std::string before = opt.print ? describe(ip) : std::string();
+      std::string before = opt.print ? vpm::describe_packet(ip) : std::string();
       vpm::Result r = opt.reverse ? engine.to_tun(ip, clock) : engine.to_stack(ip, clock);
       bool keep = r.verdict == vpm::Verdict::translated || r.verdict == vpm::Verdict::passed;
       if (!keep) {
@@ -149,7 +126,7 @@ int replay(const vpm::Config& cfg, const ReplayOptions& opt) {
       if (opt.print) {
         std::string app = r.app == vpm::kNoApp ? "" : "  app " + cfg.apps[r.app].name;
         if (r.verdict == vpm::Verdict::translated)
-          fmt::print("{:>7}  {}  =>  {}{}\n", records, before, describe(ip), app);
+          fmt::print("{:>7}  {}  =>  {}{}\n", records, before, vpm::describe_packet(ip), app);
         else
           fmt::print("{:>7}  {}  {}{}\n", records, before,
                      r.reason == vpm::Drop::none ? std::string("passed")

@@ -28,7 +28,7 @@ void drop_privileges(const std::string& user, const std::string& control_socket)
   errno = 0;
   passwd* pw = ::getpwnam(user.c_str());
   if (!pw) throw std::runtime_error("[daemon] user = \"" + user + "\": no such user");
-  if (::chown(control_socket.c_str(), pw->pw_uid, pw->pw_gid) < 0)
+  if (!control_socket.empty() && ::chown(control_socket.c_str(), pw->pw_uid, pw->pw_gid) < 0)
     throw std::runtime_error(control_socket + ": giving it to " + user + ": " +
                              std::strerror(errno));
   if (::initgroups(pw->pw_name, pw->pw_gid) < 0 || ::setgid(pw->pw_gid) < 0 ||
@@ -61,7 +61,7 @@ int run_daemon(const vpm::Config& cfg, const tun::DaemonOptions& opt) {
   try {
     tun::TunDevice device(cfg.tun);
     tun::Daemon daemon(cfg, device, opt);
-    daemon.serve_control(cfg.vpm.control_socket);
+    if (!cfg.vpm.control_socket.empty()) daemon.serve_control(cfg.vpm.control_socket);
     if (cfg.metrics.listen) daemon.serve_metrics(*cfg.metrics.listen);
     if (!cfg.daemon.user.empty())
       drop_privileges(cfg.daemon.user, cfg.vpm.control_socket);
@@ -73,7 +73,8 @@ int run_daemon(const vpm::Config& cfg, const tun::DaemonOptions& opt) {
     spdlog::info(
         "{} up (mtu {}{}{}), {} listens, {} apps; control socket {}{}{}", device.name(),
         cfg.tun.mtu, cfg.tun.configure ? "," : ", not configured by vpmtun", addrs,
-        daemon.engine().rules().listens().size(), cfg.apps.size(), cfg.vpm.control_socket,
+        daemon.engine().rules().listens().size(), cfg.apps.size(),
+        cfg.vpm.control_socket.empty() ? "none" : cfg.vpm.control_socket,
         cfg.metrics.listen ? "; metrics http://" + cfg.metrics.listen->str() + "/metrics" : "",
         cfg.daemon.user.empty() ? "" : "; running as " + cfg.daemon.user);
     notify_systemd("READY=1");
