@@ -391,7 +391,16 @@ check "vpmtun replay of --capture-tun gives --capture-stack" replays_to_stack
 # It also drops to an unprivileged user once set up.
 sed 's/^\[vpm\]/[vpm]\nallocation = "per-connection"/; s/^\[tun\]/[tun]\noffload = false/' "$work/vpm.toml" >"$work/vpm2.toml"
 printf '[daemon]\nuser = "nobody"\n' >>"$work/vpm2.toml"
-start_daemon "$work/vpm2.toml" --log-format json --log-level debug
+# As systemd would start it (Type=notify): it says READY=1 on $NOTIFY_SOCKET.
+in_ns "$d" socat -u UNIX-RECV:"$work/notify.sock" OPEN:"$work/notify.out,creat,append" &>/dev/null &
+for _ in $(seq 20); do [ -S "$work/notify.sock" ] && break; sleep 0.1; done
+chmod 666 "$work/notify.sock"  # systemd's is writable by services that drop privileges
+NOTIFY_SOCKET="$work/notify.sock" start_daemon "$work/vpm2.toml" --log-format json --log-level debug
+ready_notified() {
+  for _ in $(seq 30); do grep -q '^READY=1' "$work/notify.out" 2>/dev/null && return; sleep 0.1; done
+  return 1
+}
+check "systemd: READY=1 on \$NOTIFY_SOCKET once up" ready_notified
 unprivileged() {  # /proc says: uid nobody, no capabilities left
   local status
   status=$(cat "/proc/$daemon_pid/status")

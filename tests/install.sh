@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# cmake --install puts the command, the systemd unit and the example
+# configurations where they belong, and every example is a valid config.
+#   tests/install.sh BUILD_DIR
+set -euo pipefail
+build="$1"
+dest="$(mktemp -d)"
+trap 'rm -rf "$dest"' EXIT
+cmake --install "$build" --prefix "$dest" >/dev/null
+fail=0
+expect() { if [ -e "$dest/$1" ]; then echo "ok   $1"; else echo "FAIL $1 not installed"; fail=1; fi; }
+expect bin/vpmtun
+expect lib/systemd/system/vpmtun.service
+for f in two-instances forward ipv6; do
+  expect "share/vpmtun/examples/$f.toml"
+  if "$dest/bin/vpmtun" check -c "$dest/share/vpmtun/examples/$f.toml" >/dev/null; then
+    echo "ok   example $f.toml passes vpmtun check"
+  else
+    echo "FAIL example $f.toml"; fail=1
+  fi
+done
+unit="$dest/lib/systemd/system/vpmtun.service"
+if grep -q '^Type=notify$' "$unit" && grep -qE '^ExecStart=/.*/bin/vpmtun run -c ' "$unit"; then
+  echo "ok   the unit starts vpmtun run, Type=notify"
+else
+  echo "FAIL the unit's ExecStart or Type"; fail=1
+fi
+if "$dest/bin/vpmtun" --version | grep -qE '^[0-9]+\.[0-9]+\.[0-9]+$'; then
+  echo "ok   vpmtun --version"
+else
+  echo "FAIL vpmtun --version"; fail=1
+fi
+exit "$fail"
