@@ -9,6 +9,9 @@
 // goes through Engine::to_tun and out of the device. Optional pcap captures record both views:
 // --capture-tun what crosses the device,
 // --capture-stack what crosses the stack's netifs.
+// The same loop serves the control socket (tun/control.hpp) and hands the
+// metrics server (tun/metrics.hpp) its snapshots, so no lock guards the data
+// path; refusals and drops are logged at info, at most 10 lines a second.
 #pragma once
 
 #include <pcap/pcap.h>

@@ -136,12 +136,14 @@ constexpr uint8_t kGsoTcp4 = 1, kGsoTcp6 = 4;
 
 // A partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM): the field holds the
 // pseudo-header sum; the sum from csum_start to the end completes it.
-void complete_checksum(const VnetHeader& h, std::span<uint8_t> packet) {
+// False for offsets outside the packet (then lwIP checks, and drops it).
+bool complete_checksum(const VnetHeader& h, std::span<uint8_t> packet) {
   size_t start = h.csum_start, field = start + h.csum_offset;
-  if (field + 2 > packet.size()) return;  // nonsense offsets: lwIP will drop the packet
+  if (field + 2 > packet.size()) return false;
   uint16_t sum = vpm::finish(vpm::sum_words(packet.subspan(start)));
   if (sum == 0 && h.csum_offset == 6) sum = 0xffff;  // UDP: 0 means "no checksum"
   vpm::store16(&packet[field], sum);
+  return true;
 }
 
 // The virtio header that has the kernel cut a TCP packet longer than the
@@ -187,8 +189,8 @@ size_t TunDevice::read(std::span<uint8_t> buffer, bool& verified) {
     if (!vnet_) return static_cast<size_t>(n);
     if (static_cast<size_t>(n) < sizeof h) return 0;
     size_t len = static_cast<size_t>(n) - sizeof h;
-    if (h.flags & kNeedsChecksum) complete_checksum(h, buffer.first(len));
-    verified = h.flags & (kNeedsChecksum | kDataValid);
+    verified = (h.flags & kNeedsChecksum) ? complete_checksum(h, buffer.first(len))
+                                          : (h.flags & kDataValid) != 0;
     return len;
   }
 }

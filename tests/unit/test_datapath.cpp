@@ -260,3 +260,25 @@ TEST_CASE("lwIP checks TCP checksums except where the device vouches for them") 
     CHECK(dp.take().size() == (verified ? 1u : 0u));  // the SYN-ACK, or nothing
   }
 }
+
+// The control protocol's answers, without a socket: verbs, filters, errors.
+TEST_CASE("the daemon answers stats, table and apps, and names what it cannot") {
+  tun::FakeDevice device;
+  tun::Daemon daemon(config(kConfig), device, {});
+  device.inbound.push_back(build({"203.0.113.5", "192.0.2.10", 17, 5353, 9000, 0, {'x'}}));
+  daemon.drain_device(0);
+  auto [ok, stats] = daemon.answer("stats json");
+  CHECK(ok);
+  CHECK(stats.find("\"packets_in\":1,") != std::string::npos);
+  CHECK(stats.find("\"translated\":2,") != std::string::npos);  // the datagram and its echo
+  auto [table_ok, table] = daemon.answer("table app=green");
+  CHECK(table_ok);
+  CHECK(table.find("udp   203.0.113.5:5353") == table.find('\n') + 1);  // the header, then the flow
+  CHECK(daemon.answer("table app=blue json") == std::pair<bool, std::string>{true, "[]\n"});
+  CHECK(daemon.answer("apps").second.find("green (aid 102): echo") != std::string::npos);
+  CHECK(daemon.answer("table app=nosuch") ==
+        std::pair<bool, std::string>{false, "no app is named 'nosuch'\n"});
+  CHECK_FALSE(daemon.answer("table client=10.0.0.1/99").first);
+  CHECK_FALSE(daemon.answer("reboot").first);
+  CHECK_FALSE(daemon.answer("").first);
+}
