@@ -745,36 +745,28 @@ Endpoint* Stack::Impl::bind(const vpm::IpAddr& vaddr, uint16_t p1, uint16_t p2, 
 }
 
 void Stack::Impl::expire(uint64_t now) {
-  for (auto it = connecting.begin(); it != connecting.end();) {
-    if (now - it->second.started_ms < kBackendConnectMs) {
-      ++it;
-      continue;
-    }
-    io->unwatch(it->second.sock);
-    ::close(it->second.sock);
-    refuse(it->second.syn, it->second.app);  // the backend never answered
-    it = connecting.erase(it);
-  }
+  std::erase_if(connecting, [&](const auto& held) {
+    const Connecting& c = held.second;
+    if (now - c.started_ms < kBackendConnectMs) return false;
+    io->unwatch(c.sock);
+    ::close(c.sock);
+    refuse(c.syn, c.app);  // the backend never answered
+    return true;
+  });
   // A backend connection whose client never completed the handshake.
-  for (auto it = connected.begin(); it != connected.end();) {
-    if (now - it->second.started_ms < kHandshakeMs) {
-      ++it;
-      continue;
-    }
-    ::close(it->second.sock);
-    it = connected.erase(it);
-  }
+  std::erase_if(connected, [&](const auto& held) {
+    if (now - held.second.started_ms < kHandshakeMs) return false;
+    ::close(held.second.sock);
+    return true;
+  });
   uint64_t idle = rules.config().timeouts.udp_ms;
-  for (auto it = udp_sessions.begin(); it != udp_sessions.end();) {
-    if (now - it->second.last_ms < idle) {
-      ++it;
-      continue;
-    }
-    io->unwatch(it->second.sock);
-    ::close(it->second.sock);
+  std::erase_if(udp_sessions, [&](const auto& session) {
+    if (now - session.second.last_ms < idle) return false;
+    io->unwatch(session.second.sock);
+    ::close(session.second.sock);
     ++counters.udp_sessions_expired;
-    it = udp_sessions.erase(it);
-  }
+    return true;
+  });
 }
 
 Stack::Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink, IoLoop* io)

@@ -1,6 +1,14 @@
 // The whole data path without root: TUN-side packets -> engine -> lwIP
 // endpoints -> engine -> TUN side, with a minimal TCP client written here.
+#include <arpa/inet.h>
+#include <fmt/core.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <thread>
 
 #include "packets.hpp"
 #include "stack/stack.hpp"
@@ -281,4 +289,39 @@ TEST_CASE("the daemon answers stats, table and apps, and names what it cannot") 
   CHECK_FALSE(daemon.answer("table client=10.0.0.1/99").first);
   CHECK_FALSE(daemon.answer("reboot").first);
   CHECK_FALSE(daemon.answer("").first);
+}
+
+// A forward's UDP session to its backend is closed after [timeouts] udp idle.
+TEST_CASE("idle UDP sessions to a backend expire") {
+  int backend = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_in at{};
+  at.sin_family = AF_INET;
+  at.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof at;
+  REQUIRE(::bind(backend, reinterpret_cast<sockaddr*>(&at), sizeof at) == 0);
+  REQUIRE(::getsockname(backend, reinterpret_cast<sockaddr*>(&at), &len) == 0);
+  auto cfg = config(fmt::format(R"(
+[timeouts]
+udp = "1s"
+[[app]]
+name = "dns"
+aid = 7
+listen = ["192.0.2.10:53/udp"]
+clients = ["203.0.113.0/24"]
+forward = "127.0.0.1:{}"
+)",
+                                ntohs(at.sin_port)));
+  tun::FakeDevice device;
+  tun::Daemon daemon(cfg, device, {});
+  device.inbound.push_back(build({"203.0.113.5", "192.0.2.10", 17, 5353, 53, 0, {'q'}}));
+  daemon.drain_device(tun::monotonic_ms());
+  char got = 0;
+  CHECK(::recv(backend, &got, 1, 0) == 1);  // forwarded
+  CHECK(got == 'q');
+  daemon.tick(tun::monotonic_ms());
+  CHECK(daemon.stack().counters().udp_sessions_expired == 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  daemon.tick(tun::monotonic_ms());
+  CHECK(daemon.stack().counters().udp_sessions_expired == 1);
+  ::close(backend);
 }
