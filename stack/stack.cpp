@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <unordered_set>
@@ -112,8 +113,9 @@ struct Endpoint {
   vpm::IpAddr vaddr;
   uint16_t p1 = 0, p2 = 0;
   vpm::Proto proto = vpm::Proto::tcp;
-  std::vector<uint16_t> apps;
-  size_t turn = 0;  // next app to take a connection
+  std::vector<uint16_t> apps;      // they take new connections in turn
+  std::vector<uint16_t> draining;  // removed by a reload: only when no app is left
+  size_t turn = 0;                 // next app to take a connection
   tcp_pcb* listener = nullptr;
   udp_pcb* udp = nullptr;
 };
@@ -121,7 +123,7 @@ struct Endpoint {
 // One accepted TCP connection.
 struct Conn {
   Stack::Impl* stack = nullptr;
-  Endpoint* ep = nullptr;
+  uint16_t p1 = 0, p2 = 0;
   uint16_t app = 0;
   Service service = Service::discard;
   tcp_pcb* pcb = nullptr;
@@ -138,10 +140,11 @@ struct Conn {
   std::string who;  // "client > vaddr:p1 (app, p2)", kept for the debug log only
 };
 
-// A client SYN held while its backend connection is made.
-struct Connecting {
-  std::vector<uint8_t> syn;
-  int sock = -1;
+// A client SYN and the app chosen for it: held while the backend
+// connection of a forward app is made, then until lwIP accepts.
+struct Held {
+  std::vector<uint8_t> syn;  // emptied once lwIP has it
+  int sock = -1;             // forward: the backend connection
   uint16_t app = 0;
   uint64_t started_ms = 0;
 };
@@ -161,15 +164,16 @@ struct Stack::Impl {
   const vpm::Ruleset& rules;
   PacketSink sink;
   IoLoop* io = nullptr;
-  std::map<Tuple, Connecting> connecting;  // SYNs held for their backend
-  std::map<Tuple, Connecting> connected;   // backend connected, lwIP yet to accept (syn emptied)
+  std::map<Tuple, Held> connecting;  // SYNs held for their backend
+  std::map<Tuple, Held> admitted;    // SYNs lwIP has, with their app, until it accepts
   std::map<Tuple, UdpSession> udp_sessions;
   StackCounters counters;
   std::vector<AppStackCounters> apps;
   bool per_connection = false;
   bool accepting = true;   // false once draining
   uint16_t large_mss = 0;  // with send_large_segments(): lwIP's MSS towards every client
-  std::vector<std::unique_ptr<netif>> netifs;
+  std::map<vpm::IpAddr, std::unique_ptr<netif>> netifs;  // one per virtual address
+  u16_t mtu = 0;
   std::vector<std::unique_ptr<Endpoint>> endpoints;
   std::map<std::tuple<vpm::IpAddr, uint16_t, vpm::Proto>, Endpoint*> by_port;
   std::unordered_set<Conn*> conns;
@@ -186,12 +190,19 @@ struct Stack::Impl {
     return Service::discard;
   }
 
-  std::string info_json(const Endpoint& ep, uint16_t app, const ip_addr_t* client, uint16_t port,
-                        const char* proto) const {
+  std::string info_json(uint16_t p1, uint16_t p2, uint16_t app, const ip_addr_t* client,
+                        uint16_t port, const char* proto) const {
     const auto& a = rules.config().apps[app];
     return fmt::format(
         "{{\"app\":\"{}\",\"aid\":{},\"p1\":{},\"p2\":{},\"client\":\"{}\",\"protocol\":\"{}\"}}\n",
-        a.name, a.aid, ep.p1, ep.p2, vpm::Endpoint{from_lwip(client), port}.str(), proto);
+        a.name, a.aid, p1, p2, vpm::Endpoint{from_lwip(client), port}.str(), proto);
+  }
+
+  // The app that takes a new connection or datagram: the endpoint's apps in
+  // turn; the draining ones only when a reload has left no other.
+  uint16_t take_turn(Endpoint* ep) {
+    const auto& list = ep->apps.empty() ? ep->draining : ep->apps;
+    return list.empty() ? vpm::kNoApp : list[ep->turn++ % list.size()];
   }
 
   err_t emit(pbuf* p) {
@@ -333,14 +344,10 @@ struct Stack::Impl {
     });
   }
 
-  // A SYN for a forward endpoint: connect to the backend first. Returns
-  // false when lwIP should see the SYN now.
-  bool hold_syn(const vpm::PacketView& v, Endpoint* ep) {
-    Tuple key = make_tuple(v.src(), v.src_port(), v.dst(), v.dst_port());
-    if (connected.count(key)) return false;  // a retransmission after the backend accepted
-    if (connecting.count(key)) return true;  // still connecting: the client retransmits
+  // A SYN for a forward app: connect to its backend first; lwIP sees the
+  // SYN once the backend has accepted.
+  void hold_syn(const vpm::PacketView& v, const Tuple& key, uint16_t app) {
     std::vector<uint8_t> copy(v.bytes.begin(), v.bytes.end());
-    uint16_t app = ep->apps[ep->turn++ % ep->apps.size()];
     const vpm::Endpoint& backend = *rules.config().apps[app].forward;
     sockaddr_storage ss;
     socklen_t len = vpm::to_sockaddr(backend, ss);
@@ -349,17 +356,16 @@ struct Stack::Impl {
         (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0 && errno != EINPROGRESS)) {
       if (fd >= 0) ::close(fd);
       refuse(copy, app);
-      return true;
+      return;
     }
-    connecting[key] = Connecting{copy, fd, app, now_ms()};
+    connecting[key] = Held{copy, fd, app, now_ms()};
     io->watch(fd, EPOLLOUT, [this, key](uint32_t) { backend_answered(key); });
-    return true;
   }
 
   void backend_answered(const Tuple& key) {
     auto it = connecting.find(key);
     if (it == connecting.end()) return;
-    Connecting c = std::move(it->second);
+    Held c = std::move(it->second);
     connecting.erase(it);
     io->unwatch(c.sock);
     int err = 0;
@@ -373,7 +379,7 @@ struct Stack::Impl {
     apps[c.app].backend_up = 1;
     c.started_ms = now_ms();
     std::vector<uint8_t> syn = std::move(c.syn);
-    connected[key] = std::move(c);
+    admitted[key] = std::move(c);
     deliver(syn);  // now lwIP may complete the handshake
   }
 
@@ -391,6 +397,14 @@ struct Stack::Impl {
 
   // Binds (vaddr, p2, proto) in lwIP; nullptr if lwIP refuses.
   Endpoint* bind(const vpm::IpAddr& vaddr, uint16_t p1, uint16_t p2, vpm::Proto proto);
+  // Closes an endpoint and the UDP sessions through it.
+  void unbind(Endpoint* ep);
+  // A netif for each virtual address of the rules, and none for others.
+  void sync_netifs();
+  // Per-app: one endpoint per (vaddr, p2, protocol) of the rules, with the
+  // apps that share it; endpoints the rules no longer have are closed.
+  // Returns what could not be bound, or "".
+  std::string sync_endpoints();
 
   // Where a packet that starts something goes. With per-connection
   // allocation p2s are bound when first used, and each is lent to the app
@@ -435,26 +449,34 @@ struct Stack::Impl {
     }
   }
 
-  // One packet in: held when it is a SYN for a forward endpoint, else to lwIP.
-  void arrive(std::span<uint8_t> packet, uint16_t app, bool verified) {
+  // One packet in. A new SYN is given its app here, and held while a
+  // forward app's backend is connected; everything else goes to lwIP.
+  void arrive(std::span<uint8_t> packet, uint16_t flow_app, bool verified) {
     vpm::PacketView v;
     if (vpm::parse_packet(packet, v) == vpm::Drop::none && v.has_l4) {
       bool syn = v.proto == vpm::ipproto::tcp && (v.l4_ptr()[13] & 0x12) == 0x02;
       bool udp = v.proto == vpm::ipproto::udp;
       if (syn) reuse_time_wait(v);
-      if (syn || (udp && per_connection)) {
-        Endpoint* ep = endpoint_for(v, syn ? vpm::Proto::tcp : vpm::Proto::udp, app);
-        if (syn && ep && ep->listener && service_of(ep->apps.front()) == Service::forward &&
-            hold_syn(v, ep))
-          return;
+      Endpoint* ep = syn || (udp && per_connection)
+                         ? endpoint_for(v, syn ? vpm::Proto::tcp : vpm::Proto::udp, flow_app)
+                         : nullptr;
+      if (syn && ep && ep->listener) {
+        Tuple key = make_tuple(v.src(), v.src_port(), v.dst(), v.dst_port());
+        if (connecting.count(key)) return;  // its backend is still connecting
+        if (!admitted.count(key)) {        // else a retransmission: lwIP knows it
+          uint16_t app = take_turn(ep);
+          if (app == vpm::kNoApp) return;
+          if (service_of(app) == Service::forward) return hold_syn(v, key, app);
+          admitted[key] = Held{{}, -1, app, now_ms()};
+        }
       }
     }
     deliver(packet, verified);
   }
 
-  // Packets enter through the first netif, whose flags say what lwIP checks.
+  // Packets enter through the default netif, whose flags say what lwIP checks.
   void deliver(std::span<const uint8_t> packet, bool verified = false) {
-    netif* first = netifs.front().get();
+    netif* first = netif_default;
     constexpr u16_t kTrusted =
         NETIF_CHECKSUM_ENABLE_ALL & ~(NETIF_CHECKSUM_CHECK_TCP | NETIF_CHECKSUM_CHECK_UDP);
     NETIF_SET_CHECKSUM_CTRL(first, verified ? kTrusted : NETIF_CHECKSUM_ENABLE_ALL);
@@ -555,7 +577,8 @@ err_t on_tcp_recv(void* arg, tcp_pcb* pcb, pbuf* p, err_t err) {
       bool complete = c->request.find("\r\n\r\n") != std::string::npos || room == take;
       if (complete && !c->answered) {
         c->answered = true;
-        std::string body = s->info_json(*c->ep, c->app, &pcb->remote_ip, pcb->remote_port, "tcp");
+        std::string body =
+            s->info_json(c->p1, c->p2, c->app, &pcb->remote_ip, pcb->remote_port, "tcp");
         std::string reply = fmt::format(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
             "Connection: close\r\n\r\n{}",
@@ -587,37 +610,34 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
   auto* ep = static_cast<Endpoint*>(arg);
   if (err != ERR_OK || !pcb) return ERR_VAL;
   auto* s = ep->stack;
+  // arrive() chose the app when the SYN came (and made a forward app's
+  // backend connection then).
+  Tuple key = make_tuple(from_lwip(&pcb->remote_ip), pcb->remote_port, ep->vaddr, ep->p2);
+  auto held = s->admitted.find(key);
+  if (held == s->admitted.end()) {
+    tcp_abort(pcb);
+    return ERR_ABRT;
+  }
   auto* c = new Conn;
   c->stack = s;
-  c->ep = ep;
+  c->p1 = ep->p1;
+  c->p2 = ep->p2;
   c->pcb = pcb;
-  if (s->service_of(ep->apps.front()) == Service::forward) {
-    // The backend connection was made before lwIP saw the SYN.
-    Tuple key = make_tuple(from_lwip(&pcb->remote_ip), pcb->remote_port, ep->vaddr, ep->p2);
-    auto it = s->connected.find(key);
-    if (it == s->connected.end()) {
-      delete c;
-      tcp_abort(pcb);
-      return ERR_ABRT;
-    }
-    c->sock = it->second.sock;
-    c->app = it->second.app;
-    s->connected.erase(it);
-    c->service = Service::forward;
-    if (s->rules.config().apps[c->app].proxy_protocol_v2)
-      c->preamble = proxy_v2(true, from_lwip(&pcb->remote_ip), pcb->remote_port, ep->vaddr, ep->p1);
-  } else {
-    c->app = ep->apps[ep->turn++ % ep->apps.size()];
-    c->service = s->service_of(c->app);
-  }
+  c->app = held->second.app;
+  c->sock = held->second.sock;
+  c->service = s->service_of(c->app);
+  s->admitted.erase(held);
+  const auto& app = s->rules.config().apps[c->app];
+  if (app.proxy_protocol_v2)
+    c->preamble = proxy_v2(true, from_lwip(&pcb->remote_ip), pcb->remote_port, ep->vaddr, ep->p1);
   s->conns.insert(c);
   ++s->counters.tcp_accepted;
   ++s->apps[c->app].accepted;
   ++s->apps[c->app].open;
   if (spdlog::should_log(spdlog::level::debug)) {
-    c->who = fmt::format(
-        "{} > {} ({}, p2 {})", vpm::Endpoint{from_lwip(&pcb->remote_ip), pcb->remote_port}.str(),
-        vpm::Endpoint{ep->vaddr, ep->p1}.str(), s->rules.config().apps[c->app].name, ep->p2);
+    c->who = fmt::format("{} > {} ({}, p2 {})",
+                         vpm::Endpoint{from_lwip(&pcb->remote_ip), pcb->remote_port}.str(),
+                         vpm::Endpoint{ep->vaddr, ep->p1}.str(), app.name, ep->p2);
     spdlog::debug("tcp open: {}", c->who);
   }
   tcp_arg(pcb, c);
@@ -635,7 +655,11 @@ void on_udp_recv(void* arg, udp_pcb* pcb, pbuf* p, const ip_addr_t* addr, u16_t 
   auto* ep = static_cast<Endpoint*>(arg);
   auto* s = ep->stack;
   ++s->counters.udp_datagrams;
-  uint16_t app = ep->apps[ep->turn++ % ep->apps.size()];
+  uint16_t app = s->take_turn(ep);
+  if (app == vpm::kNoApp) {
+    pbuf_free(p);
+    return;
+  }
   switch (s->service_of(app)) {
     case Service::forward:
       s->udp_forward(ep, app, p, addr, port);
@@ -646,7 +670,7 @@ void on_udp_recv(void* arg, udp_pcb* pcb, pbuf* p, const ip_addr_t* addr, u16_t 
     case Service::discard:
       break;
     case Service::http_info: {
-      std::string body = s->info_json(*ep, app, addr, port, "udp");
+      std::string body = s->info_json(ep->p1, ep->p2, app, addr, port, "udp");
       pbuf* reply = pbuf_alloc(PBUF_TRANSPORT, static_cast<u16_t>(body.size()), PBUF_RAM);
       if (reply) {
         pbuf_take(reply, body.data(), static_cast<u16_t>(body.size()));
@@ -744,19 +768,94 @@ Endpoint* Stack::Impl::bind(const vpm::IpAddr& vaddr, uint16_t p1, uint16_t p2, 
   return raw;
 }
 
+void Stack::Impl::unbind(Endpoint* ep) {
+  if (ep->listener) tcp_close(ep->listener);
+  std::erase_if(udp_sessions, [&](const auto& session) {
+    if (session.second.ep != ep) return false;
+    io->unwatch(session.second.sock);
+    ::close(session.second.sock);
+    return true;
+  });
+  if (ep->udp) udp_remove(ep->udp);
+  by_port.erase({ep->vaddr, ep->p2, ep->proto});
+  std::erase_if(endpoints, [&](const auto& owned) { return owned.get() == ep; });
+}
+
+void Stack::Impl::sync_netifs() {
+  std::set<vpm::IpAddr> wanted;
+  for (const auto& v : rules.vaddrs()) wanted.insert(v.addr);
+  std::erase_if(netifs, [&](auto& held) {
+    if (wanted.count(held.first)) return false;
+    netif_remove(held.second.get());  // nothing listens there any more
+    return true;
+  });
+  for (const auto& addr : wanted) {
+    if (netifs.count(addr)) continue;
+    auto nif = std::make_unique<netif>();
+    ip_addr_t a = to_lwip(addr);
+    if (addr.is_v4()) {
+      ip4_addr_t mask, gw;
+      IP4_ADDR(&mask, 255, 255, 255, 255);
+      ip4_addr_set_zero(&gw);
+      netif_add(nif.get(), ip_2_ip4(&a), &mask, &gw, this, netif_setup, ip_input);
+    } else {
+      netif_add_noaddr(nif.get(), this, netif_setup, ip_input);
+      netif_ip6_addr_set(nif.get(), 0, ip_2_ip6(&a));
+      netif_ip6_addr_set_state(nif.get(), 0, IP6_ADDR_PREFERRED);
+    }
+    nif->mtu = mtu;
+    netif_set_link_up(nif.get());
+    netif_set_up(nif.get());
+    netifs[addr] = std::move(nif);
+  }
+  // Replies to clients leave through the default netif; any one will do.
+  netif_set_default(netifs.empty() ? nullptr : netifs.begin()->second.get());
+}
+
+std::string Stack::Impl::sync_endpoints() {
+  if (per_connection) return "";  // bound as p2s are first used (arrive())
+  const auto& configured = rules.config().apps;
+  std::set<Endpoint*> kept;
+  std::string failed;
+  for (const auto& l : rules.listens()) {
+    for (size_t a = 0; a < l.p2_of_app.size(); ++a) {
+      uint16_t p2 = l.p2_of_app[a];
+      if (p2 == 0) continue;
+      auto it = by_port.find({l.vaddr, p2, l.proto});
+      Endpoint* ep = it != by_port.end() ? it->second : bind(l.vaddr, l.p1, p2, l.proto);
+      if (!ep) {
+        failed = fmt::format("cannot bind {}/{} in the stack", vpm::Endpoint{l.vaddr, p2}.str(),
+                             vpm::proto_name(l.proto));
+        continue;
+      }
+      if (kept.insert(ep).second) {
+        ep->p1 = l.p1;
+        ep->apps.clear();
+        ep->draining.clear();
+      }
+      (configured[a].draining ? ep->draining : ep->apps).push_back(static_cast<uint16_t>(a));
+    }
+  }
+  std::vector<Endpoint*> gone;
+  for (auto& ep : endpoints)
+    if (!kept.count(ep.get())) gone.push_back(ep.get());
+  for (Endpoint* ep : gone) unbind(ep);
+  return failed;
+}
+
 void Stack::Impl::expire(uint64_t now) {
   std::erase_if(connecting, [&](const auto& held) {
-    const Connecting& c = held.second;
+    const Held& c = held.second;
     if (now - c.started_ms < kBackendConnectMs) return false;
     io->unwatch(c.sock);
     ::close(c.sock);
     refuse(c.syn, c.app);  // the backend never answered
     return true;
   });
-  // A backend connection whose client never completed the handshake.
-  std::erase_if(connected, [&](const auto& held) {
+  // A handshake the client never completed (and its backend connection).
+  std::erase_if(admitted, [&](const auto& held) {
     if (now - held.second.started_ms < kHandshakeMs) return false;
-    ::close(held.second.sock);
+    if (held.second.sock >= 0) ::close(held.second.sock);
     return true;
   });
   uint64_t idle = rules.config().timeouts.udp_ms;
@@ -783,43 +882,9 @@ Stack::Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink, IoLoop* i
     if (app.forward && !io)
       throw std::runtime_error("app '" + app.name + "': forward endpoints need an event loop");
 
-  // A netif per virtual address; the first is the default route for replies.
-  for (const auto& v : rules.vaddrs()) {
-    auto nif = std::make_unique<netif>();
-    ip_addr_t a = to_lwip(v.addr);
-    if (v.addr.is_v4()) {
-      ip4_addr_t mask, gw;
-      IP4_ADDR(&mask, 255, 255, 255, 255);
-      ip4_addr_set_zero(&gw);
-      netif_add(nif.get(), ip_2_ip4(&a), &mask, &gw, impl_.get(), netif_setup, ip_input);
-    } else {
-      netif_add_noaddr(nif.get(), impl_.get(), netif_setup, ip_input);
-      netif_ip6_addr_set(nif.get(), 0, ip_2_ip6(&a));
-      netif_ip6_addr_set_state(nif.get(), 0, IP6_ADDR_PREFERRED);
-    }
-    nif->mtu = static_cast<u16_t>(std::min<uint32_t>(mtu, 65535));
-    netif_set_link_up(nif.get());
-    netif_set_up(nif.get());
-    if (impl_->netifs.empty()) netif_set_default(nif.get());
-    impl_->netifs.push_back(std::move(nif));
-  }
-
-  // Per-app: one endpoint per (vaddr, p2, protocol), shared by the apps of
-  // one AID. Per-connection: bound as p2s are first used (arrive()).
-  for (const auto& l : rules.listens()) {
-    for (size_t a = 0; a < l.p2_of_app.size(); ++a) {
-      uint16_t p2 = l.p2_of_app[a];
-      if (p2 == 0) continue;
-      auto it = impl_->by_port.find({l.vaddr, p2, l.proto});
-      Endpoint* ep =
-          it != impl_->by_port.end() ? it->second : impl_->bind(l.vaddr, l.p1, p2, l.proto);
-      if (!ep)
-        throw std::runtime_error(fmt::format("cannot bind {}/{} in the stack",
-                                             vpm::Endpoint{l.vaddr, p2}.str(),
-                                             vpm::proto_name(l.proto)));
-      ep->apps.push_back(static_cast<uint16_t>(a));
-    }
-  }
+  impl_->mtu = static_cast<u16_t>(std::min<uint32_t>(mtu, 65535));
+  impl_->sync_netifs();
+  if (auto failed = impl_->sync_endpoints(); !failed.empty()) throw std::runtime_error(failed);
 }
 
 Stack::~Stack() {
@@ -829,7 +894,8 @@ Stack::~Stack() {
     impl_->io->unwatch(c.sock);
     ::close(c.sock);
   }
-  for (auto& [key, c] : impl_->connected) ::close(c.sock);
+  for (auto& [key, c] : impl_->admitted)
+    if (c.sock >= 0) ::close(c.sock);
   for (auto& [key, u] : impl_->udp_sessions) {
     impl_->io->unwatch(u.sock);
     ::close(u.sock);
@@ -838,12 +904,12 @@ Stack::~Stack() {
     if (ep->listener) tcp_close(ep->listener);
     if (ep->udp) udp_remove(ep->udp);
   }
-  for (auto& nif : impl_->netifs) netif_remove(nif.get());
+  for (auto& [addr, nif] : impl_->netifs) netif_remove(nif.get());
 }
 
 void Stack::input(std::span<uint8_t> packet, uint16_t app, bool verified) {
   ++impl_->counters.packets_in;
-  if (packet.empty() || packet.size() > 65535 || impl_->netifs.empty()) {
+  if (packet.empty() || packet.size() > 65535 || !netif_default) {
     ++impl_->counters.input_errors;
     return;
   }
@@ -862,8 +928,41 @@ void Stack::poll() {
 // itself is capped by a sanity check about the socket API's low-water mark,
 // which we do not use.)
 void Stack::send_large_segments() {
-  uint32_t mtu = impl_->netifs.empty() ? 0 : impl_->netifs.front()->mtu;
+  uint32_t mtu = impl_->mtu;
   impl_->large_mss = static_cast<uint16_t>(std::clamp<uint32_t>(mtu, 100 + TCP_MSS, 65100) - 100);
+}
+
+std::string Stack::reload(const std::vector<uint16_t>& app_of) {
+  Impl& s = *impl_;
+  // Every app something here belongs to is kept (the caller counted them
+  // with connections_per_app()), so these never become kNoApp.
+  auto remap = [&](uint16_t& app) { app = app_of.at(app); };
+  for (Conn* c : s.conns) remap(c->app);
+  for (auto& held : s.connecting) remap(held.second.app);
+  for (auto& held : s.admitted) remap(held.second.app);
+  std::vector<AppStackCounters> counters(s.rules.config().apps.size());
+  for (size_t i = 0; i < app_of.size() && i < s.apps.size(); ++i)
+    if (app_of[i] != vpm::kNoApp) counters[app_of[i]] = s.apps[i];
+  s.apps = std::move(counters);
+  for (const auto& app : s.rules.config().apps)
+    if (app.forward && !s.io) return "app '" + app.name + "': forward endpoints need an event loop";
+  s.sync_netifs();
+  if (s.per_connection)  // endpoints are lent to the app of the flow holding them
+    for (auto& ep : s.endpoints) {
+      std::erase_if(ep->apps, [&](uint16_t& app) {
+        app = app < app_of.size() ? app_of[app] : vpm::kNoApp;
+        return app == vpm::kNoApp;
+      });
+    }
+  return s.sync_endpoints();
+}
+
+std::vector<size_t> Stack::connections_per_app() const {
+  std::vector<size_t> n(impl_->apps.size());
+  for (Conn* c : impl_->conns) ++n[c->app];
+  for (auto& held : impl_->connecting) ++n[held.second.app];
+  for (auto& held : impl_->admitted) ++n[held.second.app];
+  return n;
 }
 
 void Stack::stop_accepting() {

@@ -37,6 +37,8 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
+#include <vector>
 
 #include "vpm/rules.hpp"
 
@@ -100,6 +102,15 @@ class Stack {
   // announced; the caller passes that
   // MSS to the device with each packet (vpm::Result::mss).
   void send_large_segments();
+
+  // After the engine has taken the rules of a reload (the Ruleset given to
+  // the constructor now holds them): binds the new endpoints, closes those
+  // the rules no longer have, and moves connections to the apps' new
+  // indices (`app_of`, from vpm::merge_reload; open connections keep their
+  // app and endpoint). Returns what could not be set up, or "".
+  std::string reload(const std::vector<uint16_t>& app_of);
+  // Connections open or being opened, per app (for merge_reload).
+  std::vector<size_t> connections_per_app() const;
 
   // Stops taking new connections (a SYN now gets a RST; UDP still flows);
   // those already open go on. For a graceful stop.

@@ -11,12 +11,16 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 #include "tun/control.hpp"
 #include "tun/metrics.hpp"
 #include "tun/report.hpp"
 #include "vpm/refusal.hpp"
+#include "vpm/reload.hpp"
 
 namespace tun {
 
@@ -55,7 +59,12 @@ class Daemon::Capture {
 };
 
 Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions& opt)
-    : engine_(cfg), device_(device), opt_(opt), buffer_(kMaxPacket), started_ms_(monotonic_ms()) {
+    : engine_(cfg),
+      device_(device),
+      opt_(opt),
+      buffer_(kMaxPacket),
+      started_ms_(monotonic_ms()),
+      file_config_(cfg) {
   if (!opt.capture_tun.empty()) capture_tun_ = std::make_unique<Capture>(opt.capture_tun);
   if (!opt.capture_stack.empty()) capture_stack_ = std::make_unique<Capture>(opt.capture_stack);
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -143,6 +152,22 @@ void Daemon::log_verdict(const char* what, std::span<uint8_t> packet, vpm::Drop 
   spdlog::info("{} {}: {}", what, vpm::describe_packet(packet), vpm::drop_description(reason));
 }
 
+namespace {
+
+// Each line of a reload's outcome, at info when it worked, else at error.
+void log_reload(bool ok, const std::string& said) {
+  for (size_t at = 0; at < said.size();) {
+    size_t end = std::min(said.find('\n', at), said.size());
+    if (ok)
+      spdlog::info("{}", said.substr(at, end - at));
+    else
+      spdlog::error("{}", said.substr(at, end - at));
+    at = end + 1;
+  }
+}
+
+}  // namespace
+
 void Daemon::from_stack(std::span<uint8_t> packet) {
   if (capture_stack_) capture_stack_->write(packet);
   vpm::Result r = engine_.to_tun(packet, now_ms_);
@@ -166,6 +191,67 @@ void Daemon::tick(uint64_t now_ms) {
   stack_->poll();
   engine_.expire(now_ms, 4096);
   end_log_second(now_ms);
+  if (now_ms - drained_check_ms_ >= 1000) {
+    drained_check_ms_ = now_ms;
+    drop_drained_apps();
+  }
+}
+
+std::vector<size_t> Daemon::busy_apps() const {
+  std::vector<size_t> busy = engine_.flows_per_app();
+  std::vector<size_t> conns = stack_->connections_per_app();
+  // The same connection is usually in both: count it once.
+  for (size_t i = 0; i < busy.size() && i < conns.size(); ++i) busy[i] = std::max(busy[i], conns[i]);
+  return busy;
+}
+
+// A draining app whose last flow has ended goes: merging the file's rules
+// again leaves it out.
+void Daemon::drop_drained_apps() {
+  const auto& apps = engine_.rules().config().apps;
+  std::vector<size_t> busy = busy_apps();
+  for (size_t a = 0; a < apps.size(); ++a) {
+    if (!apps[a].draining || busy[a] > 0) continue;
+    auto [ok, said] = reload(file_config_);
+    log_reload(ok, said);
+    return;
+  }
+}
+
+std::pair<bool, std::string> Daemon::reload(const vpm::Config& next) {
+  if (stopping_) return {false, "the daemon is stopping; nothing changed\n"};
+  const vpm::Config& running = engine_.rules().config();
+  auto errors = vpm::reload_errors(running, next);
+  if (!errors.empty()) {
+    std::string out;
+    for (auto& e : errors) out += e.str() + "\n";
+    return {false, out + "nothing changed: the running rules stay\n"};
+  }
+  vpm::Reload r = vpm::merge_reload(running, next, busy_apps());
+  engine_.reload(r.config, r.app_of);
+  std::string failed = stack_->reload(r.app_of);
+  file_config_ = next;
+  if (!failed.empty()) return {false, "the new rules are in, but " + failed + "\n"};
+  return {true, r.summary + "\n"};
+}
+
+std::pair<bool, std::string> Daemon::reload_file() {
+  const std::string& path = file_config_.file;
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return {false, path + ": cannot read it (" + std::strerror(errno) +
+                       "); nothing changed: the running rules stay\n"};
+  std::ostringstream text;
+  text << in.rdbuf();
+  auto parsed = vpm::parse_config(text.str(), path);
+  if (auto* errors = std::get_if<std::vector<vpm::ConfigError>>(&parsed)) {
+    std::string out;
+    for (auto& e : *errors) out += e.str() + "\n";
+    return {false, out + fmt::format("{}: {} error{}; nothing changed: the running rules stay\n",
+                                     path, errors->size(), errors->size() == 1 ? "" : "s")};
+  }
+  auto [ok, said] = reload(std::get<vpm::Config>(parsed));
+  return {ok, (ok ? "reloaded " + path + ": " : "") + said};
 }
 
 void Daemon::serve_control(const std::string& path) {
@@ -178,7 +264,7 @@ void Daemon::serve_metrics(const vpm::Endpoint& listen) {
       std::make_unique<MetricsServer>(listen, *this, [this] { return render_metrics(*this); });
 }
 
-std::pair<bool, std::string> Daemon::answer(const std::string& request) const {
+std::pair<bool, std::string> Daemon::answer(const std::string& request) {
   std::vector<std::string> words;
   for (size_t at = 0; at < request.size();) {
     size_t end = std::min(request.find(' ', at), request.size());
@@ -209,7 +295,12 @@ std::pair<bool, std::string> Daemon::answer(const std::string& request) const {
   if (verb == "stats") return {true, render_stats(*this, json)};
   if (verb == "table") return {true, render_table(*this, filter, json)};
   if (verb == "apps") return {true, render_apps(*this, json)};
-  return {false, "unknown request '" + verb + "' (stats, table, apps)\n"};
+  if (verb == "reload") {
+    auto [ok, said] = reload_file();
+    log_reload(ok, said);
+    return {ok, said};
+  }
+  return {false, "unknown request '" + verb + "' (stats, table, apps, reload)\n"};
 }
 
 int Daemon::run() {
@@ -265,13 +356,14 @@ int Daemon::run() {
         signalfd_siginfo si{};
         while (::read(sfd, &si, sizeof si) == sizeof si) {
           if (si.ssi_signo == SIGHUP) {
-            spdlog::warn(
-                "SIGHUP: reloading is not implemented yet; keeping the running configuration");
+            auto [ok, said] = reload_file();
+            log_reload(ok, "SIGHUP: " + said);
           } else if (drain_until || stack_->open_connections() == 0) {
             spdlog::info("{}: stopping", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
             running = false;
           } else {
             drain_until = now + opt_.drain_ms;
+            stopping_ = true;
             stack_->stop_accepting();
             spdlog::info("{}: draining {} connections for up to {} ms (again to stop now)",
                          si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT", stack_->open_connections(),

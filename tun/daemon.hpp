@@ -3,7 +3,8 @@
 // Theory of operation. epoll waits on the device, a timerfd (every 50 ms:
 // lwIP timers, flow expiry) and a signalfd. SIGTERM/SIGINT drain: no new
 // connections, open ones get up to DaemonOptions::drain_ms to finish, then
-// the rest are reset (a second signal stops at once); SIGHUP is logged. Each packet read from the
+// the rest are reset (a second signal stops at once). SIGHUP, like `vpmtun reload`, re-reads the
+// configuration file and takes its rules (vpm/reload.hpp). Each packet read from the
 // device goes through Engine::to_stack; translated or passed, it enters the stack; refused, the
 // client gets a RST or port unreachable built by vpm::build_refusal. Each packet the stack sends
 // goes through Engine::to_tun and out of the device. Optional pcap captures record both views:
@@ -64,8 +65,16 @@ class Daemon : public stack::IoLoop {
   // std::runtime_error if it cannot listen.
   void serve_metrics(const vpm::Endpoint& listen);
   // One control request ("stats [json]", "table [json] [app=NAME]
-  // [client=PREFIX]", "apps [json]"): (ok, answer or what was wrong).
-  std::pair<bool, std::string> answer(const std::string& request) const;
+  // [client=PREFIX]", "apps [json]", "reload"): (ok, answer or what was wrong).
+  std::pair<bool, std::string> answer(const std::string& request);
+
+  // Takes the rules of `next` for new flows; flows already held keep their
+  // app, p2 and endpoint, and removed apps drain (vpm/reload.hpp). Nothing
+  // changes when `next` changes what needs a restart. Returns (ok, what
+  // changed or what was wrong, one line each).
+  std::pair<bool, std::string> reload(const vpm::Config& next);
+  // The same with the configuration file the daemon was started with, read again.
+  std::pair<bool, std::string> reload_file();
 
   uint64_t started_ms() const { return started_ms_; }
 
@@ -86,6 +95,8 @@ class Daemon : public stack::IoLoop {
   void send(std::span<uint8_t> packet, uint16_t mss = 0);
   void log_verdict(const char* what, std::span<uint8_t> packet, vpm::Drop reason, uint64_t now_ms);
   void end_log_second(uint64_t now_ms);
+  std::vector<size_t> busy_apps() const;
+  void drop_drained_apps();
 
   vpm::Engine engine_;
   PacketDevice& device_;
@@ -105,6 +116,9 @@ class Daemon : public stack::IoLoop {
   uint64_t generation_ = 0;
   uint64_t started_ms_;
   uint64_t log_second_ms_ = 0, log_lines_ = 0, log_suppressed_ = 0;
+  vpm::Config file_config_;  // the file's last good rules (without the draining apps)
+  bool stopping_ = false;    // draining for SIGTERM: no reload
+  uint64_t drained_check_ms_ = 0;
 };
 
 uint64_t monotonic_ms();

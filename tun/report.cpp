@@ -50,6 +50,11 @@ class Json {
     out_ += fmt::format("{:.3f}", v);
     return *this;
   }
+  Json& value(bool v) {
+    separate();
+    out_ += v ? "true" : "false";
+    return *this;
+  }
   template <typename T>
   Json& field(std::string_view k, T v) {
     return key(k).value(v);
@@ -241,7 +246,12 @@ std::string render_apps(const Daemon& d, bool json) {
                          : stack_apps[a].backend_up == 0 ? "down"
                                                          : "unknown";
     if (json) {
-      j.open('{').field("name", app.name).field("aid", uint64_t{app.aid}).key("listens").open('[');
+      j.open('{')
+          .field("name", app.name)
+          .field("aid", uint64_t{app.aid})
+          .field("draining", app.draining)
+          .key("listens")
+          .open('[');
       for (auto& l : listens) j.value(l);
       j.close(']').key("p2s").open('[');
       for (auto& p : p2s) j.value(p);
@@ -262,7 +272,7 @@ std::string render_apps(const Daemon& d, bool json) {
         joined_p2s += (i ? ", " : "") + p2s[i];
       }
       text += fmt::format(
-          "{} (aid {}): {}{}\n", app.name, app.aid, service,
+          "{} (aid {}{}): {}{}\n", app.name, app.aid, app.draining ? ", draining" : "", service,
           app.forward ? fmt::format(" [{}; {} failures]", health, stack_apps[a].backend_failures)
                       : "");
       text += fmt::format("  listens  {}\n  p2s      {}\n", joined_listens, joined_p2s);
@@ -332,8 +342,8 @@ std::string render_metrics(const Daemon& d) {
   auto per_app = [&](std::string_view name, const char* type, std::string_view help, auto value) {
     family(name, type, help);
     for (size_t a = 0; a < cfg.apps.size(); ++a)
-      out += fmt::format("{}{{app=\"{}\",aid=\"{}\"}} {}\n", name, cfg.apps[a].name,
-                         cfg.apps[a].aid, value(a));
+      out += fmt::format("{}{{app=\"{}\",aid=\"{}\",draining=\"{}\"}} {}\n", name,
+                         cfg.apps[a].name, cfg.apps[a].aid, cfg.apps[a].draining, value(a));
   };
   per_app("vpmtun_app_flows_total", "counter", "Flows created per app",
           [&](size_t a) { return ea[a].flows; });

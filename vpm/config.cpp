@@ -73,6 +73,7 @@ class Checker {
                                     const std::string& key) {
     const toml::node* n = t.get(k);
     if (!n) return std::nullopt;
+    note(n, key);
     if (auto s = n->value<std::string>()) return s;
     fail(n, key, "must be a string");
     return std::nullopt;
@@ -82,6 +83,7 @@ class Checker {
                                  int64_t lo, int64_t hi) {
     const toml::node* n = t.get(k);
     if (!n) return std::nullopt;
+    note(n, key);
     auto v = n->value<int64_t>();
     if (!v || !n->is_integer()) {
       fail(n, key, "must be an integer");
@@ -99,6 +101,7 @@ class Checker {
   std::optional<bool> boolean(const toml::table& t, std::string_view k, const std::string& key) {
     const toml::node* n = t.get(k);
     if (!n) return std::nullopt;
+    note(n, key);
     if (auto b = n->value_exact<bool>()) return b;
     fail(n, key, "must be true or false");
     return std::nullopt;
@@ -124,8 +127,12 @@ class Checker {
   }
 
   std::vector<ConfigError> errors;
+  std::map<std::string, int> lines;  // Config::lines
 
  private:
+  void note(const toml::node* n, const std::string& key) {
+    lines[key] = static_cast<int>(n->source().begin.line);
+  }
   std::string file_;
 };
 
@@ -440,6 +447,7 @@ ConfigResult parse_config(std::string_view text, const std::string& file) {
                      [](const ConfigError& a, const ConfigError& b) { return a.line < b.line; });
     return c.errors;
   }
+  cfg.lines = std::move(c.lines);
   return cfg;
 }
 

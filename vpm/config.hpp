@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -68,6 +69,9 @@ struct AppConfig {
   std::optional<Endpoint> forward;  // or a real backend
   bool proxy_protocol_v2 = false;
   int line = 0;  // where [[app]] starts, for later messages
+  // Set by a reload for an app the new file removed or changed while it had
+  // flows: it serves those until they end, and no client rule leads to it.
+  bool draining = false;
 };
 
 struct MetricsConfig {
@@ -86,6 +90,7 @@ struct Config {
   MetricsConfig metrics;
   DaemonConfig daemon;
   std::vector<AppConfig> apps;
+  std::map<std::string, int> lines;  // the line of each key set in the file, e.g. "tun.mtu"
 };
 
 struct ConfigError {

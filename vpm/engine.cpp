@@ -275,9 +275,12 @@ Engine::Mapping Engine::flow_p2(const FlowKey& key, const Listen& l, bool inboun
   bool new_syn =
       key.proto == ipproto::tcp && (flags & (tcpflag::syn | tcpflag::ack)) == tcpflag::syn;
   Flow* f = flows_.find(key);
-  if (f && f->state != FlowState::waiting && now >= f->last_ms &&
-      now - f->last_ms >= timeout_ms(*f)) {
-    end_flow(*f);  // idle past its timeout: this packet starts afresh
+  // Idle past its timeout, or over and the client reuses its port for a new
+  // connection: this packet starts a new flow, under the rules of now.
+  if (f && f->state != FlowState::waiting &&
+      ((now >= f->last_ms && now - f->last_ms >= timeout_ms(*f)) ||
+       (f->state == FlowState::closed && inbound && new_syn))) {
+    end_flow(*f);
     f = nullptr;
   }
   if (!f) {
@@ -312,8 +315,6 @@ Engine::Mapping Engine::flow_p2(const FlowKey& key, const Listen& l, bool inboun
       f->p2 = *port;
       start_flow(*f, flags, inbound);
     }
-  } else if (f->state == FlowState::closed && inbound && new_syn) {
-    start_flow(*f, flags, inbound);  // the client reuses its port for a new connection
   }
   if (f->state == FlowState::waiting) {
     if (now - flows_.stats(*f).created_ms >= queue_timeout_ms_) {
@@ -394,6 +395,53 @@ void Engine::end_flow(Flow& f) {
   if (per_connection_ && f.p2 != 0) pools_[f.listen].release(f.p2);
   ++counters_.flows_ended;
   flows_.erase(&f);
+}
+
+void Engine::reload(const Config& cfg, const std::vector<uint16_t>& app_of) {
+  Ruleset next(cfg, &rules_);
+  const auto& old_listens = rules_.listens();
+  std::vector<uint16_t> listen_of(old_listens.size(), kNoApp);
+  for (size_t i = 0; i < old_listens.size(); ++i) {
+    const Listen& l = old_listens[i];
+    int v = next.find_vaddr(l.vaddr);
+    if (const Listen* n = v < 0 ? nullptr : next.find_listen(v, l.p1, l.proto))
+      listen_of[i] = static_cast<uint16_t>(n - next.listens().data());
+  }
+  std::vector<PortPool> pools;
+  if (per_connection_) {
+    // reload_errors keeps the slices as they were: a listen's ports carry over.
+    for (auto& l : next.listens()) pools.emplace_back(l.slice_lo, l.slice_hi);
+    for (size_t i = 0; i < old_listens.size(); ++i)
+      if (listen_of[i] != kNoApp) pools[listen_of[i]] = pools_[i];
+  }
+  std::vector<FlowKey> orphans;  // should be none: the caller keeps what flows use
+  flows_.update_each([&](Flow& f) {
+    uint16_t app = f.app < app_of.size() ? app_of[f.app] : kNoApp;
+    if (app == kNoApp || listen_of[f.listen] == kNoApp) {
+      orphans.push_back(f.key);
+      return;
+    }
+    f.app = app;
+    f.listen = listen_of[f.listen];
+  });
+  for (auto& key : orphans) {
+    flows_.erase(flows_.find(key));
+    ++counters_.flows_ended;
+  }
+  std::vector<AppCounters> counters(cfg.apps.size());
+  for (size_t i = 0; i < app_of.size() && i < app_counters_.size(); ++i)
+    if (app_of[i] != kNoApp) counters[app_of[i]] = app_counters_[i];
+  app_counters_ = std::move(counters);
+  rules_ = std::move(next);
+  pools_ = std::move(pools);
+  timeouts_ = cfg.timeouts;
+  queue_timeout_ms_ = cfg.vpm.queue_timeout_ms;
+}
+
+std::vector<size_t> Engine::flows_per_app() const {
+  std::vector<size_t> n(rules_.config().apps.size());
+  flows_.for_each([&](const Flow& f, const FlowStats&) { ++n[f.app]; });
+  return n;
 }
 
 void Engine::expire(uint64_t now_ms, size_t budget) {

@@ -94,6 +94,13 @@ class Engine {
   // (call it often with a small budget, or rarely with a large one).
   void expire(uint64_t now_ms, size_t budget);
 
+  // Takes the rules of a reload (vpm/reload.hpp): new flows follow them,
+  // flows already held keep their app and p2. `app_of` maps each running
+  // app to its index in `cfg`; an app with flows must not map to kNoApp.
+  void reload(const Config& cfg, const std::vector<uint16_t>& app_of);
+  // Flows held per app (any state), for merge_reload.
+  std::vector<size_t> flows_per_app() const;
+
   const Counters& counters() const { return counters_; }
   const std::vector<AppCounters>& app_counters() const { return app_counters_; }
   // Per listen, with per-connection allocation (empty with per-app).

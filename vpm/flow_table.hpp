@@ -103,6 +103,12 @@ class FlowTable {
     for (size_t i = 0; i < flows_.size(); ++i)
       if (flows_[i].tag) fn(flows_[i], stats_[i]);
   }
+  // fn(Flow&) for every flow; fn may change anything but the key.
+  template <typename Fn>
+  void update_each(Fn fn) {
+    for (auto& f : flows_)
+      if (f.tag) fn(f);
+  }
 
  private:
   static uint32_t hash(const FlowKey& key) {

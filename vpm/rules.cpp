@@ -30,7 +30,21 @@ size_t preferred_slot(uint16_t p1, uint32_t aid, size_t size) {
 
 }  // namespace
 
-Ruleset::Ruleset(const Config& cfg) : cfg_(cfg), lo_(cfg.vpm.range_lo), hi_(cfg.vpm.range_hi) {
+// The p2 of each (p1, AID) on virtual address `addr` in `rules`.
+std::map<std::pair<uint16_t, uint32_t>, uint16_t> Ruleset::p2s_on(const IpAddr& addr) const {
+  std::map<std::pair<uint16_t, uint32_t>, uint16_t> out;
+  int v = find_vaddr(addr);
+  if (v < 0) return out;
+  for (uint32_t li : vaddrs_[static_cast<size_t>(v)].listens) {
+    const Listen& l = listens_[li];
+    for (size_t a = 0; a < l.p2_of_app.size(); ++a)
+      if (l.p2_of_app[a]) out[{l.p1, cfg_.apps[a].aid}] = l.p2_of_app[a];
+  }
+  return out;
+}
+
+Ruleset::Ruleset(const Config& cfg, const Ruleset* previous)
+    : cfg_(cfg), lo_(cfg.vpm.range_lo), hi_(cfg.vpm.range_hi) {
   const size_t range = size_t{hi_} - lo_ + 1;
 
   // Listens in a canonical order so indices do not depend on app order.
@@ -41,7 +55,8 @@ Ruleset::Ruleset(const Config& cfg) : cfg_(cfg), lo_(cfg.vpm.range_lo), hi_(cfg.
 
   uint16_t fallback = kNoApp;
   for (size_t a = 0; a < cfg.apps.size(); ++a)
-    if (cfg.apps[a].name == cfg.vpm.unmatched) fallback = static_cast<uint16_t>(a);
+    if (cfg.apps[a].name == cfg.vpm.unmatched && !cfg.apps[a].draining)
+      fallback = static_cast<uint16_t>(a);
 
   for (auto& [key, apps] : apps_of) {
     auto& [addr, p1, proto] = key;
@@ -62,6 +77,7 @@ Ruleset::Ruleset(const Config& cfg) : cfg_(cfg), lo_(cfg.vpm.range_lo), hi_(cfg.
     l.p2_of_app.assign(cfg.apps.size(), 0);
     for (uint16_t a : apps) {
       if (a == fallback) l.fallback_app = a;
+      if (cfg.apps[a].draining) continue;  // it keeps its flows, and gets no new ones
       for (auto& r : cfg.apps[a].clients) {
         if (r.exact)
           l.pairs.push_back({r.pair, a});
@@ -78,7 +94,9 @@ Ruleset::Ruleset(const Config& cfg) : cfg_(cfg), lo_(cfg.vpm.range_lo), hi_(cfg.
 
   for (auto& v : vaddrs_) {
     if (cfg.vpm.allocation == Allocation::per_app) {
-      // One p2 per (p1, AID) on this vaddr, shared by TCP and UDP.
+      // One p2 per (p1, AID) on this vaddr, shared by TCP and UDP. After a
+      // reload, keys the previous rules had keep their p2; new keys probe
+      // around them.
       std::map<std::pair<uint16_t, uint32_t>, uint16_t> p2_of;
       std::vector<bool> taken(range, false);
       std::set<std::pair<uint16_t, uint32_t>> keys;
@@ -86,7 +104,14 @@ Ruleset::Ruleset(const Config& cfg) : cfg_(cfg), lo_(cfg.vpm.range_lo), hi_(cfg.
         const Listen& l = listens_[li];
         for (uint16_t a : apps_of[{l.vaddr, l.p1, l.proto}]) keys.insert({l.p1, cfg.apps[a].aid});
       }
+      if (previous && previous->lo_ == lo_ && previous->hi_ == hi_)
+        for (auto& [k, p2] : previous->p2s_on(v.addr))
+          if (keys.count(k)) {
+            p2_of[k] = p2;
+            taken[p2 - lo_] = true;
+          }
       for (auto& k : keys) {
+        if (p2_of.count(k)) continue;
         size_t slot = preferred_slot(k.first, k.second, range);
         while (taken[slot]) slot = (slot + 1) % range;
         taken[slot] = true;

@@ -7,7 +7,8 @@
 // a longer prefix beats a shorter one). With per-app allocation each
 // (vaddr, p1, AID) owns one p2, chosen from a hash of (p1, AID) with linear
 // probing in a canonical order, so the same config always gives the same p2s
-// and an app's p2 rarely moves when other apps come and go. With
+// and an app's p2 rarely moves when other apps come and go (and never on a
+// reload, which passes the rules it replaces). With
 // per-connection allocation the hidden range of each vaddr is cut into equal
 // slices, one per distinct p1, so that any p2 names its p1 without state.
 // Either way the reverse map p2 -> p1 is a table lookup: the stack-to-TUN
@@ -15,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <unordered_map>
 #include <vector>
 
@@ -63,8 +65,10 @@ class Ruleset {
  public:
   static constexpr size_t kLinearVaddrs = 8;
 
-  // `cfg` must have come back from parse_config (it has been validated).
-  explicit Ruleset(const Config& cfg);
+  // `cfg` must have come back from parse_config (it has been validated), or
+  // from merge_reload. With `previous` (the rules a reload replaces), every
+  // (vaddr, p1, AID) both have keeps its p2.
+  explicit Ruleset(const Config& cfg, const Ruleset* previous = nullptr);
 
   const Config& config() const { return cfg_; }
   const std::vector<Listen>& listens() const { return listens_; }
@@ -97,6 +101,8 @@ class Ruleset {
   uint16_t classify(const Listen& l, const IpAddr& client, uint16_t port) const;
 
  private:
+  std::map<std::pair<uint16_t, uint32_t>, uint16_t> p2s_on(const IpAddr& addr) const;
+
   Config cfg_;
   uint16_t lo_, hi_;
   std::vector<Listen> listens_;

@@ -8,7 +8,7 @@
 
 namespace vpmtun {
 
-std::optional<vpm::Config> load_config(const std::string& path) {
+std::optional<vpm::Config> load_config(const std::string& path, const char* outcome) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     spdlog::error("{}: cannot read the configuration file", path);
@@ -19,8 +19,8 @@ std::optional<vpm::Config> load_config(const std::string& path) {
   auto result = vpm::parse_config(text.str(), path);
   if (auto* errors = std::get_if<std::vector<vpm::ConfigError>>(&result)) {
     for (auto& e : *errors) spdlog::error("{}", e.str());
-    spdlog::error("{}: {} error{}; nothing was started", path, errors->size(),
-                  errors->size() == 1 ? "" : "s");
+    spdlog::error("{}: {} error{}; {}", path, errors->size(), errors->size() == 1 ? "" : "s",
+                  outcome);
     return std::nullopt;
   }
   return std::get<vpm::Config>(std::move(result));

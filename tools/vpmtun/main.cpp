@@ -82,7 +82,7 @@ void describe_config(const vpm::Config& cfg) {
 int ask(const std::string& socket, const std::string& config_path, const std::string& request) {
   std::string path = socket;
   if (path.empty() && !config_path.empty()) {
-    auto cfg = vpmtun::load_config(config_path);
+    auto cfg = vpmtun::load_config(config_path, "the daemon was not asked");
     if (!cfg) return 1;
     path = cfg->vpm.control_socket;
   }
@@ -118,6 +118,7 @@ int main(int argc, char** argv) {
       "  vpmtun table --app blue                        a running daemon's flows, like conntrack "
       "-L\n"
       "  vpmtun stats --json                            every counter, for programs\n"
+      "  vpmtun reload                                  a running daemon takes its edited file\n"
       "\nRun 'vpmtun VERB --help' for the options of a verb.");
 
   std::string config_path;
@@ -158,8 +159,8 @@ int main(int argc, char** argv) {
       "then the TUN, its addresses and routes go away. A second signal stops at once.\n"
       "Operating it: 'vpmtun stats', 'table' and 'apps' ask it over [vpm] control_socket;\n"
       "[metrics] listen serves Prometheus text at /metrics; with [daemon] user it drops\n"
-      "all privileges once the TUN and sockets are set up. Reload on SIGHUP is not\n"
-      "implemented yet (SIGHUP is logged and ignored).\n\n"
+      "all privileges once the TUN and sockets are set up. SIGHUP or 'vpmtun reload'\n"
+      "re-reads the file: new rules for new flows, open flows keep theirs.\n\n"
       "Examples:\n"
       "  vpmtun run -c /etc/vpmtun/vpm.toml\n"
       "  vpmtun run -c vpm.toml --log-level debug --log-format json\n"
@@ -194,13 +195,13 @@ int main(int argc, char** argv) {
   std::string socket;
   bool json = false;
   std::string filter_app, filter_client;
-  auto asking = [&](const char* name, const char* what, const char* about) {
+  auto asking = [&](const char* name, const char* what, const char* about, bool answers_json = true) {
     auto* verb = app.add_subcommand(name, what);
     verb->add_option("-s,--socket", socket,
                      "The daemon's control socket (default: [vpm] control_socket of -c, or "
                      "/run/vpmtun.sock)");
     verb->add_option("-c,--config", config_path, "Take the socket path from this configuration");
-    verb->add_flag("--json", json, "Answer in JSON, for programs");
+    if (answers_json) verb->add_flag("--json", json, "Answer in JSON, for programs");
     verb->footer(about);
     return verb;
   };
@@ -227,9 +228,23 @@ int main(int argc, char** argv) {
                       "TCP connections open and accepted, allocation waits and refusals.\n\n"
                       "Examples:\n  vpmtun apps\n  vpmtun apps --json");
 
+  auto* reload = asking(
+      "reload", "Make a running daemon re-read its configuration file (like SIGHUP)",
+      "The daemon reads the file it was started with again and checks it first: with\n"
+      "an error, or a change that needs a restart (anything in [tun], [metrics] or\n"
+      "[daemon]; port_range, allocation, control_socket, max_flows), it keeps its\n"
+      "rules, and this prints the errors (FILE:LINE: KEY: message) and exits 1.\n"
+      "Otherwise new flows follow the new rules at once and this prints what changed.\n"
+      "Flows already open keep their app, hidden port and backend until they end;\n"
+      "an app that was removed (or whose listens or service changed) drains: it\n"
+      "serves its open flows and takes no new ones. Apps that stay keep their p2s.\n\n"
+      "Examples:\n  vpmtun reload\n  vpmtun reload -c /etc/vpmtun/vpm.toml\n"
+      "  systemctl reload vpmtun            (the installed unit runs vpmtun reload)",
+      false);
+
   CLI11_PARSE(app, argc, argv);
 
-  for (auto* verb : {stats, table, apps}) {
+  for (auto* verb : {stats, table, apps, reload}) {
     if (!*verb) continue;
     std::string request = verb->get_name() + (json ? " json" : "");
     if (!filter_app.empty()) request += " app=" + filter_app;

@@ -1,0 +1,222 @@
+// Reloading the rules of a running daemon: the merge, the engine, the daemon.
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <fstream>
+
+#include "packets.hpp"
+#include "tun/daemon.hpp"
+#include "vpm/engine.hpp"
+#include "vpm/reload.hpp"
+
+using namespace testpkt;
+
+namespace {
+
+const char* kBefore = R"([timeouts]
+tcp_closed = "100ms"
+[[app]]
+name = "blue"
+aid = 101
+listen = ["192.0.2.10:9000"]
+clients = ["198.51.100.0/24"]
+serve = "http-info"
+[[app]]
+name = "green"
+aid = 102
+listen = ["192.0.2.10:9000"]
+clients = ["203.0.113.0/24"]
+serve = "echo"
+)";
+
+// green is gone and its clients go to teal; blue is as it was, listed second.
+const char* kAfter = R"([timeouts]
+tcp_closed = "100ms"
+[[app]]
+name = "teal"
+aid = 103
+listen = ["192.0.2.10:9000"]
+clients = ["203.0.113.0/24"]
+serve = "http-info"
+[[app]]
+name = "blue"
+aid = 101
+listen = ["192.0.2.10:9000"]
+clients = ["198.51.100.0/24"]
+serve = "http-info"
+)";
+
+uint16_t p2_of(const vpm::Ruleset& rules, const std::string& app) {
+  const auto& apps = rules.config().apps;
+  for (size_t a = 0; a < apps.size(); ++a)
+    if (apps[a].name == app) return rules.listens().at(0).p2_of_app[a];
+  return 0;
+}
+
+Bytes tcp(const std::string& client, uint16_t port, uint8_t flags, uint32_t seq = 0,
+          uint32_t ack = 0, Bytes payload = {}) {
+  Spec s{client, "192.0.2.10", 6, port, 9000, flags, std::move(payload)};
+  s.seq = seq;
+  s.ack = ack;
+  return build(s);
+}
+
+uint32_t get32(const Bytes& b, size_t at) {
+  return uint32_t{get16(b, at)} << 16 | get16(b, at + 2);
+}
+
+std::string payloads(const std::vector<Bytes>& packets) {
+  std::string out;
+  for (auto& p : packets) {
+    size_t start = 20 + static_cast<size_t>(p[32] >> 4) * 4;
+    out.append(p.begin() + static_cast<long>(start), p.end());
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a reload keeps flows and p2s, drains a removed app, and drops it once idle") {
+  vpm::Engine e(config(kBefore));
+  uint16_t blue = p2_of(e.rules(), "blue"), green = p2_of(e.rules(), "green");
+  Bytes syn = tcp("203.0.113.5", 40000, 0x02);
+  REQUIRE(e.to_stack(syn, 0).verdict == vpm::Verdict::translated);
+
+  auto next = config(kAfter);
+  CHECK(vpm::reload_errors(e.rules().config(), next).empty());
+  auto r = vpm::merge_reload(e.rules().config(), next, e.flows_per_app());
+  REQUIRE(r.config.apps.size() == 3);  // teal, blue, and green draining its flow
+  CHECK(r.config.apps[2].name == "green");
+  CHECK(r.config.apps[2].draining);
+  CHECK(r.config.apps[2].clients.empty());
+  CHECK(r.app_of == std::vector<uint16_t>{1, 2});
+  CHECK(r.summary == "added teal; removed green (draining 1 flows)");
+  e.reload(r.config, r.app_of);
+  CHECK(p2_of(e.rules(), "blue") == blue);
+  CHECK(p2_of(e.rules(), "green") == green);
+  uint16_t teal = p2_of(e.rules(), "teal");
+  CHECK(teal != green);
+  CHECK(teal != blue);
+
+  // The open flow keeps green and its p2; a new client of the prefix gets teal.
+  Bytes ack = tcp("203.0.113.5", 40000, 0x10);
+  vpm::Result kept = e.to_stack(ack, 1);
+  CHECK(kept.app == 2);
+  CHECK(get16(ack, 22) == green);
+  Bytes other = tcp("203.0.113.6", 40001, 0x02);
+  vpm::Result fresh = e.to_stack(other, 1);
+  CHECK(fresh.app == 0);
+  CHECK(get16(other, 22) == teal);
+  // The same client reusing its port for a new connection is a new flow: teal.
+  Bytes again = tcp("203.0.113.5", 40000, 0x04);
+  e.to_stack(again, 1);  // a RST: the old connection is over
+  again = tcp("203.0.113.5", 40000, 0x02, 777);
+  CHECK(e.to_stack(again, 2).app == 0);
+  CHECK(get16(again, 22) == teal);
+  // Replies on green's p2 still map back to p1.
+  Spec reply{"192.0.2.10", "203.0.113.5", 6, green, 40000, 0x12};
+  Bytes back = build(reply);
+  CHECK(e.to_tun(back, 2).verdict == vpm::Verdict::translated);
+  CHECK(get16(back, 20) == 9000);
+
+  // green has no flow left: merging again leaves it out, and nobody moves.
+  r = vpm::merge_reload(e.rules().config(), next, e.flows_per_app());
+  CHECK(r.summary == "the old green has drained");
+  REQUIRE(r.config.apps.size() == 2);
+  e.reload(r.config, r.app_of);
+  CHECK(p2_of(e.rules(), "teal") == teal);
+  CHECK(p2_of(e.rules(), "blue") == blue);
+  CHECK(vpm::merge_reload(e.rules().config(), next, e.flows_per_app()).summary ==
+        "nothing changed");
+}
+
+TEST_CASE("a reload refuses what needs a restart, naming the line and key") {
+  auto running = config(kBefore);
+  auto next =
+      config(std::string("[tun]\nmtu = 9000\n[vpm]\nport_range = \"30000-30999\"\n") + kBefore);
+  auto errors = vpm::reload_errors(running, next);
+  REQUIRE(errors.size() == 2);
+  CHECK(errors[0].str() ==
+        "test.toml:2: tun.mtu: cannot change while vpmtun runs (65520 -> 9000); restart vpmtun "
+        "to apply it");
+  CHECK(errors[1].key == "vpm.port_range");
+  CHECK(errors[1].line == 4);
+
+  // Per-connection slices follow the listened ports: those are fixed too.
+  auto per_connection = [](const std::string& more) {
+    return config("[vpm]\nallocation = \"per-connection\"\n" + std::string(kBefore) + more);
+  };
+  errors = vpm::reload_errors(per_connection(""), per_connection(R"([[app]]
+name = "red"
+aid = 104
+listen = ["192.0.2.10:9001"]
+clients = ["192.0.2.0/24"]
+serve = "echo"
+)"));
+  REQUIRE(errors.size() == 1);
+  CHECK(errors[0].key == "app[2].listen");
+  CHECK(errors[0].line == 17);
+  CHECK(vpm::reload_errors(per_connection(""), per_connection("")).empty());
+}
+
+// The daemon re-reads its file: an open echo connection of the removed app
+// goes on, a new client of its prefix reaches the app that took it over,
+// and the removed app is gone within a second of its last flow.
+TEST_CASE("a daemon reloads its file under way") {
+  char path[] = "/tmp/vpmtun-reload-XXXXXX";
+  int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  ::close(fd);
+  auto write = [&](const std::string& text) { std::ofstream(path, std::ios::trunc) << text; };
+  write(kBefore);
+  auto parsed = vpm::parse_config(kBefore, path);
+  tun::FakeDevice device;
+  tun::Daemon daemon(std::get<vpm::Config>(parsed), device, {});
+  auto exchange = [&](Bytes packet, uint64_t now) {
+    device.written.clear();
+    device.inbound.push_back(std::move(packet));
+    daemon.drain_device(now);
+    return device.written;
+  };
+
+  auto synack = exchange(tcp("203.0.113.5", 41000, 0x02, 5000), 0);
+  REQUIRE(synack.size() == 1);
+  uint32_t green_seq = get32(synack[0], 24) + 1;
+  exchange(tcp("203.0.113.5", 41000, 0x10, 5001, green_seq), 0);
+
+  write(std::string(kAfter) + "[[app]]\nname = \"half\"\n");
+  auto [bad_ok, bad] = daemon.answer("reload");
+  CHECK_FALSE(bad_ok);
+  CHECK(bad.find(std::string(path) + ":15: app[2].aid: every app needs an aid") == 0);
+  CHECK(bad.ends_with("; nothing changed: the running rules stay\n"));
+  CHECK(daemon.engine().rules().config().apps.size() == 2);
+
+  write(kAfter);
+  auto [ok, said] = daemon.answer("reload");
+  CHECK(ok);
+  CHECK(said == "reloaded " + std::string(path) + ": added teal; removed green (draining 1 flows)\n");
+  CHECK(daemon.answer("apps").second.find("green (aid 102, draining): echo") != std::string::npos);
+
+  // green still echoes on the connection it had.
+  auto echoed = exchange(tcp("203.0.113.5", 41000, 0x18, 5001, green_seq, {'h', 'i'}), 10);
+  CHECK(payloads(echoed) == "hi");
+  // A new client of green's prefix: teal's http-info answers.
+  synack = exchange(tcp("203.0.113.6", 41001, 0x02, 9000), 10);
+  REQUIRE(synack.size() == 1);
+  uint32_t teal_seq = get32(synack[0], 24) + 1;
+  exchange(tcp("203.0.113.6", 41001, 0x10, 9001, teal_seq), 10);
+  std::string get = "GET / HTTP/1.1\r\n\r\n";
+  auto answer = exchange(
+      tcp("203.0.113.6", 41001, 0x18, 9001, teal_seq, Bytes(get.begin(), get.end())), 10);
+  CHECK(payloads(answer).find("\"app\":\"teal\"") != std::string::npos);
+
+  // The green client resets its connection: green is gone a second later.
+  exchange(tcp("203.0.113.5", 41000, 0x04, 5003), 20);
+  daemon.tick(2000);
+  const auto& apps = daemon.engine().rules().config().apps;
+  REQUIRE(apps.size() == 2);
+  CHECK(apps[0].name == "teal");
+  CHECK(apps[1].name == "blue");
+  CHECK(daemon.answer("apps").second.find("green") == std::string::npos);
+  ::unlink(path);
+}
