@@ -50,6 +50,7 @@ class Json {
     out_ += fmt::format("{:.3f}", v);
     return *this;
   }
+  Json& value(const char* v) { return value(std::string_view(v)); }  // not the bool one
   Json& value(bool v) {
     separate();
     out_ += v ? "true" : "false";

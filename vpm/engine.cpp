@@ -414,15 +414,19 @@ void Engine::reload(const Config& cfg, const std::vector<uint16_t>& app_of) {
     for (size_t i = 0; i < old_listens.size(); ++i)
       if (listen_of[i] != kNoApp) pools[listen_of[i]] = pools_[i];
   }
-  std::vector<FlowKey> orphans;  // should be none: the caller keeps what flows use
+  // Flows of an app that is gone: closed ones, lingering for stray packets
+  // (flows_per_app does not count them). They end here.
+  std::vector<FlowKey> orphans;
   flows_.update_each([&](Flow& f) {
     uint16_t app = f.app < app_of.size() ? app_of[f.app] : kNoApp;
-    if (app == kNoApp || listen_of[f.listen] == kNoApp) {
+    uint16_t listen = listen_of[f.listen];
+    if (app == kNoApp || listen == kNoApp) {
+      if (per_connection_ && f.p2 != 0 && listen != kNoApp) pools[listen].release(f.p2);
       orphans.push_back(f.key);
       return;
     }
     f.app = app;
-    f.listen = listen_of[f.listen];
+    f.listen = listen;
   });
   for (auto& key : orphans) {
     flows_.erase(flows_.find(key));
@@ -440,7 +444,9 @@ void Engine::reload(const Config& cfg, const std::vector<uint16_t>& app_of) {
 
 std::vector<size_t> Engine::flows_per_app() const {
   std::vector<size_t> n(rules_.config().apps.size());
-  flows_.for_each([&](const Flow& f, const FlowStats&) { ++n[f.app]; });
+  flows_.for_each([&](const Flow& f, const FlowStats&) {
+    if (f.state != FlowState::closed) ++n[f.app];
+  });
   return n;
 }
 

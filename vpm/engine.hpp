@@ -96,9 +96,10 @@ class Engine {
 
   // Takes the rules of a reload (vpm/reload.hpp): new flows follow them,
   // flows already held keep their app and p2. `app_of` maps each running
-  // app to its index in `cfg`; an app with flows must not map to kNoApp.
+  // app to its index in `cfg`; the closed flows of an app mapped to kNoApp
+  // end (an app with open flows must be kept).
   void reload(const Config& cfg, const std::vector<uint16_t>& app_of);
-  // Flows held per app (any state), for merge_reload.
+  // Flows not yet closed, per app: what merge_reload must keep.
   std::vector<size_t> flows_per_app() const;
 
   const Counters& counters() const { return counters_; }

@@ -115,7 +115,7 @@ Reload merge_reload(const Config& running, const Config& next,
       matched[j] = true;
       r.app_of[i] = static_cast<uint16_t>(j);
       if (old.draining)
-        said.push_back(old.name + " is back (its " + std::to_string(flows) + " flows with it)");
+        said.push_back(old.name + " is back, with the flows it was draining");
       else if (!same_clients(old, next.apps[j]))
         said.push_back("new client rules for " + old.name);
     }
@@ -128,7 +128,8 @@ Reload merge_reload(const Config& running, const Config& next,
       r.config.apps.back().clients.clear();
       r.config.apps.back().draining = true;
     }
-    std::string left = flows > 0 ? " (draining " + std::to_string(flows) + " flows)" : "";
+    std::string left =
+        flows > 0 ? " (draining " + std::to_string(flows) + (flows == 1 ? " flow)" : " flows)") : "";
     if (old.draining && flows == 0)
       said.push_back("the old " + old.name + " has drained");
     else if (!old.draining)

@@ -347,7 +347,7 @@ a, b = parse(sys.argv[1]), parse(sys.argv[2])
 moved = b["vpmtun_engine_translated_total"] - a["vpmtun_engine_translated_total"]
 print(f"     {len(b)} samples; translated +{moved}; flows {sum(v for k, v in b.items() if k.startswith('vpmtun_flows{'))}")
 sys.exit(0 if moved >= 5 and 'vpmtun_flows{proto="tcp",state="established"}' in b
-         and b['vpmtun_app_flows_total{app="blue",aid="101"}'] >= 1 else 1)
+         and b['vpmtun_app_flows_total{app="blue",aid="101",draining="false"}'] >= 1 else 1)
 PY
 }
 check "metrics: Prometheus text, scraped with curl, moves with traffic" metrics_move

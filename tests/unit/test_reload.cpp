@@ -90,7 +90,7 @@ TEST_CASE("a reload keeps flows and p2s, drains a removed app, and drops it once
   CHECK(r.config.apps[2].draining);
   CHECK(r.config.apps[2].clients.empty());
   CHECK(r.app_of == std::vector<uint16_t>{1, 2});
-  CHECK(r.summary == "added teal; removed green (draining 1 flows)");
+  CHECK(r.summary == "added teal; removed green (draining 1 flow)");
   e.reload(r.config, r.app_of);
   CHECK(p2_of(e.rules(), "blue") == blue);
   CHECK(p2_of(e.rules(), "green") == green);
@@ -194,7 +194,7 @@ TEST_CASE("a daemon reloads its file under way") {
   write(kAfter);
   auto [ok, said] = daemon.answer("reload");
   CHECK(ok);
-  CHECK(said == "reloaded " + std::string(path) + ": added teal; removed green (draining 1 flows)\n");
+  CHECK(said == "reloaded " + std::string(path) + ": added teal; removed green (draining 1 flow)\n");
   CHECK(daemon.answer("apps").second.find("green (aid 102, draining): echo") != std::string::npos);
 
   // green still echoes on the connection it had.
