@@ -463,7 +463,7 @@ struct Stack::Impl {
       if (syn && ep && ep->listener) {
         Tuple key = make_tuple(v.src(), v.src_port(), v.dst(), v.dst_port());
         if (connecting.count(key)) return;  // its backend is still connecting
-        if (!admitted.count(key)) {        // else a retransmission: lwIP knows it
+        if (!admitted.count(key)) {         // else a retransmission: lwIP knows it
           uint16_t app = take_turn(ep);
           if (app == vpm::kNoApp) return;
           if (service_of(app) == Service::forward) return hold_syn(v, key, app);

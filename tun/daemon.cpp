@@ -201,7 +201,8 @@ std::vector<size_t> Daemon::busy_apps() const {
   std::vector<size_t> busy = engine_.flows_per_app();
   std::vector<size_t> conns = stack_->connections_per_app();
   // The same connection is usually in both: count it once.
-  for (size_t i = 0; i < busy.size() && i < conns.size(); ++i) busy[i] = std::max(busy[i], conns[i]);
+  for (size_t i = 0; i < busy.size() && i < conns.size(); ++i)
+    busy[i] = std::max(busy[i], conns[i]);
   return busy;
 }
 

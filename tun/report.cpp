@@ -343,8 +343,8 @@ std::string render_metrics(const Daemon& d) {
   auto per_app = [&](std::string_view name, const char* type, std::string_view help, auto value) {
     family(name, type, help);
     for (size_t a = 0; a < cfg.apps.size(); ++a)
-      out += fmt::format("{}{{app=\"{}\",aid=\"{}\",draining=\"{}\"}} {}\n", name,
-                         cfg.apps[a].name, cfg.apps[a].aid, cfg.apps[a].draining, value(a));
+      out += fmt::format("{}{{app=\"{}\",aid=\"{}\",draining=\"{}\"}} {}\n", name, cfg.apps[a].name,
+                         cfg.apps[a].aid, cfg.apps[a].draining, value(a));
   };
   per_app("vpmtun_app_flows_total", "counter", "Flows created per app",
           [&](size_t a) { return ea[a].flows; });

@@ -17,8 +17,7 @@ std::string shown(const std::optional<T>& v) {
 bool same_listens(const AppConfig& a, const AppConfig& b) {
   if (a.listen.size() != b.listen.size()) return false;
   for (size_t i = 0; i < a.listen.size(); ++i)
-    if (!(a.listen[i].at == b.listen[i].at) || a.listen[i].proto != b.listen[i].proto)
-      return false;
+    if (!(a.listen[i].at == b.listen[i].at) || a.listen[i].proto != b.listen[i].proto) return false;
   return true;
 }
 
@@ -129,7 +128,8 @@ Reload merge_reload(const Config& running, const Config& next,
       r.config.apps.back().draining = true;
     }
     std::string left =
-        flows > 0 ? " (draining " + std::to_string(flows) + (flows == 1 ? " flow)" : " flows)") : "";
+        flows > 0 ? " (draining " + std::to_string(flows) + (flows == 1 ? " flow)" : " flows)")
+                  : "";
     if (old.draining && flows == 0)
       said.push_back("the old " + old.name + " has drained");
     else if (!old.draining)

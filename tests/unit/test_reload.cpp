@@ -128,6 +128,33 @@ TEST_CASE("a reload keeps flows and p2s, drains a removed app, and drops it once
   CHECK(p2_of(e.rules(), "blue") == blue);
   CHECK(vpm::merge_reload(e.rules().config(), next, e.flows_per_app()).summary ==
         "nothing changed");
+  // No two keys wanted one port here, so a fresh start with the file agrees.
+  vpm::Ruleset started(next);
+  CHECK(p2_of(started, "teal") == teal);
+  CHECK(p2_of(started, "blue") == blue);
+}
+
+// Where two keys hash to one port, a fresh start gives it to the first in
+// canonical order; a reload leaves it with the app that had it.
+TEST_CASE("a reload does not move a running app's p2 for an app that wants the same port") {
+  auto app = [](uint32_t aid) {
+    return "[[app]]\nname = \"a" + std::to_string(aid) + "\"\naid = " + std::to_string(aid) +
+           "\nlisten = [\"192.0.2.10:9000\"]\nclients = [\"192.0.2." + std::to_string(aid % 200) +
+           "\"]\nserve = \"echo\"\n";
+  };
+  const std::string range = "[vpm]\nport_range = \"20000-20001\"\n";
+  auto alone = [&](uint32_t aid) {
+    return p2_of(vpm::Ruleset(config(range + app(aid))), "a" + std::to_string(aid));
+  };
+  uint32_t early = 1;  // sorts before 1000 and wants the port 1000 wants
+  while (alone(early) != alone(1000)) ++early;
+  vpm::Ruleset running(config(range + app(1000)));
+  auto next = config(range + app(1000) + app(early));
+  vpm::Ruleset fresh(next), reloaded(next, &running);
+  CHECK(p2_of(fresh, "a" + std::to_string(early)) ==
+        alone(1000));                              // a fresh start: the early one has it
+  CHECK(p2_of(reloaded, "a1000") == alone(1000));  // a reload: it stays
+  CHECK(p2_of(reloaded, "a" + std::to_string(early)) != alone(1000));
 }
 
 TEST_CASE("a reload refuses what needs a restart, naming the line and key") {
@@ -194,7 +221,8 @@ TEST_CASE("a daemon reloads its file under way") {
   write(kAfter);
   auto [ok, said] = daemon.answer("reload");
   CHECK(ok);
-  CHECK(said == "reloaded " + std::string(path) + ": added teal; removed green (draining 1 flow)\n");
+  CHECK(said ==
+        "reloaded " + std::string(path) + ": added teal; removed green (draining 1 flow)\n");
   CHECK(daemon.answer("apps").second.find("green (aid 102, draining): echo") != std::string::npos);
 
   // green still echoes on the connection it had.
@@ -206,8 +234,8 @@ TEST_CASE("a daemon reloads its file under way") {
   uint32_t teal_seq = get32(synack[0], 24) + 1;
   exchange(tcp("203.0.113.6", 41001, 0x10, 9001, teal_seq), 10);
   std::string get = "GET / HTTP/1.1\r\n\r\n";
-  auto answer = exchange(
-      tcp("203.0.113.6", 41001, 0x18, 9001, teal_seq, Bytes(get.begin(), get.end())), 10);
+  auto answer =
+      exchange(tcp("203.0.113.6", 41001, 0x18, 9001, teal_seq, Bytes(get.begin(), get.end())), 10);
   CHECK(payloads(answer).find("\"app\":\"teal\"") != std::string::npos);
 
   // The green client resets its connection: green is gone a second later.

@@ -195,7 +195,8 @@ int main(int argc, char** argv) {
   std::string socket;
   bool json = false;
   std::string filter_app, filter_client;
-  auto asking = [&](const char* name, const char* what, const char* about, bool answers_json = true) {
+  auto asking = [&](const char* name, const char* what, const char* about,
+                    bool answers_json = true) {
     auto* verb = app.add_subcommand(name, what);
     verb->add_option("-s,--socket", socket,
                      "The daemon's control socket (default: [vpm] control_socket of -c, or "
@@ -228,19 +229,19 @@ int main(int argc, char** argv) {
                       "TCP connections open and accepted, allocation waits and refusals.\n\n"
                       "Examples:\n  vpmtun apps\n  vpmtun apps --json");
 
-  auto* reload = asking(
-      "reload", "Make a running daemon re-read its configuration file (like SIGHUP)",
-      "The daemon reads the file it was started with again and checks it first: with\n"
-      "an error, or a change that needs a restart (anything in [tun], [metrics] or\n"
-      "[daemon]; port_range, allocation, control_socket, max_flows), it keeps its\n"
-      "rules, and this prints the errors (FILE:LINE: KEY: message) and exits 1.\n"
-      "Otherwise new flows follow the new rules at once and this prints what changed.\n"
-      "Flows already open keep their app, hidden port and backend until they end;\n"
-      "an app that was removed (or whose listens or service changed) drains: it\n"
-      "serves its open flows and takes no new ones. Apps that stay keep their p2s.\n\n"
-      "Examples:\n  vpmtun reload\n  vpmtun reload -c /etc/vpmtun/vpm.toml\n"
-      "  systemctl reload vpmtun            (the installed unit runs vpmtun reload)",
-      false);
+  auto* reload =
+      asking("reload", "Make a running daemon re-read its configuration file (like SIGHUP)",
+             "The daemon reads the file it was started with again and checks it first: with\n"
+             "an error, or a change that needs a restart (anything in [tun], [metrics] or\n"
+             "[daemon]; port_range, allocation, control_socket, max_flows), it keeps its\n"
+             "rules, and this prints the errors (FILE:LINE: KEY: message) and exits 1.\n"
+             "Otherwise new flows follow the new rules at once and this prints what changed.\n"
+             "Flows already open keep their app, hidden port and backend until they end;\n"
+             "an app that was removed (or whose listens or service changed) drains: it\n"
+             "serves its open flows and takes no new ones. Apps that stay keep their p2s.\n\n"
+             "Examples:\n  vpmtun reload\n  vpmtun reload -c /etc/vpmtun/vpm.toml\n"
+             "  systemctl reload vpmtun            (the installed unit runs vpmtun reload)",
+             false);
 
   CLI11_PARSE(app, argc, argv);
 
