@@ -12,7 +12,7 @@
 #   2. SIGHUP: c1's rules moved, from blue to green on :9000 and from bulk to
 #      bulk2 on :5201 (the running stream must stay with bulk);
 #   3. `vpmtun reload`: red removed, and bulk, which still carries the stream.
-# A second stream (a socket sending 100 MB to an echo backend and checking
+# A second stream (a socket sending 150 MB to an echo backend and checking
 # what comes back with sha256) goes through the app `stream`, moved and
 # removed like bulk.
 # In between, two bad files are refused (a syntax error; a change of
@@ -182,12 +182,12 @@ SH
 ip netns exec "$c1" bash "$work/loop.sh" "$work/loop-c1" "$work/stop" http://10.99.0.10:9000/ &
 ip netns exec "$c2" bash "$work/loop.sh" "$work/loop-c2" "$work/stop" http://10.99.0.10:9000/ &
 ip netns exec "$c2" bash "$work/loop.sh" "$work/loop-c3" "$work/stop" --interface 10.200.3.3 http://10.99.0.10:9000/ &
-ip netns exec "$c1" iperf3 -c 10.99.0.10 -p 5201 -t 20 -b 400M -J >"$work/iperf3.json" 2>&1 &
+ip netns exec "$c1" iperf3 -c 10.99.0.10 -p 5201 -t 30 -b 400M -J >"$work/iperf3.json" 2>&1 &
 iperf_pid=$!
 # iperf3 checks no data, and its server stops counting when the client's
 # end-of-test message arrives, which through any relay (socat too) may
 # overtake the last data in flight. So a second stream, checked byte for
-# byte: 100 MB at 5 MB/s through an echo backend of the app `stream`, which
+# byte: 150 MB at 5 MB/s through an echo backend of the app `stream`, which
 # moves and is removed like bulk.
 cat >"$work/stream.py" <<'PY'
 import hashlib, os, socket, sys, threading, time
@@ -205,19 +205,23 @@ def receive():
 reader = threading.Thread(target=receive)
 reader.start()
 start = time.monotonic()
-for i in range(100 * 16):  # 64 KiB chunks, 80 a second
+for i in range(150 * 16):  # 64 KiB chunks, 80 a second
     chunk = os.urandom(1 << 16)
     sent.update(chunk)
     s.sendall(chunk)
     time.sleep(max(0, start + (i + 1) / 80 - time.monotonic()))
 s.shutdown(socket.SHUT_WR)
 reader.join()
-print(f"{100 << 20} bytes sent, {n_got} echoed, sha256 {'equal' if sent.digest() == got.digest() else 'DIFFERENT'}")
+print(f"{150 << 20} bytes sent, {n_got} echoed, sha256 {'equal' if sent.digest() == got.digest() else 'DIFFERENT'}")
 sys.exit(0 if sent.digest() == got.digest() else 1)
 PY
 ip netns exec "$c1" /usr/bin/python3 "$work/stream.py" >"$work/stream.out" 2>&1 &
 stream_pid=$!
-sleep 2
+# The reloads happen at set times after the streams start (30 s each), so
+# that a slow daemon (a sanitizer build) still has them in flight at the third.
+started=$SECONDS
+at_second() { local left=$((started + $1 - SECONDS)); [ "$left" -gt 0 ] && sleep "$left"; return 0; }
+at_second 2
 : >"$work/reloads"
 
 reload_cmd() {  # reload_cmd STAGE: the file of STAGE, then `vpmtun reload`
@@ -233,7 +237,7 @@ before=$(p2s)
 check "reload 1 (vpmtun reload): red added" reload_cmd 1
 after=$(p2s)
 check "reload 1: the apps that stay keep their p2s" same_p2s "$before" "$after"
-sleep 1.5
+at_second 5
 
 refused_and_kept() {  # refused_and_kept WHAT: reload exits 1 naming file, line and key; nothing changes
   local out rc=0 before
@@ -248,7 +252,7 @@ check "a broken file: reload exits 1 with file:line, the rules stay" refused_and
 write_config 1
 sed -i 's/^name = "vpm0"$/name = "vpm0"\nmtu = 9000/' "$work/vpm.toml"
 check "tun.mtu changed: reload exits 1 naming it, the rules stay" refused_and_kept ":5: tun.mtu: cannot change"
-sleep 1
+at_second 7
 
 sighup() {  # SIGHUP with the file of stage 2; done once apps shows bulk2
   local t0
@@ -269,17 +273,23 @@ check "reload 2 (SIGHUP): c1 moved from blue to green and from bulk to bulk2" si
 after=$(p2s)
 check "reload 2: the apps that stay keep their p2s" same_p2s "$before" "$after"
 grep -F "SIGHUP: reloaded" "$work/daemon.log" | sed 's/^/     /'
-sleep 3
+at_second 11
 
 before=$(p2s)
 check "reload 3 (vpmtun reload): red, bulk and stream removed, bulk and stream still busy" reload_cmd 3
 after=$(p2s)
 check "reload 3: the apps that stay keep their p2s" same_p2s "$before" "$after"
 draining() {  # bulk and stream are listed as draining, with their flows
-  ask apps --json | /usr/bin/python3 -c '
+  ask apps --json >"$work/apps.json"
+  /usr/bin/python3 - "$work/apps.json" <<'PY'
 import json, sys
-apps = {a["name"]: a for a in json.load(sys.stdin)}
-sys.exit(0 if all(apps[n]["draining"] and apps[n]["active"] >= 1 for n in ("bulk", "stream")) else 1)'
+apps = {a["name"]: a for a in json.load(open(sys.argv[1]))}
+for n in ("bulk", "stream"):
+    a = apps.get(n, {})
+    print(f"     {n}: draining {a.get('draining')}, {a.get('active')} active flows")
+sys.exit(0 if all(n in apps and apps[n]["draining"] and apps[n]["active"] >= 1
+                  for n in ("bulk", "stream")) else 1)
+PY
 }
 check "bulk and stream drain: listed as draining, their flows still open" draining
 
@@ -294,8 +304,9 @@ sent, got = end.get("sum_sent", {}).get("bytes", 0), end.get("sum_received", {})
 print(f"     iperf3 exit {sys.argv[2]}: {sent} bytes sent, {got} received, "
       f"{end.get('sum_received', {}).get('bits_per_second', 0) / 1e6:.0f} Mbit/s"
       + (f"; error: {r['error']}" if "error" in r else ""))
-# What the server did not count is what its end-of-test race left in flight.
-sys.exit(0 if sys.argv[2] == "0" and "error" not in r and sent > 0 and sent - got < 1 << 20 else 1)
+# What the server did not count is what its end-of-test race left in flight:
+# at most what the path buffers (lwIP's 4 MiB window, the sockets' buffers).
+sys.exit(0 if sys.argv[2] == "0" and "error" not in r and sent > 0 and sent - got < 8 << 20 else 1)
 PY
 }
 check "the iperf3 stream across three reloads ends without error" iperf_intact
@@ -305,7 +316,7 @@ stream_intact() {
   sed 's/^/     /' "$work/stream.out"
   [ "$rc" -eq 0 ]
 }
-check "100 MB echoed across the three reloads, sha256 intact" stream_intact
+check "150 MB echoed across the three reloads, sha256 intact" stream_intact
 touch "$work/stop"
 sleep 1
 

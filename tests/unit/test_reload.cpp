@@ -248,3 +248,24 @@ TEST_CASE("a daemon reloads its file under way") {
   CHECK(daemon.answer("apps").second.find("green") == std::string::npos);
   ::unlink(path);
 }
+
+// Per-connection: the ports flows hold stay theirs across a reload, and the
+// pool goes on from where it was.
+TEST_CASE("a reload under per-connection allocation keeps the ports flows hold") {
+  std::string head = "[vpm]\nallocation = \"per-connection\"\n";
+  vpm::Engine e(config(head + kBefore));
+  Bytes first = tcp("203.0.113.5", 40000, 0x02);
+  REQUIRE(e.to_stack(first, 0).app == 1);  // green
+  uint16_t held = get16(first, 22);
+  auto next = config(head + kAfter);
+  REQUIRE(vpm::reload_errors(e.rules().config(), next).empty());
+  auto r = vpm::merge_reload(e.rules().config(), next, e.flows_per_app());
+  e.reload(r.config, r.app_of);
+  Bytes ack = tcp("203.0.113.5", 40000, 0x10);
+  CHECK(e.to_stack(ack, 1).app == 2);  // green, draining
+  CHECK(get16(ack, 22) == held);
+  Bytes second = tcp("203.0.113.6", 40001, 0x02);
+  CHECK(e.to_stack(second, 1).app == 0);  // teal
+  CHECK(get16(second, 22) == held + 1);   // the next free port, not green's again
+  CHECK(e.pools().at(0).in_use() == 2);
+}
