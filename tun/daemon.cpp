@@ -237,6 +237,12 @@ std::pair<bool, std::string> Daemon::reload(const vpm::Config& next) {
 }
 
 std::pair<bool, std::string> Daemon::reload_file() {
+  auto outcome = read_and_reload();
+  ++(outcome.first ? counters_.reloads : counters_.reloads_refused);
+  return outcome;
+}
+
+std::pair<bool, std::string> Daemon::read_and_reload() {
   const std::string& path = file_config_.file;
   std::ifstream in(path, std::ios::binary);
   if (!in)

@@ -43,6 +43,8 @@ struct DaemonOptions {
 struct DaemonCounters {
   uint64_t device_write_errors = 0;
   uint64_t refusals_sent = 0;
+  uint64_t reloads = 0;          // configuration files taken (vpmtun reload, SIGHUP)
+  uint64_t reloads_refused = 0;  // and refused: errors, or changes that need a restart
 };
 
 class Daemon : public stack::IoLoop {
@@ -95,6 +97,7 @@ class Daemon : public stack::IoLoop {
   void send(std::span<uint8_t> packet, uint16_t mss = 0);
   void log_verdict(const char* what, std::span<uint8_t> packet, vpm::Drop reason, uint64_t now_ms);
   void end_log_second(uint64_t now_ms);
+  std::pair<bool, std::string> read_and_reload();
   std::vector<size_t> busy_apps() const;
   void drop_drained_apps();
 

@@ -121,6 +121,8 @@ std::vector<Counter> counters_of(const Daemon& d) {
       {"stack", "udp_datagrams", s.udp_datagrams},
       {"stack", "udp_sessions_expired", s.udp_sessions_expired},
       {"stack", "backend_connect_failures", s.backend_connect_failures},
+      {"daemon", "reloads", d.counters().reloads},
+      {"daemon", "reloads_refused", d.counters().reloads_refused},
   };
   for (size_t r = 1; r < vpm::kDropCount; ++r)
     list.push_back({"drops", vpm::drop_name(static_cast<vpm::Drop>(r)), e.by_reason[r]});

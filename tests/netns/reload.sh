@@ -368,6 +368,13 @@ drained() {  # once their streams are over, bulk and stream go within a few seco
   return 1
 }
 check "bulk and stream are gone once their streams have ended" drained
+counted() {  # stats: three reloads taken, two refused
+  local got
+  got=$(ask stats --json | /usr/bin/python3 -c 'import json, sys; d = json.load(sys.stdin)["daemon"]; print(d["reloads"], d["reloads_refused"])')
+  echo "     reloads, refused: $got"
+  [ "$got" = "3 2" ]
+}
+check "stats count the reloads taken and refused" counted
 check "no lwIP assertion" bash -c "! grep -F 'lwIP assertion' '$work/daemon.log'"
 
 kill -TERM "$daemon_pid"

@@ -224,6 +224,8 @@ TEST_CASE("a daemon reloads its file under way") {
   CHECK(said ==
         "reloaded " + std::string(path) + ": added teal; removed green (draining 1 flow)\n");
   CHECK(daemon.answer("apps").second.find("green (aid 102, draining): echo") != std::string::npos);
+  CHECK(daemon.counters().reloads == 1);
+  CHECK(daemon.counters().reloads_refused == 1);
 
   // green still echoes on the connection it had.
   auto echoed = exchange(tcp("203.0.113.5", 41000, 0x18, 5001, green_seq, {'h', 'i'}), 10);
