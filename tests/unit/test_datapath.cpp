@@ -285,8 +285,9 @@ TEST_CASE("the daemon answers stats, table and apps, and names what it cannot") 
   CHECK(daemon.answer("table app=green json")
             .second.starts_with("[{\"proto\":\"udp\",\"client\":\"203.0.113.5:5353\","));
   CHECK(daemon.answer("table app=blue json") == std::pair<bool, std::string>{true, "[]\n"});
-  CHECK(daemon.answer("apps json").second.find("\"name\":\"green\",\"aid\":102,\"draining\":false") !=
-        std::string::npos);
+  CHECK(
+      daemon.answer("apps json").second.find("\"name\":\"green\",\"aid\":102,\"draining\":false") !=
+      std::string::npos);
   CHECK(daemon.answer("apps").second.find("green (aid 102): echo") != std::string::npos);
   CHECK(daemon.answer("table app=nosuch") ==
         std::pair<bool, std::string>{false, "no app is named 'nosuch'\n"});
