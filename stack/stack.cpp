@@ -934,6 +934,8 @@ void Stack::send_large_segments() {
 
 std::string Stack::reload(const std::vector<uint16_t>& app_of) {
   Impl& s = *impl_;
+  for (const auto& app : s.rules.config().apps)
+    if (app.forward && !s.io) return "app '" + app.name + "': forward endpoints need an event loop";
   // Every app something here belongs to is kept (the caller counted them
   // with connections_per_app()), so these never become kNoApp.
   auto remap = [&](uint16_t& app) { app = app_of.at(app); };
@@ -944,8 +946,6 @@ std::string Stack::reload(const std::vector<uint16_t>& app_of) {
   for (size_t i = 0; i < app_of.size() && i < s.apps.size(); ++i)
     if (app_of[i] != vpm::kNoApp) counters[app_of[i]] = s.apps[i];
   s.apps = std::move(counters);
-  for (const auto& app : s.rules.config().apps)
-    if (app.forward && !s.io) return "app '" + app.name + "': forward endpoints need an event loop";
   s.sync_netifs();
   if (s.per_connection)  // endpoints are lent to the app of the flow holding them
     for (auto& ep : s.endpoints) {

@@ -400,7 +400,8 @@ void Engine::end_flow(Flow& f) {
 void Engine::reload(const Config& cfg, const std::vector<uint16_t>& app_of) {
   Ruleset next(cfg, &rules_);
   const auto& old_listens = rules_.listens();
-  std::vector<uint16_t> listen_of(old_listens.size(), kNoApp);
+  constexpr uint16_t kGone = 0xffff;
+  std::vector<uint16_t> listen_of(old_listens.size(), kGone);
   for (size_t i = 0; i < old_listens.size(); ++i) {
     const Listen& l = old_listens[i];
     int v = next.find_vaddr(l.vaddr);
@@ -412,7 +413,7 @@ void Engine::reload(const Config& cfg, const std::vector<uint16_t>& app_of) {
     // reload_errors keeps the slices as they were: a listen's ports carry over.
     for (auto& l : next.listens()) pools.emplace_back(l.slice_lo, l.slice_hi);
     for (size_t i = 0; i < old_listens.size(); ++i)
-      if (listen_of[i] != kNoApp) pools[listen_of[i]] = pools_[i];
+      if (listen_of[i] != kGone) pools[listen_of[i]] = pools_[i];
   }
   // Flows of an app that is gone: closed ones, lingering for stray packets
   // (flows_per_app does not count them). They end here.
@@ -420,8 +421,8 @@ void Engine::reload(const Config& cfg, const std::vector<uint16_t>& app_of) {
   flows_.update_each([&](Flow& f) {
     uint16_t app = f.app < app_of.size() ? app_of[f.app] : kNoApp;
     uint16_t listen = listen_of[f.listen];
-    if (app == kNoApp || listen == kNoApp) {
-      if (per_connection_ && f.p2 != 0 && listen != kNoApp) pools[listen].release(f.p2);
+    if (app == kNoApp || listen == kGone) {
+      if (per_connection_ && f.p2 != 0 && listen != kGone) pools[listen].release(f.p2);
       orphans.push_back(f.key);
       return;
     }

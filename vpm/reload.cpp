@@ -14,17 +14,17 @@ std::string shown(const std::optional<T>& v) {
   return v ? v->str() : "none";
 }
 
-bool same_listens(const AppConfig& a, const AppConfig& b) {
-  if (a.listen.size() != b.listen.size()) return false;
-  for (size_t i = 0; i < a.listen.size(); ++i)
-    if (!(a.listen[i].at == b.listen[i].at) || a.listen[i].proto != b.listen[i].proto) return false;
-  return true;
+// In any order.
+std::set<std::string> listens_of(const AppConfig& a) {
+  std::set<std::string> out;
+  for (auto& l : a.listen) out.insert(l.at.str() + "/" + proto_name(l.proto));
+  return out;
 }
 
 // Everything but the client rules: flows of one can go on with the other.
 bool same_app(const AppConfig& a, const AppConfig& b) {
-  return a.name == b.name && a.aid == b.aid && same_listens(a, b) && a.serve == b.serve &&
-         a.forward == b.forward && a.proxy_protocol_v2 == b.proxy_protocol_v2;
+  return a.name == b.name && a.aid == b.aid && listens_of(a) == listens_of(b) &&
+         a.serve == b.serve && a.forward == b.forward && a.proxy_protocol_v2 == b.proxy_protocol_v2;
 }
 
 bool same_clients(const AppConfig& a, const AppConfig& b) {

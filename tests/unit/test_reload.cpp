@@ -271,3 +271,17 @@ TEST_CASE("a reload under per-connection allocation keeps the ports flows hold")
   CHECK(get16(second, 22) == held + 1);   // the next free port, not green's again
   CHECK(e.pools().at(0).in_use() == 2);
 }
+
+TEST_CASE("an app is the same app whatever the order of its listens") {
+  auto two = [](const char* listens) {
+    return config(std::string("[[app]]\nname = \"a\"\naid = 1\nlisten = [") + listens +
+                  "]\nclients = [\"198.51.100.0/24\"]\nserve = \"echo\"\n");
+  };
+  auto r = vpm::merge_reload(two("\"192.0.2.10:80\", \"192.0.2.10:81/udp\""),
+                             two("\"192.0.2.10:81/udp\", \"192.0.2.10:80\""), {1});
+  CHECK(r.summary == "nothing changed");
+  CHECK(r.app_of == std::vector<uint16_t>{0});
+  r = vpm::merge_reload(two("\"192.0.2.10:80\""), two("\"192.0.2.10:81\""), {1});
+  CHECK(r.summary == "changed a (draining 1 flow)");
+  CHECK(r.app_of == std::vector<uint16_t>{1});
+}
