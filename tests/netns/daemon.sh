@@ -15,11 +15,8 @@
 set -euo pipefail
 vpmtun="$(realpath "$1")"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-if [ "$(id -u)" -ne 0 ] || [ ! -c /dev/net/tun ] || ! ip netns add "vpmprobe$$" 2>/dev/null; then
-  echo "daemon: SKIPPED (needs root, /dev/net/tun and network namespaces)"
-  exit 77
-fi
-ip netns del "vpmprobe$$"
+source "$(dirname "$0")/common.sh"
+skip_unless_netns daemon
 ns="vpmd$$" d="vpmd$$-d" c1="vpmd$$-c1" c2="vpmd$$-c2"
 work="$(mktemp -d)"
 chmod 755 "$work"  # so that the control socket's own mode is what keeps others out
@@ -31,7 +28,6 @@ cleanup() {
   if [ -n "${KEEP:-}" ]; then rm -rf /tmp/vpmd-keep; mv "$work" /tmp/vpmd-keep; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
-in_ns() { local n="$1"; shift; ip netns exec "$n" "$@"; }
 
 for n in "$d" "$c1" "$c2"; do ip netns add "$n"; ip -n "$n" link set lo up; done
 ip -n "$d" link add v1 type veth peer name eth0 netns "$c1"
@@ -168,11 +164,6 @@ stop_daemon() {  # stop_daemon: SIGTERM, then its exit code
 }
 start_daemon "$work/vpm.toml" --capture-tun "$work/tun.pcap" --capture-stack "$work/stack.pcap"
 
-fail=0
-check() {  # check DESCRIPTION COMMAND...
-  local t0=$SECONDS
-  if "${@:2}"; then echo "ok   $1 ($((SECONDS - t0)) s)"; else echo "FAIL $1 ($((SECONDS - t0)) s)"; fail=$((fail + 1)); fi
-}
 # tshark without TCP stream analysis: the captures hold 100 MB transfers.
 tshark_r() { tshark -o tcp.analyze_sequence_numbers:FALSE -o tcp.desegment_tcp_streams:FALSE -r "$@" 2>/dev/null; }
 body_has() {  # body_has NS EXPECTED curl-args...

@@ -27,11 +27,8 @@
 # KEEP=1 keeps the work directory (configs, daemon log, loop logs) in /tmp/vpmr-keep.
 set -euo pipefail
 vpmtun="$(realpath "$1")"
-if [ "$(id -u)" -ne 0 ] || [ ! -c /dev/net/tun ] || ! ip netns add "vpmprobe$$" 2>/dev/null; then
-  echo "reload: SKIPPED (needs root, /dev/net/tun and network namespaces)"
-  exit 77
-fi
-ip netns del "vpmprobe$$"
+source "$(dirname "$0")/common.sh"
+skip_unless_netns reload
 d="vpmr$$-d" c1="vpmr$$-c1" c2="vpmr$$-c2"
 work="$(mktemp -d)"
 daemon_pid=""
@@ -43,7 +40,6 @@ cleanup() {
   if [ -n "${KEEP:-}" ]; then rm -rf /tmp/vpmr-keep; mv "$work" /tmp/vpmr-keep; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
-in_ns() { local n="$1"; shift; ip netns exec "$n" "$@"; }
 
 for n in "$d" "$c1" "$c2"; do ip netns add "$n"; ip -n "$n" link set lo up; done
 ip -n "$d" link add v1 type veth peer name eth0 netns "$c1"
@@ -137,11 +133,6 @@ daemon_pid=$!
 for _ in $(seq 50); do ip -n "$d" route show 10.99.0.0/24 | grep -q vpm0 && break; sleep 0.1; done
 sleep 0.5
 
-fail=0
-check() {  # check DESCRIPTION COMMAND...
-  local t0=$SECONDS
-  if "${@:2}"; then echo "ok   $1 ($((SECONDS - t0)) s)"; else echo "FAIL $1 ($((SECONDS - t0)) s)"; fail=$((fail + 1)); fi
-}
 ask() { "$vpmtun" "$@" -s "$work/vpm.sock"; }
 now() { date +%s%N; }
 p2s() {  # p2s: "name:p2s" of each app that is not draining, one per line
