@@ -316,6 +316,8 @@ timeline() {  # every short connection got what the rules of its moment say
 import sys
 work = sys.argv[1]
 reloads = [tuple(int(x) for x in line.split()) for line in open(f"{work}/reloads")]
+print("     reloads took " + ", ".join(f"{(t1 - t0) / 1e6:.0f} ms" for t0, t1, _ in reloads)
+      + " (vpmtun reload's round trip; SIGHUP: until apps showed it)")
 # The answer each loop must get under the rules of each stage.
 expect = {
     "loop-c1": {0: "blue", 1: "blue", 2: "green", 3: "green"},
