@@ -936,12 +936,20 @@ std::string Stack::reload(const std::vector<uint16_t>& app_of) {
   Impl& s = *impl_;
   for (const auto& app : s.rules.config().apps)
     if (app.forward && !s.io) return "app '" + app.name + "': forward endpoints need an event loop";
-  // Every app something here belongs to is kept (the caller counted them
+  // Every app a connection belongs to is kept (the caller counted them
   // with connections_per_app()), so these never become kNoApp.
   auto remap = [&](uint16_t& app) { app = app_of.at(app); };
   for (Conn* c : s.conns) remap(c->app);
   for (auto& held : s.connecting) remap(held.second.app);
-  for (auto& held : s.admitted) remap(held.second.app);
+  // A handshake lwIP has not completed counts for its app through the
+  // engine's flow; one whose app is gone was reset or abandoned by now.
+  for (auto& held : s.admitted)
+    held.second.app = held.second.app < app_of.size() ? app_of[held.second.app] : vpm::kNoApp;
+  std::erase_if(s.admitted, [&](const auto& held) {
+    if (held.second.app != vpm::kNoApp) return false;
+    if (held.second.sock >= 0) ::close(held.second.sock);
+    return true;
+  });
   std::vector<AppStackCounters> counters(s.rules.config().apps.size());
   for (size_t i = 0; i < app_of.size() && i < s.apps.size(); ++i)
     if (app_of[i] != vpm::kNoApp) counters[app_of[i]] = s.apps[i];
@@ -961,7 +969,6 @@ std::vector<size_t> Stack::connections_per_app() const {
   std::vector<size_t> n(impl_->apps.size());
   for (Conn* c : impl_->conns) ++n[c->app];
   for (auto& held : impl_->connecting) ++n[held.second.app];
-  for (auto& held : impl_->admitted) ++n[held.second.app];
   return n;
 }
 

@@ -109,7 +109,7 @@ class Stack {
   // indices (`app_of`, from vpm::merge_reload; open connections keep their
   // app and endpoint). Returns what could not be set up, or "".
   std::string reload(const std::vector<uint16_t>& app_of);
-  // Connections open or being opened, per app (for merge_reload).
+  // Connections open, or waiting for their backend, per app (for merge_reload).
   std::vector<size_t> connections_per_app() const;
 
   // Stops taking new connections (a SYN now gets a RST; UDP still flows);

@@ -285,3 +285,41 @@ TEST_CASE("an app is the same app whatever the order of its listens") {
   CHECK(r.summary == "changed a (draining 1 flow)");
   CHECK(r.app_of == std::vector<uint16_t>{1});
 }
+
+// A reload may bring a new virtual address, and take one away.
+TEST_CASE("a reload adds and removes virtual addresses in the stack") {
+  tun::FakeDevice device;
+  tun::Daemon daemon(config(kBefore), device, {});
+  const std::string extra = R"([[app]]
+name = "other"
+aid = 104
+listen = ["192.0.2.11:9000", "[2001:db8::11]:9000"]
+clients = ["198.51.100.0/24", "2001:db8:1::/48"]
+serve = "echo"
+)";
+  auto syn_to = [&](const std::string& client, const std::string& vip) {
+    Spec s{client, vip, 6, 42000, 9000, 0x02};
+    device.written.clear();
+    device.inbound.push_back(build(s));
+    daemon.drain_device(0);
+    return device.written.size() == 1 &&
+           (device.written[0][(vip.find(':') != std::string::npos ? 40 : 20) + 13] == 0x12);
+  };
+  CHECK_FALSE(syn_to("198.51.100.5", "192.0.2.11"));
+  REQUIRE(daemon.reload(config(std::string(kBefore) + extra)).first);
+  CHECK(syn_to("198.51.100.5", "192.0.2.11"));  // a SYN-ACK from the new address
+  CHECK(syn_to("2001:db8:1::5", "2001:db8::11"));
+  REQUIRE(daemon.reload(config(kBefore)).first);  // both handshakes are still open: other drains
+  CHECK(daemon.engine().rules().config().apps.size() == 3);
+  using Ends = std::pair<const char*, const char*>;
+  for (auto [client, vip] :
+       {Ends{"198.51.100.5", "192.0.2.11"}, Ends{"2001:db8:1::5", "2001:db8::11"}}) {
+    Spec rst{client, vip, 6, 42000, 9000, 0x04};  // the clients give up
+    rst.seq = 0x12000001;
+    device.inbound.push_back(build(rst));
+  }
+  daemon.drain_device(10);
+  daemon.tick(2000);
+  CHECK(daemon.engine().rules().config().apps.size() == 2);
+  CHECK_FALSE(syn_to("198.51.100.5", "192.0.2.11"));  // nothing answers there any more
+}
