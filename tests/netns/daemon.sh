@@ -411,6 +411,14 @@ per_connection() {
 check "per-connection: each connection its own p2, each client its own app" per_connection
 check "per-connection: forward to a backend" said "$c2" 10.99.0.10 8000 backend-two
 check "per-connection: UDP forward" udp_fwd
+reload_unprivileged() {  # the daemon, as nobody, reads its file again: c2 (10.200.2.9) goes to teal
+  local out
+  printf '[[app]]\nname = "teal"\naid = 104\nlisten = ["10.99.0.10:9000"]\nclients = ["10.200.2.9"]\nserve = "http-info"\n' >>"$work/vpm2.toml"
+  out=$("$vpmtun" reload -s "$work/vpm.sock") || return 1
+  echo "     $out"
+  body_has "$c2" '"app":"teal"' http://10.99.0.10:9000/ && body_has "$c1" '"app":"blue"' http://10.99.0.10:9000/
+}
+check "reload as [daemon] user, per-connection: a new app takes c2 from green" reload_unprivileged
 in_ns "$d" nft -f - <<NFT
 table inet vpmloss {
   chain forward {
