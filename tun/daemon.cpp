@@ -209,6 +209,7 @@ std::vector<size_t> Daemon::busy_apps() const {
 // A draining app whose last flow has ended goes: merging the file's rules
 // again leaves it out.
 void Daemon::drop_drained_apps() {
+  if (stopping_) return;
   const auto& apps = engine_.rules().config().apps;
   std::vector<size_t> busy = busy_apps();
   for (size_t a = 0; a < apps.size(); ++a) {

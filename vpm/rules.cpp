@@ -30,7 +30,7 @@ size_t preferred_slot(uint16_t p1, uint32_t aid, size_t size) {
 
 }  // namespace
 
-// The p2 of each (p1, AID) on virtual address `addr` in `rules`.
+// The p2 of each (p1, AID) on virtual address `addr` (per-app allocation).
 std::map<std::pair<uint16_t, uint32_t>, uint16_t> Ruleset::p2s_on(const IpAddr& addr) const {
   std::map<std::pair<uint16_t, uint32_t>, uint16_t> out;
   int v = find_vaddr(addr);
