@@ -233,8 +233,9 @@ int main(int argc, char** argv) {
       asking("reload", "Make a running daemon re-read its configuration file (like SIGHUP)",
              "The daemon reads the file it was started with again and checks it first: with\n"
              "an error, or a change that needs a restart (anything in [tun], [metrics] or\n"
-             "[daemon]; port_range, allocation, control_socket, max_flows), it keeps its\n"
-             "rules, and this prints the errors (FILE:LINE: KEY: message) and exits 1.\n"
+             "[daemon]; port_range, allocation, control_socket, max_flows; with per-\n"
+             "connection allocation also the listened ports), it keeps its rules, and\n"
+             "this prints the errors (FILE:LINE: KEY: message) and exits 1.\n"
              "Otherwise new flows follow the new rules at once and this prints what changed.\n"
              "Flows already open keep their app, hidden port and backend until they end;\n"
              "an app that was removed (or whose listens or service changed) drains: it\n"
