@@ -742,6 +742,8 @@ Endpoint* Stack::Impl::bind(const vpm::IpAddr& vaddr, uint16_t p1, uint16_t p2, 
   if (proto == vpm::Proto::tcp) {
     tcp_pcb* pcb = tcp_new_ip_type(IP_GET_TYPE(&addr));
     if (!pcb) return nullptr;
+    ip_set_option(pcb,
+                  SOF_REUSEADDR);  // connections of an earlier endpoint may linger (lwipopts.h)
     if (tcp_bind(pcb, &addr, p2) != ERR_OK) {
       tcp_close(pcb);
       return nullptr;

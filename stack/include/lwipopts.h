@@ -85,6 +85,10 @@
  * SYN searches, so 20 s instead of 120; the stack also lets a newer SYN
  * reuse a TIME_WAIT 4-tuple and keeps at most 1024 of them (stack.cpp). */
 #define TCP_MSL 10000UL
+/* SO_REUSEADDR for the endpoints' listeners (and the connections they
+ * accept): a reload may bind a p2 again while connections of its last
+ * endpoint are still in TIME_WAIT (or closing); lwIP refuses that without it. */
+#define SO_REUSE 1
 #define TCP_DEFAULT_LISTEN_BACKLOG 255
 #define LWIP_TCP_KEEPALIVE 1
 

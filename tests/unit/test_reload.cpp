@@ -323,3 +323,41 @@ serve = "echo"
   CHECK(daemon.engine().rules().config().apps.size() == 2);
   CHECK_FALSE(syn_to("198.51.100.5", "192.0.2.11"));  // nothing answers there any more
 }
+
+// lwIP keeps a connection the server closed first in TIME_WAIT for 2 MSL;
+// an app removed and added back meanwhile must still get its p2 bound.
+TEST_CASE("an app added back binds its p2 while its old connections are in TIME_WAIT") {
+  tun::FakeDevice device;
+  tun::Daemon daemon(config(kBefore), device, {});
+  auto exchange = [&](Bytes packet) {
+    device.written.clear();
+    device.inbound.push_back(std::move(packet));
+    daemon.drain_device(0);
+    return device.written;
+  };
+  const std::string client = "198.51.100.5";  // blue's http-info answers and closes first
+  auto synack = exchange(tcp(client, 43000, 0x02, 100));
+  REQUIRE(synack.size() == 1);
+  uint32_t seq = get32(synack[0], 24) + 1;
+  exchange(tcp(client, 43000, 0x10, 101, seq));
+  std::string get = "GET / HTTP/1.1\r\n\r\n";
+  auto answer = exchange(tcp(client, 43000, 0x18, 101, seq, Bytes(get.begin(), get.end())));
+  REQUIRE(payloads(answer).find("\"app\":\"blue\"") != std::string::npos);
+  uint32_t after = 101 + static_cast<uint32_t>(get.size());
+  exchange(
+      tcp(client, 43000, 0x11, after, seq + static_cast<uint32_t>(payloads(answer).size()) + 1));
+
+  std::string green_only = kBefore;
+  green_only.erase(
+      green_only.find("[[app]]\nname = \"blue\""),
+      green_only.find("[[app]]\nname = \"green\"") - green_only.find("[[app]]\nname = \"blue\""));
+  auto [removed, said] = daemon.reload(config(green_only));
+  REQUIRE(removed);
+  CHECK(said == "removed blue\n");
+  auto [back, said_back] = daemon.reload(config(kBefore));
+  CHECK(back);
+  CHECK(said_back == "added blue\n");
+  synack = exchange(tcp(client, 43001, 0x02, 500));
+  REQUIRE(synack.size() == 1);
+  CHECK(synack[0][33] == 0x12);
+}
