@@ -153,6 +153,22 @@ inline Bytes icmp_error(const std::string& from, const std::string& to, const By
   return build(s);
 }
 
+// Reading built or translated packets (IPv4 without options, or IPv6 without
+// extension headers, as build() makes them and the stack sends them).
+inline size_t l4_of(const Bytes& p) {
+  return (p[0] >> 4) == 6 ? 40 : static_cast<size_t>(p[0] & 15) * 4;
+}
+inline uint32_t get32(const Bytes& b, size_t at) {
+  return uint32_t{get16(b, at)} << 16 | get16(b, at + 2);
+}
+// The TCP or UDP payload.
+inline Bytes payload_of(const Bytes& p) {
+  size_t l4 = l4_of(p);
+  size_t start =
+      l4 + (p[(p[0] >> 4) == 6 ? 6 : 9] == 6 ? static_cast<size_t>(p[l4 + 12] >> 4) * 4 : 8);
+  return Bytes(p.begin() + static_cast<long>(start), p.end());
+}
+
 // Parses a config for tests; fails the test with the errors on failure.
 vpm::Config config(const std::string& toml);
 

@@ -59,17 +59,6 @@ struct DataPath {
   std::vector<Bytes> take() { return std::exchange(to_clients, {}); }
 };
 
-size_t l4_of(const Bytes& p) { return (p[0] >> 4) == 6 ? 40 : static_cast<size_t>(p[0] & 15) * 4; }
-uint32_t get32(const Bytes& b, size_t at) {
-  return uint32_t{get16(b, at)} << 16 | get16(b, at + 2);
-}
-Bytes payload_of(const Bytes& p) {
-  size_t l4 = l4_of(p);
-  size_t start =
-      l4 + (p[(p[0] >> 4) == 6 ? 6 : 9] == 6 ? static_cast<size_t>(p[l4 + 12] >> 4) * 4 : 8);
-  return Bytes(p.begin() + static_cast<long>(start), p.end());
-}
-
 }  // namespace
 
 // A whole HTTP exchange with the stack: handshake, request, reply up to its

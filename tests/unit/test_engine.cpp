@@ -37,10 +37,6 @@ uint16_t p2_of(const vpm::Engine& e, const char* vaddr, const char* app) {
   return 0;
 }
 
-size_t l4_offset(const Bytes& p) {
-  return (p[0] >> 4) == 6 ? 40 : static_cast<size_t>(p[0] & 15) * 4;
-}
-
 struct Case {
   const char* description;
   Spec packet;
@@ -142,7 +138,7 @@ TEST_CASE("engine verdicts and ports, one packet each") {
       auto r = c.to_stack ? engine.to_stack(p, 0) : engine.to_tun(p, 0);
       CHECK(vpm::verdict_name(r.verdict) == std::string(vpm::verdict_name(c.verdict)));
       CHECK(vpm::drop_name(r.reason) == std::string(vpm::drop_name(c.reason)));
-      size_t l4 = l4_offset(p);
+      size_t l4 = l4_of(p);
       bool inbound = c.packet.dport == 9000 || c.packet.dport == 22000 || c.packet.dport == 80;
       if (c.p2_app) {
         CHECK(get16(p, l4 + (inbound ? 2 : 0)) ==

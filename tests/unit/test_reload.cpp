@@ -61,15 +61,11 @@ Bytes tcp(const std::string& client, uint16_t port, uint8_t flags, uint32_t seq 
   return build(s);
 }
 
-uint32_t get32(const Bytes& b, size_t at) {
-  return uint32_t{get16(b, at)} << 16 | get16(b, at + 2);
-}
-
 std::string payloads(const std::vector<Bytes>& packets) {
   std::string out;
   for (auto& p : packets) {
-    size_t start = 20 + static_cast<size_t>(p[32] >> 4) * 4;
-    out.append(p.begin() + static_cast<long>(start), p.end());
+    Bytes data = payload_of(p);
+    out.append(data.begin(), data.end());
   }
   return out;
 }
