@@ -12,10 +12,9 @@
 
 #include <chrono>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <stdexcept>
 
+#include "tun/config_file.hpp"
 #include "tun/control.hpp"
 #include "tun/metrics.hpp"
 #include "tun/report.hpp"
@@ -245,18 +244,12 @@ std::pair<bool, std::string> Daemon::reload_file() {
 
 std::pair<bool, std::string> Daemon::read_and_reload() {
   const std::string& path = file_config_.file;
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    return {false, path + ": cannot read it (" + std::strerror(errno) +
-                       "); nothing changed: the running rules stay\n"};
-  std::ostringstream text;
-  text << in.rdbuf();
-  auto parsed = vpm::parse_config(text.str(), path);
+  auto parsed = read_config(path);
   if (auto* errors = std::get_if<std::vector<vpm::ConfigError>>(&parsed)) {
     std::string out;
-    for (auto& e : *errors) out += e.str() + "\n";
-    return {false, out + fmt::format("{}: {} error{}; nothing changed: the running rules stay\n",
-                                     path, errors->size(), errors->size() == 1 ? "" : "s")};
+    for (auto& line : error_report(path, *errors, "nothing changed: the running rules stay"))
+      out += line + "\n";
+    return {false, out};
   }
   auto [ok, said] = reload(std::get<vpm::Config>(parsed));
   return {ok, (ok ? "reloaded " + path + ": " : "") + said};

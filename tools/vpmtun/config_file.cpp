@@ -3,24 +3,14 @@
 
 #include <spdlog/spdlog.h>
 
-#include <fstream>
-#include <sstream>
+#include "tun/config_file.hpp"
 
 namespace vpmtun {
 
 std::optional<vpm::Config> load_config(const std::string& path, const char* outcome) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    spdlog::error("{}: cannot read the configuration file", path);
-    return std::nullopt;
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  auto result = vpm::parse_config(text.str(), path);
+  auto result = tun::read_config(path);
   if (auto* errors = std::get_if<std::vector<vpm::ConfigError>>(&result)) {
-    for (auto& e : *errors) spdlog::error("{}", e.str());
-    spdlog::error("{}: {} error{}; {}", path, errors->size(), errors->size() == 1 ? "" : "s",
-                  outcome);
+    for (auto& line : tun::error_report(path, *errors, outcome)) spdlog::error("{}", line);
     return std::nullopt;
   }
   return std::get<vpm::Config>(std::move(result));

@@ -1,0 +1,21 @@
+// Reading the configuration file from disk: shared by the vpmtun command and
+// the daemon's reload, so both report a bad file the same way.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "vpm/config.hpp"
+
+namespace tun {
+
+// Parses FILE; a file that cannot be read is one error (line 0).
+vpm::ConfigResult read_config(const std::string& path);
+
+// Lines that report them: each error as FILE:LINE: KEY: message, then
+// "FILE: N errors; OUTCOME" (OUTCOME says what follows from them).
+std::vector<std::string> error_report(const std::string& path,
+                                      const std::vector<vpm::ConfigError>& errors,
+                                      const std::string& outcome);
+
+}  // namespace tun
