@@ -205,6 +205,16 @@ struct Stack::Impl {
     return list.empty() ? vpm::kNoApp : list[ep->turn++ % list.size()];
   }
 
+  // A datagram from an endpoint to its client. It leaves through the netif of
+  // the endpoint's own address: lwIP's udp_sendto() would route it through
+  // the default netif and, finding the pcb's address is not that netif's,
+  // drop it (ERR_RTE).
+  void udp_reply(Endpoint* ep, pbuf* p, const ip_addr_t* client, u16_t port) {
+    auto nif = netifs.find(ep->vaddr);
+    if (nif == netifs.end() || udp_sendto_if(ep->udp, p, client, port, nif->second.get()) != ERR_OK)
+      ++counters.udp_send_errors;
+  }
+
   err_t emit(pbuf* p) {
     out.resize(p->tot_len);
     pbuf_copy_partial(p, out.data(), p->tot_len, 0);
@@ -651,7 +661,7 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
   return ERR_OK;
 }
 
-void on_udp_recv(void* arg, udp_pcb* pcb, pbuf* p, const ip_addr_t* addr, u16_t port) {
+void on_udp_recv(void* arg, udp_pcb*, pbuf* p, const ip_addr_t* addr, u16_t port) {
   auto* ep = static_cast<Endpoint*>(arg);
   auto* s = ep->stack;
   ++s->counters.udp_datagrams;
@@ -665,7 +675,7 @@ void on_udp_recv(void* arg, udp_pcb* pcb, pbuf* p, const ip_addr_t* addr, u16_t 
       s->udp_forward(ep, app, p, addr, port);
       break;
     case Service::echo:
-      udp_sendto(pcb, p, addr, port);
+      s->udp_reply(ep, p, addr, port);
       break;
     case Service::discard:
       break;
@@ -674,7 +684,7 @@ void on_udp_recv(void* arg, udp_pcb* pcb, pbuf* p, const ip_addr_t* addr, u16_t 
       pbuf* reply = pbuf_alloc(PBUF_TRANSPORT, static_cast<u16_t>(body.size()), PBUF_RAM);
       if (reply) {
         pbuf_take(reply, body.data(), static_cast<u16_t>(body.size()));
-        udp_sendto(pcb, reply, addr, port);
+        s->udp_reply(ep, reply, addr, port);
         pbuf_free(reply);
       }
       break;
@@ -718,7 +728,7 @@ void Stack::Impl::udp_forward(Endpoint* ep, uint16_t app, pbuf* p, const ip_addr
         pbuf* reply = pbuf_alloc(PBUF_TRANSPORT, static_cast<u16_t>(n), PBUF_RAM);
         if (!reply) break;
         pbuf_take(reply, buf, static_cast<u16_t>(n));
-        udp_sendto(s->second.ep->udp, reply, &s->second.client, s->second.client_port);
+        udp_reply(s->second.ep, reply, &s->second.client, s->second.client_port);
         pbuf_free(reply);
       }
     });

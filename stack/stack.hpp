@@ -66,6 +66,7 @@ struct StackCounters {
   uint64_t udp_datagrams = 0;
   uint64_t backend_connect_failures = 0;
   uint64_t udp_sessions_expired = 0;
+  uint64_t udp_send_errors = 0;  // a datagram lwIP would not send
 };
 
 // Per app (index into Config::apps).

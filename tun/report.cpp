@@ -120,6 +120,7 @@ std::vector<Counter> counters_of(const Daemon& d) {
       {"stack", "tcp_open", d.stack().open_connections()},
       {"stack", "udp_datagrams", s.udp_datagrams},
       {"stack", "udp_sessions_expired", s.udp_sessions_expired},
+      {"stack", "udp_send_errors", s.udp_send_errors},
       {"stack", "backend_connect_failures", s.backend_connect_failures},
       {"daemon", "reloads", d.counters().reloads},
       {"daemon", "reloads_refused", d.counters().reloads_refused},

@@ -153,6 +153,55 @@ TEST_CASE("UDP echo for the green app over IPv6, and ICMP echo from the stack") 
   CHECK(l4_checksum_ok(out[0]));
 }
 
+// Issue 8: UDP endpoints answered only on the first virtual address (lwIP
+// routed every reply through the default netif and dropped those whose
+// source was another netif's address).
+TEST_CASE("UDP services answer on every virtual address of both families") {
+  DataPath dp(config(R"(
+[[app]]
+name = "first"
+aid = 1
+listen = ["192.0.2.10:9000", "[2001:db8::10]:9000"]
+clients = ["0.0.0.0/0", "::/0"]
+serve = "http-info"
+[[app]]
+name = "echo"
+aid = 2
+listen = ["192.0.2.30:9000/udp", "192.0.2.31:9000/udp", "[2001:db8::30]:9000/udp"]
+clients = ["0.0.0.0/0", "::/0"]
+serve = "echo"
+[[app]]
+name = "info"
+aid = 3
+listen = ["192.0.2.40:9000/udp", "[2001:db8::40]:9000/udp"]
+clients = ["0.0.0.0/0", "::/0"]
+serve = "http-info"
+)"));
+  struct Case {
+    const char *client, *vip, *answer;
+  } cases[] = {
+      {"198.51.100.5", "192.0.2.30", "ping"},
+      {"198.51.100.5", "192.0.2.31", "ping"},
+      {"2001:db8:1::5", "2001:db8::30", "ping"},
+      {"198.51.100.5", "192.0.2.40", "\"app\":\"info\""},
+      {"2001:db8:1::5", "2001:db8::40", "\"app\":\"info\""},
+  };
+  for (const auto& c : cases) {
+    INFO(c.vip);
+    Spec u{c.client, c.vip, 17, 5353, 9000, 0, {'p', 'i', 'n', 'g'}};
+    REQUIRE(dp.from_client(build(u)).verdict == vpm::Verdict::translated);
+    auto out = dp.take();
+    REQUIRE(out.size() == 1);
+    size_t l4 = l4_of(out[0]);
+    CHECK(get16(out[0], l4) == 9000);
+    CHECK(get16(out[0], l4 + 2) == 5353);
+    CHECK(l4_checksum_ok(out[0]));
+    Bytes pl = payload_of(out[0]);
+    CHECK(std::string(pl.begin(), pl.end()).find(c.answer) != std::string::npos);
+  }
+  CHECK(dp.stack.counters().udp_send_errors == 0);
+}
+
 TEST_CASE("echo holds back its window instead of buffering without bound") {
   DataPath dp(config(kConfig));
   Spec syn{"203.0.113.5", "192.0.2.10", 6, 41000, 9000, 0x02};
