@@ -135,6 +135,15 @@ void Daemon::end_log_second(uint64_t now_ms) {
   if (log_suppressed_)
     spdlog::info("{} more refusals and drops not logged (at most {} a second; see vpmtun stats)",
                  log_suppressed_, kLogBurst);
+  const auto& e = engine_.counters();
+  uint64_t full = e.evicted_table_full - logged_evictions_[0];
+  uint64_t port = e.evicted_no_port - logged_evictions_[1];
+  if (full + port > 0)
+    spdlog::info(
+        "evicted {} unconfirmed flows (half-open TCP, unanswered UDP) to make room: {} for a "
+        "full table (max_flows {}), {} for a free hidden port",
+        full + port, full, engine_.flows().max_flows(), port);
+  logged_evictions_ = {e.evicted_table_full, e.evicted_no_port};
   log_second_ms_ = now_ms;
   log_lines_ = log_suppressed_ = 0;
 }

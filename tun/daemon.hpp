@@ -17,6 +17,7 @@
 
 #include <pcap/pcap.h>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -119,6 +120,7 @@ class Daemon : public stack::IoLoop {
   uint64_t generation_ = 0;
   uint64_t started_ms_;
   uint64_t log_second_ms_ = 0, log_lines_ = 0, log_suppressed_ = 0;
+  std::array<uint64_t, 2> logged_evictions_{};  // engine evictions (table full, no port) logged
   vpm::Config file_config_;  // the file's last good rules (without the draining apps)
   bool stopping_ = false;    // draining for SIGTERM: no reload
   uint64_t drained_check_ms_ = 0;

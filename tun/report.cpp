@@ -92,6 +92,13 @@ struct Counter {
   uint64_t value;
 };
 
+// Half-open TCP, unanswered UDP, waiting for a port (vpm::unconfirmed).
+uint64_t unconfirmed_flows(const vpm::FlowTable& flows) {
+  uint64_t n = 0;
+  flows.for_each([&](const vpm::Flow& f, const vpm::FlowStats&) { n += vpm::unconfirmed(f); });
+  return n;
+}
+
 std::vector<Counter> counters_of(const Daemon& d) {
   const auto& e = d.engine().counters();
   const auto& s = d.stack().counters();
@@ -111,6 +118,9 @@ std::vector<Counter> counters_of(const Daemon& d) {
       {"engine", "flows_created", e.flows_created},
       {"engine", "flows_ended", e.flows_ended},
       {"engine", "port_waits", e.port_waits},
+      {"engine", "unconfirmed_flows", unconfirmed_flows(d.engine().flows())},
+      {"engine", "evicted_table_full", e.evicted_table_full},
+      {"engine", "evicted_no_port", e.evicted_no_port},
       {"stack", "packets_in", s.packets_in},
       {"stack", "packets_out", s.packets_out},
       {"stack", "input_errors", s.input_errors},

@@ -217,11 +217,15 @@ void parse_vpm(Checker& c, const toml::table& t, VpmConfig& vpm) {
 }
 
 void parse_timeouts(Checker& c, const toml::table& t, Timeouts& to) {
-  c.only_keys(t, "timeouts", {"tcp_established", "tcp_transitory", "tcp_closed", "udp"});
+  c.only_keys(t, "timeouts",
+              {"tcp_established", "tcp_transitory", "tcp_closed", "tcp_handshake", "udp",
+               "udp_unreplied"});
   c.duration(t, "tcp_established", "timeouts.tcp_established", to.tcp_established_ms);
   c.duration(t, "tcp_transitory", "timeouts.tcp_transitory", to.tcp_transitory_ms);
   c.duration(t, "tcp_closed", "timeouts.tcp_closed", to.tcp_closed_ms);
+  c.duration(t, "tcp_handshake", "timeouts.tcp_handshake", to.tcp_handshake_ms);
   c.duration(t, "udp", "timeouts.udp", to.udp_ms);
+  c.duration(t, "udp_unreplied", "timeouts.udp_unreplied", to.udp_unreplied_ms);
 }
 
 // Strings of an array-valued key, each with its node for messages.

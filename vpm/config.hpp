@@ -40,11 +40,18 @@ struct VpmConfig {
 // Idle timeouts in milliseconds. Defaults are the RFC 5382 (TCP) and
 // RFC 4787 (UDP) recommendations; tcp_closed is our own linger after both
 // FINs or a RST, long enough for the last ACK and retransmitted FINs.
+// tcp_handshake and udp_unreplied are for flows anyone can make with a
+// spoofed source (see vpm::unconfirmed): a handshake not completed, a UDP
+// flow never answered (conntrack's 30 s). A client still trying resets the
+// clock with each retransmission.
 struct Timeouts {
   uint64_t tcp_established_ms = (2 * 3600 + 4 * 60) * 1000ull;
   uint64_t tcp_transitory_ms = 4 * 60 * 1000ull;
   uint64_t tcp_closed_ms = 10 * 1000ull;
+  uint64_t tcp_handshake_ms = 10 * 1000ull;
   uint64_t udp_ms = 5 * 60 * 1000ull;
+  uint64_t udp_unreplied_ms = 30 * 1000ull;
+  bool operator==(const Timeouts&) const = default;
 };
 
 struct ListenSpec {

@@ -292,26 +292,30 @@ Engine::Mapping Engine::flow_p2(const FlowKey& key, const Listen& l, bool inboun
     if (per_connection_ && !inbound) return {0, drop(Drop::no_flow), nullptr};
     if (per_connection_ && key.proto == ipproto::tcp && !new_syn)
       return {0, refuse(Drop::no_flow), nullptr};
-    f = flows_.insert(key);
-    if (!f) return {0, refuse(Drop::table_full), nullptr};
+    auto listen = static_cast<uint16_t>(&l - rules_.listens().data());
+    std::optional<uint16_t> port = per_connection_ ? port_for(key, listen) : l.p2_of_app[app];
+    f = insert_flow(key);
+    if (!f) {
+      if (per_connection_ && port) pools_[listen].release(*port);
+      return {0, refuse(Drop::table_full), nullptr};
+    }
     ++counters_.flows_created;
     ++app_counters_[app].flows;
     flows_.stats(*f).created_ms = now;
     f->last_ms = now;
-    f->listen = static_cast<uint16_t>(&l - rules_.listens().data());
+    f->listen = listen;
     f->app = app;
     f->state = FlowState::waiting;
-    if (!per_connection_)
-      f->p2 = l.p2_of_app[app];
-    else if (auto port = pools_[f->listen].acquire())
-      f->p2 = *port;
-    else {
+    f->p2 = port.value_or(0);
+    if (f->p2 != 0) {
+      start_flow(*f, flags, inbound);
+    } else {
       ++counters_.port_waits;
       ++app_counters_[app].port_waits;
     }
-    if (f->p2 != 0) start_flow(*f, flags, inbound);
   } else if (f->state == FlowState::waiting) {
-    if (auto port = pools_[f->listen].acquire()) {
+    if (auto port = port_for(key, f->listen)) {
+      f = flows_.find(key);  // an eviction may have moved it
       f->p2 = *port;
       start_flow(*f, flags, inbound);
     }
@@ -327,8 +331,34 @@ Engine::Mapping Engine::flow_p2(const FlowKey& key, const Listen& l, bool inboun
   return {f->p2, kTranslated, f};
 }
 
+// A new slot for `key`; when the table is full, the oldest unconfirmed flow
+// near it ends first. nullptr if the table is full of confirmed flows.
+Flow* Engine::insert_flow(const FlowKey& key) {
+  if (Flow* f = flows_.insert(key)) return f;
+  Flow* victim = flows_.oldest_near(key, unconfirmed);
+  if (!victim) return nullptr;
+  ++counters_.evicted_table_full;
+  end_flow(*victim);
+  return flows_.insert(key);
+}
+
+// A hidden port of `listen` for a new connection (per-connection
+// allocation): the lowest free one, or failing that the one held by the
+// oldest unconfirmed flow near `key` of the same listen, which ends.
+// Pointers into the flow table may move.
+std::optional<uint16_t> Engine::port_for(const FlowKey& key, uint16_t listen) {
+  if (auto port = pools_[listen].acquire()) return port;
+  Flow* victim = flows_.oldest_near(key, [&](const Flow& f) {
+    return f.listen == listen && f.p2 != 0 && f.state != FlowState::waiting && unconfirmed(f);
+  });
+  if (!victim) return std::nullopt;
+  ++counters_.evicted_no_port;
+  end_flow(*victim);
+  return pools_[listen].acquire();
+}
+
 void Engine::start_flow(Flow& f, uint8_t flags, bool inbound) {
-  f.tcp_seen = 0;
+  f.seen = 0;
   if (f.key.proto == ipproto::udp)
     f.state = FlowState::established;
   else if (inbound && (flags & (tcpflag::syn | tcpflag::ack)) == tcpflag::syn)
@@ -343,6 +373,7 @@ void Engine::track(Flow& f, Proto proto, uint8_t flags, bool inbound, size_t byt
   ++st.packets[dir];
   st.bytes[dir] += bytes;
   if (now > f.last_ms) f.last_ms = now;
+  if (proto == Proto::udp && !inbound) f.seen |= flow_seen::seen_out;  // answered
   if (proto != Proto::tcp || f.state == FlowState::waiting) return;
   // The common case: a segment of an established connection changes nothing.
   if (f.state == FlowState::established && !(flags & (tcpflag::syn | tcpflag::fin | tcpflag::rst)))
@@ -351,10 +382,10 @@ void Engine::track(Flow& f, Proto proto, uint8_t flags, bool inbound, size_t byt
     f.state = FlowState::closed;
     return;
   }
-  f.tcp_seen |= inbound ? flow_tcp::seen_in : flow_tcp::seen_out;
-  if (flags & tcpflag::syn) f.tcp_seen |= inbound ? flow_tcp::syn_in : flow_tcp::syn_out;
-  if (flags & tcpflag::fin) f.tcp_seen |= inbound ? flow_tcp::fin_in : flow_tcp::fin_out;
-  bool both_fins = (f.tcp_seen & flow_tcp::fin_in) && (f.tcp_seen & flow_tcp::fin_out);
+  f.seen |= inbound ? flow_seen::seen_in : flow_seen::seen_out;
+  if (flags & tcpflag::syn) f.seen |= inbound ? flow_seen::syn_in : flow_seen::syn_out;
+  if (flags & tcpflag::fin) f.seen |= inbound ? flow_seen::fin_in : flow_seen::fin_out;
+  bool both_fins = (f.seen & flow_seen::fin_in) && (f.seen & flow_seen::fin_out);
   switch (f.state) {
     case FlowState::closed:
       break;
@@ -366,13 +397,13 @@ void Engine::track(Flow& f, Proto proto, uint8_t flags, bool inbound, size_t byt
         f.state = FlowState::established;
       break;
     case FlowState::pickup:
-      if ((f.tcp_seen & flow_tcp::seen_in) && (f.tcp_seen & flow_tcp::seen_out))
+      if ((f.seen & flow_seen::seen_in) && (f.seen & flow_seen::seen_out))
         f.state = FlowState::established;
       break;
     default:
       break;
   }
-  if (f.state != FlowState::closed && (f.tcp_seen & (flow_tcp::fin_in | flow_tcp::fin_out)))
+  if (f.state != FlowState::closed && (f.seen & (flow_seen::fin_in | flow_seen::fin_out)))
     f.state = both_fins ? FlowState::closed : FlowState::fin_wait;
 }
 
@@ -381,14 +412,20 @@ uint64_t Engine::timeout_ms(const Flow& f) const {
     // A waiting client that stopped retransmitting: long enough that one
     // still trying always meets its own entry and gets its refusal.
     case FlowState::waiting:
-      return 2ull * queue_timeout_ms_ + timeouts_.tcp_transitory_ms;
+      return 2ull * queue_timeout_ms_ + timeouts_.tcp_handshake_ms;
     case FlowState::established:
-      return f.key.proto == ipproto::udp ? timeouts_.udp_ms : timeouts_.tcp_established_ms;
+      if (f.key.proto == ipproto::tcp) return timeouts_.tcp_established_ms;
+      return unconfirmed(f) ? timeouts_.udp_unreplied_ms : timeouts_.udp_ms;
+    case FlowState::syn_sent:
+    case FlowState::syn_recv:
+    case FlowState::pickup:
+      return timeouts_.tcp_handshake_ms;
     case FlowState::closed:
       return timeouts_.tcp_closed_ms;
-    default:
-      return timeouts_.tcp_transitory_ms;
+    case FlowState::fin_wait:
+      break;
   }
+  return timeouts_.tcp_transitory_ms;
 }
 
 void Engine::end_flow(Flow& f) {

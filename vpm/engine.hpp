@@ -10,6 +10,13 @@
 // the stack emits.
 //
 // Only ports change, never addresses; checksums are updated incrementally.
+// A flood from spoofed sources must not keep real clients out: flows that
+// nobody has shown to be real (vpm::unconfirmed: half-open TCP, unanswered
+// UDP) idle out after short timeouts of their own, and when the table is
+// full, or no per-connection p2 is free, the oldest such flow near the new
+// one's hash slot is ended to make room (FlowTable::oldest_near). Flows
+// that completed a handshake or got an answer are never evicted.
+//
 // to_stack() is stateful: a client's first packet is classified to an app
 // and given a p2 (per-app: the app's fixed p2; per-connection: the lowest
 // free port of the listen's slice), and the translation is kept in the
@@ -31,6 +38,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -70,6 +78,10 @@ struct Counters {
   uint64_t flows_created = 0;
   uint64_t flows_ended = 0;  // expired or closed, removed from the table
   uint64_t port_waits = 0;   // connections that found no free port at first
+  // Unconfirmed flows (vpm::unconfirmed) ended early to make room for a new
+  // one: the table was at max_flows, or (per-connection) no p2 was free.
+  uint64_t evicted_table_full = 0;
+  uint64_t evicted_no_port = 0;
 };
 
 // Per app (index into Config::apps).
@@ -125,6 +137,8 @@ class Engine {
                   uint64_t now);
   Mapping quoted_p2(const FlowKey& key, const Listen& l);
   Mapping reverse_p1(int vaddr, Proto proto, uint16_t port);
+  Flow* insert_flow(const FlowKey& key);
+  std::optional<uint16_t> port_for(const FlowKey& key, uint16_t listen);
   void start_flow(Flow& f, uint8_t tcp_flags, bool inbound);
   void track(Flow& f, Proto proto, uint8_t tcp_flags, bool inbound, size_t bytes, uint64_t now);
   uint64_t timeout_ms(const Flow& f) const;

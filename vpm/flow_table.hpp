@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "vpm/address.hpp"
+#include "vpm/packet.hpp"
 
 namespace vpm {
 
@@ -59,7 +60,7 @@ struct alignas(64) Flow {
   uint16_t listen = 0;  // index into Ruleset::listens
   uint16_t app = 0;     // index into Config::apps
   FlowState state = FlowState::established;
-  uint8_t tcp_seen = 0;  // flow_tcp bits
+  uint8_t seen = 0;  // flow_seen bits: TCP flags from each side; UDP: seen_out
   uint16_t mss = 0;      // TCP: the MSS the client's SYN announced
 };
 static_assert(sizeof(Flow) == 64);
@@ -72,9 +73,29 @@ struct FlowStats {
   uint64_t bytes[2] = {0, 0};
 };
 
-namespace flow_tcp {
+namespace flow_seen {
 inline constexpr uint8_t syn_in = 1, syn_out = 2, fin_in = 4, fin_out = 8, seen_in = 16,
                          seen_out = 32;
+}
+
+// A flow nobody has shown to be real: a TCP handshake not yet completed (or
+// a connection joined mid-stream and not yet seen both ways), a UDP flow
+// the virtual side never answered, or a connection still waiting for a
+// port. Anyone can make these with spoofed source addresses, so they have
+// short timeouts of their own and are the first evicted when the table is
+// full (as conntrack's early drop evicts unassured entries).
+inline bool unconfirmed(const Flow& f) {
+  switch (f.state) {
+    case FlowState::waiting:
+    case FlowState::syn_sent:
+    case FlowState::syn_recv:
+    case FlowState::pickup:
+      return true;
+    case FlowState::established:
+      return f.key.proto == ipproto::udp && !(f.seen & flow_seen::seen_out);
+    default:
+      return false;
+  }
 }
 
 class FlowTable {
@@ -91,6 +112,14 @@ class FlowTable {
 
   size_t size() const { return size_; }
   uint32_t max_flows() const { return max_flows_; }
+
+  // The oldest flow for which `pred(flow)` holds among the kEvictScan slots
+  // from `near`'s home slot on (a bounded look, like conntrack's early
+  // drop: with the table at most half full that is about 64 flows, at a
+  // place set by the hash, so an attacker cannot aim at it). nullptr if none.
+  static constexpr size_t kEvictScan = 128;
+  template <typename Pred>
+  Flow* oldest_near(const FlowKey& near, Pred pred);
 
   // Visits up to `budget` slots from where the last sweep stopped, erasing the
   // flows for which `expired(flow)` is true (after calling `on_erase(flow)`).
@@ -138,6 +167,18 @@ class FlowTable {
   size_t cursor_ = 0;
   uint32_t max_flows_;
 };
+
+template <typename Pred>
+Flow* FlowTable::oldest_near(const FlowKey& near, Pred pred) {
+  if (flows_.empty()) return nullptr;
+  Flow* oldest = nullptr;
+  size_t i = hash(near) & mask_;
+  for (size_t n = 0; n < kEvictScan && n < flows_.size(); ++n, i = (i + 1) & mask_) {
+    Flow& f = flows_[i];
+    if (f.tag && pred(f) && (!oldest || f.last_ms < oldest->last_ms)) oldest = &f;
+  }
+  return oldest;
+}
 
 template <typename Expired, typename OnErase>
 void FlowTable::sweep(size_t budget, Expired expired, OnErase on_erase) {

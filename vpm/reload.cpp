@@ -137,10 +137,8 @@ Reload merge_reload(const Config& running, const Config& next,
   }
   if (running.vpm.unmatched != next.vpm.unmatched)
     said.push_back("unmatched: " + running.vpm.unmatched + " -> " + next.vpm.unmatched);
-  const Timeouts &ta = running.timeouts, &tb = next.timeouts;
-  if (ta.tcp_established_ms != tb.tcp_established_ms ||
-      ta.tcp_transitory_ms != tb.tcp_transitory_ms || ta.tcp_closed_ms != tb.tcp_closed_ms ||
-      ta.udp_ms != tb.udp_ms || running.vpm.queue_timeout_ms != next.vpm.queue_timeout_ms)
+  if (running.timeouts != next.timeouts ||
+      running.vpm.queue_timeout_ms != next.vpm.queue_timeout_ms)
     said.push_back("new timeouts");
   for (auto& s : said) r.summary += (r.summary.empty() ? "" : "; ") + s;
   if (r.summary.empty()) r.summary = "nothing changed";

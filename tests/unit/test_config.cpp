@@ -55,7 +55,9 @@ max_flows = 1000
 tcp_established = "1h"
 tcp_transitory = "2m"
 tcp_closed = "5s"
+tcp_handshake = "3s"
 udp = "30s"
+udp_unreplied = "10s"
 [[app]]
 name = "blue"
 aid = 101
@@ -83,6 +85,8 @@ user = "vpmtun"
   CHECK(cfg.timeouts.tcp_established_ms == 3600000);
   CHECK(cfg.timeouts.tcp_closed_ms == 5000);
   CHECK(cfg.timeouts.udp_ms == 30000);
+  CHECK(cfg.timeouts.tcp_handshake_ms == 3000);
+  CHECK(cfg.timeouts.udp_unreplied_ms == 10000);
   REQUIRE(cfg.apps.size() == 1);
   auto& a = cfg.apps[0];
   REQUIRE(a.listen.size() == 2);

@@ -261,6 +261,7 @@ TEST_CASE("TCP state and timeouts") {
   cfg.timeouts.tcp_transitory_ms = 1000;
   cfg.timeouts.tcp_established_ms = 5000;
   cfg.timeouts.tcp_closed_ms = 100;
+  cfg.timeouts.tcp_handshake_ms = 1000;
   vpm::Engine e(cfg);
   auto send = [&](const char* src, const char* dst, uint16_t sp, uint16_t dp, uint8_t flags,
                   uint64_t t) {
@@ -294,7 +295,7 @@ TEST_CASE("TCP state and timeouts") {
   CHECK(state() == "syn_sent");
   e.expire(4999, SIZE_MAX);
   CHECK(e.flows().size() == 1);
-  e.expire(5000, SIZE_MAX);  // half-open: transitory timeout
+  e.expire(5000, SIZE_MAX);  // half-open: handshake timeout
   CHECK(e.flows().size() == 0);
 
   send("198.51.100.5", "192.0.2.10", 40002, 9000, 0x02, 6000);
@@ -325,9 +326,18 @@ serve = "echo"
     auto r = e.to_stack(p, t);
     return std::make_pair(r, get16(p, 22));
   };
+  auto answer = [&](uint16_t p2, uint16_t sport, uint64_t t) {  // the stack's SYN-ACK
+    Bytes p = build({"192.0.2.10", "198.51.100.5", 6, p2, sport, 0x12});
+    return e.to_tun(p, t);
+  };
   CHECK(syn(1001, 0).second == 20000);
   CHECK(syn(1002, 0).second == 20001);
   CHECK(syn(1001, 1).second == 20000);  // same flow keeps its port
+  // Both complete their handshakes: they can no longer be evicted.
+  for (auto [sport, p2] : {std::pair<uint16_t, uint16_t>{1001, 20000}, {1002, 20001}}) {
+    answer(p2, sport, 2);
+    syn(sport, 3, 0x10);
+  }
   auto [r3, port3] = syn(1003, 10);
   CHECK(r3.reason == Drop::port_wait);
   CHECK(port3 == 9000);  // untouched while waiting
@@ -345,6 +355,8 @@ serve = "echo"
   auto [r4, port4] = syn(1003, 1000);
   CHECK(r4.verdict == Verdict::translated);
   CHECK(port4 == 20000);
+  answer(20000, 1003, 1001);
+  syn(1003, 1002, 0x10);
   // Nothing frees now: a new client waits, then is refused after queue_timeout_ms.
   CHECK(syn(1004, 1100).first.reason == Drop::port_wait);
   CHECK(syn(1004, 2000).first.reason == Drop::port_wait);
@@ -352,22 +364,86 @@ serve = "echo"
   CHECK(r5.verdict == Verdict::refused);
   CHECK(r5.reason == Drop::port_wait_timeout);
   CHECK(e.counters().by_reason[static_cast<size_t>(Drop::port_wait_timeout)] == 1);
+  CHECK(e.counters().evicted_no_port == 0);
 }
 
-TEST_CASE("a full flow table refuses new flows and counts them") {
+TEST_CASE("per-connection allocation: a half-open flow gives up its port to a newcomer") {
+  auto cfg = config(R"(
+[vpm]
+port_range = "20000-20001"
+allocation = "per-connection"
+[[app]]
+name = "a"
+aid = 1
+listen = ["192.0.2.10:9000"]
+clients = ["0.0.0.0/0"]
+serve = "echo"
+)");
+  vpm::Engine e(cfg);
+  auto syn = [&](const char* client, uint64_t t) {
+    Bytes p = build({client, "192.0.2.10", 6, 1000, 9000, 0x02});
+    auto r = e.to_stack(p, t);
+    return std::make_pair(r.verdict, get16(p, 22));
+  };
+  // Two spoofed SYNs take both ports and never complete; a real client still gets one,
+  // the oldest half-open flow's.
+  CHECK(syn("203.0.113.1", 0).second == 20000);
+  CHECK(syn("203.0.113.2", 1).second == 20001);
+  auto [verdict, port] = syn("198.51.100.5", 2);
+  CHECK(verdict == Verdict::translated);
+  CHECK(port == 20000);
+  CHECK(e.counters().evicted_no_port == 1);
+  CHECK(e.counters().port_waits == 0);
+  CHECK(e.flows().size() == 2);
+}
+
+TEST_CASE("a full flow table evicts unconfirmed flows first, then refuses and counts") {
   auto cfg = config(kDemo);
   cfg.vpm.max_flows = 2;
   vpm::Engine e(cfg);
-  for (uint16_t port : {1000, 1001, 1002}) {
-    Bytes p = build({"198.51.100.5", "192.0.2.10", 6, port, 9000, 0x02});
-    auto r = e.to_stack(p, 0);
-    if (port < 1002)
-      CHECK(r.verdict == Verdict::translated);
-    else
-      CHECK(r.reason == Drop::table_full);
+  auto send = [&](const char* src, const char* dst, uint8_t proto, uint16_t sp, uint16_t dp,
+                  uint8_t flags, uint64_t t) {
+    Bytes p = build({src, dst, proto, sp, dp, flags, {1}});
+    return e.to_stack(p, t);
+  };
+  auto p2_of = [&](uint16_t sport) {
+    uint16_t p2 = 0;
+    e.flows().for_each([&](const vpm::Flow& f, const vpm::FlowStats&) {
+      if (f.key.client_port == sport) p2 = f.p2;
+    });
+    return p2;
+  };
+  struct Step {
+    const char* what;
+    uint8_t proto;
+    uint16_t sport;
+    uint8_t flags;
+    bool answered;  // the virtual side answers (SYN-ACK, then the client's ACK; a UDP reply)
+    Verdict verdict;
+    uint64_t evicted;
+  } steps[] = {
+      {"a half-open connection", 6, 1000, 0x02, false, Verdict::translated, 0},
+      {"an unanswered UDP flow", 17, 1001, 0, false, Verdict::translated, 0},
+      {"a new SYN evicts the older of them (the SYN's)", 6, 1002, 0x02, true, Verdict::translated,
+       1},
+      {"a new datagram evicts the UDP flow", 17, 1003, 0, true, Verdict::translated, 2},
+      {"with both flows confirmed, the next is refused", 6, 1004, 0x02, false, Verdict::refused,
+       2},
+  };
+  uint64_t t = 0;
+  for (const auto& s : steps) {
+    INFO(s.what);
+    auto r = send("198.51.100.5", "192.0.2.10", s.proto, s.sport, 9000, s.flags, ++t);
+    CHECK(r.verdict == s.verdict);
+    CHECK(e.counters().evicted_table_full == s.evicted);
+    if (!s.answered) continue;
+    uint16_t p2 = p2_of(s.sport);
+    Bytes reply = build({"192.0.2.10", "198.51.100.5", s.proto, p2, s.sport, 0x12, {1}});
+    CHECK(e.to_tun(reply, ++t).verdict == Verdict::translated);
+    if (s.proto == 6) send("198.51.100.5", "192.0.2.10", 6, s.sport, 9000, 0x10, ++t);
   }
-  CHECK(e.counters().refused == 1);
-  CHECK(e.counters().flows_created == 2);
+  CHECK(e.counters().by_reason[static_cast<size_t>(Drop::table_full)] == 1);
+  CHECK(e.counters().flows_created == 4);
 }
 
 TEST_CASE("malformed packets are counted drops") {
