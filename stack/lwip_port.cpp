@@ -15,6 +15,11 @@ uint64_t& lwip_assert_count() {
   return count;
 }
 
+IsnSource& tcp_isn_source() {
+  static IsnSource source;
+  return source;
+}
+
 }  // namespace stack
 
 extern "C" {
@@ -28,6 +33,12 @@ u32_t sys_now(void) {
 unsigned int vpmtun_lwip_rand(void) {
   static std::mt19937 rng{std::random_device{}()};
   return static_cast<unsigned int>(rng());
+}
+
+u32_t vpmtun_tcp_isn(const ip_addr_t* local_ip, u16_t local_port, const ip_addr_t* remote_ip,
+                     u16_t remote_port) {
+  auto& source = stack::tcp_isn_source();
+  return source ? source(local_ip, local_port, remote_ip, remote_port) : vpmtun_lwip_rand();
 }
 
 void vpmtun_lwip_assert(const char* message, const char* file, int line) {

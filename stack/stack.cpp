@@ -15,6 +15,8 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <optional>
+#include <random>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -32,6 +34,7 @@
 #include "stack_internal.hpp"
 #include "vpm/packet.hpp"
 #include "vpm/refusal.hpp"
+#include "vpm/syn_cookie.hpp"
 
 namespace stack {
 
@@ -40,7 +43,12 @@ namespace {
 enum class Service { echo, discard, http_info, forward };
 
 constexpr uint64_t kBackendConnectMs = 3000;  // then a held SYN is refused
-constexpr uint64_t kHandshakeMs = 30000;      // then a backend the client never reached is closed
+constexpr uint64_t kHandshakeMs = 20000;      // lwIP's SYN_RCVD timeout: then a held backend is closed
+// Handshakes lwIP holds (or whose backend is being connected) at most;
+// beyond, SYNs are answered with cookies (vpm/syn_cookie.hpp). lwIP looks
+// up every segment in a list that holds these, so the bound keeps a flood
+// from slowing every connection, and a spoofed SYN costs no backend connect.
+constexpr size_t kMaxHalfOpen = 256;
 constexpr size_t kMaxTimeWait = 1024;         // lwIP searches TIME_WAIT pcbs linearly
 constexpr size_t kRelayChunk = 65536;
 
@@ -147,7 +155,12 @@ struct Held {
   int sock = -1;             // forward: the backend connection
   uint16_t app = 0;
   uint64_t started_ms = 0;
+  std::vector<uint8_t> ack;  // a cookie handshake: the client's ACK, which follows `syn`
 };
+
+vpm::TcpTuple tcp_tuple(const vpm::PacketView& v) {
+  return {v.src(), v.dst(), v.src_port(), v.dst_port()};
+}
 
 // A forward UDP session: one connected socket per client address:port.
 struct UdpSession {
@@ -178,9 +191,31 @@ struct Stack::Impl {
   std::map<std::tuple<vpm::IpAddr, uint16_t, vpm::Proto>, Endpoint*> by_port;
   std::unordered_set<Conn*> conns;
   std::vector<uint8_t> out;
+  vpm::SynCookies cookies;
+  uint64_t last_cookie_ms = 0;      // when a SYN was last answered with a cookie
+  std::optional<uint32_t> next_isn;  // the ISN lwIP takes for the SYN being delivered
+  bool silent = false;               // drop what lwIP sends (its SYN-ACK of a cookie handshake)
 
   Impl(const vpm::Ruleset& r, PacketSink s)
-      : rules(r), sink(std::move(s)), apps(r.config().apps.size()) {}
+      : rules(r), sink(std::move(s)), apps(r.config().apps.size()), cookies(random_key()) {}
+
+  static vpm::SipKey random_key() {
+    std::random_device rd;
+    auto word = [&] { return uint64_t{rd()} << 32 | rd(); };
+    return {word(), word()};
+  }
+
+  // RFC 6528, or the cookie a handshake completed with (lwIP's TCP_ISN hook).
+  uint32_t isn(const ip_addr_t* local, uint16_t local_port, const ip_addr_t* remote,
+               uint16_t remote_port) {
+    if (next_isn) return *std::exchange(next_isn, std::nullopt);
+    using namespace std::chrono;
+    auto us = duration_cast<microseconds>(steady_clock::now().time_since_epoch()).count();
+    return cookies.isn({from_lwip(remote), from_lwip(local), remote_port, local_port},
+                       static_cast<uint64_t>(us));
+  }
+
+  size_t half_open() const { return connecting.size() + admitted.size(); }
 
   Service service_of(uint16_t app) const {
     const auto& a = rules.config().apps[app];
@@ -216,6 +251,7 @@ struct Stack::Impl {
   }
 
   err_t emit(pbuf* p) {
+    if (silent) return ERR_OK;
     out.resize(p->tot_len);
     pbuf_copy_partial(p, out.data(), p->tot_len, 0);
     ++counters.packets_out;
@@ -355,9 +391,10 @@ struct Stack::Impl {
   }
 
   // A SYN for a forward app: connect to its backend first; lwIP sees the
-  // SYN once the backend has accepted.
-  void hold_syn(const vpm::PacketView& v, const Tuple& key, uint16_t app) {
-    std::vector<uint8_t> copy(v.bytes.begin(), v.bytes.end());
+  // SYN (and, for a cookie handshake, the client's ACK) once the backend
+  // has accepted.
+  void hold_syn(std::vector<uint8_t> syn, std::vector<uint8_t> ack, const Tuple& key,
+                uint16_t app) {
     const vpm::Endpoint& backend = *rules.config().apps[app].forward;
     sockaddr_storage ss;
     socklen_t len = vpm::to_sockaddr(backend, ss);
@@ -365,10 +402,10 @@ struct Stack::Impl {
     if (fd < 0 ||
         (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0 && errno != EINPROGRESS)) {
       if (fd >= 0) ::close(fd);
-      refuse(copy, app);
+      refuse(Held{std::move(syn), -1, app, 0, std::move(ack)});
       return;
     }
-    connecting[key] = Held{copy, fd, app, now_ms()};
+    connecting[key] = Held{std::move(syn), fd, app, now_ms(), std::move(ack)};
     io->watch(fd, EPOLLOUT, [this, key](uint32_t) { backend_answered(key); });
   }
 
@@ -383,23 +420,27 @@ struct Stack::Impl {
     ::getsockopt(c.sock, SOL_SOCKET, SO_ERROR, &err, &len);
     if (err != 0) {
       ::close(c.sock);
-      refuse(c.syn, c.app);
+      refuse(c);
       return;
     }
     apps[c.app].backend_up = 1;
     c.started_ms = now_ms();
-    std::vector<uint8_t> syn = std::move(c.syn);
+    std::vector<uint8_t> syn = std::move(c.syn), ack = std::move(c.ack);
     admitted[key] = std::move(c);
-    deliver(syn);  // now lwIP may complete the handshake
+    if (ack.empty())
+      deliver(syn);  // now lwIP may complete the handshake
+    else
+      complete_handshake(syn, ack);
   }
 
   // Tells the client of a held SYN that its app's backend will not answer.
-  void refuse(const std::vector<uint8_t>& syn, uint16_t app) {
+  // A client past a cookie handshake is reset through its ACK's numbers.
+  void refuse(const Held& held) {
     ++counters.backend_connect_failures;
-    ++apps[app].backend_failures;
-    apps[app].backend_up = 0;
+    ++apps[held.app].backend_failures;
+    apps[held.app].backend_up = 0;
     std::vector<uint8_t> rst;
-    if (vpm::build_refusal(syn, rst)) {
+    if (vpm::build_refusal(held.ack.empty() ? held.syn : held.ack, rst)) {
       ++counters.packets_out;
       sink({rst.data(), rst.size()});
     }
@@ -460,11 +501,13 @@ struct Stack::Impl {
   }
 
   // One packet in. A new SYN is given its app here, and held while a
-  // forward app's backend is connected; everything else goes to lwIP.
+  // forward app's backend is connected, or answered with a cookie when
+  // too many handshakes are pending; everything else goes to lwIP.
   void arrive(std::span<uint8_t> packet, uint16_t flow_app, bool verified) {
     vpm::PacketView v;
     if (vpm::parse_packet(packet, v) == vpm::Drop::none && v.has_l4) {
-      bool syn = v.proto == vpm::ipproto::tcp && (v.l4_ptr()[13] & 0x12) == 0x02;
+      uint8_t flags = v.proto == vpm::ipproto::tcp ? v.l4_ptr()[13] : 0;
+      bool syn = (flags & 0x12) == 0x02;
       bool udp = v.proto == vpm::ipproto::udp;
       if (syn) reuse_time_wait(v);
       Endpoint* ep = syn || (udp && per_connection)
@@ -474,14 +517,73 @@ struct Stack::Impl {
         Tuple key = make_tuple(v.src(), v.src_port(), v.dst(), v.dst_port());
         if (connecting.count(key)) return;  // its backend is still connecting
         if (!admitted.count(key)) {         // else a retransmission: lwIP knows it
+          if (half_open() >= kMaxHalfOpen) return answer_with_cookie(v);
           uint16_t app = take_turn(ep);
           if (app == vpm::kNoApp) return;
-          if (service_of(app) == Service::forward) return hold_syn(v, key, app);
-          admitted[key] = Held{{}, -1, app, now_ms()};
+          std::vector<uint8_t> copy(packet.begin(), packet.end());
+          if (service_of(app) == Service::forward) return hold_syn(std::move(copy), {}, key, app);
+          admitted[key] = Held{{}, -1, app, now_ms(), {}};
         }
+      } else if ((flags & 0x16) == 0x10 && last_cookie_ms && cookie_ack(v, packet, flow_app)) {
+        return;
       }
     }
     deliver(packet, verified);
+  }
+
+  // Too many handshakes pending: answer the SYN ourselves, keeping nothing.
+  void answer_with_cookie(const vpm::PacketView& v) {
+    uint64_t now = now_ms();
+    uint32_t cookie = cookies.make(tcp_tuple(v), vpm::announced_mss(v), now);
+    uint16_t mss = static_cast<uint16_t>(std::min<uint32_t>(TCP_MSS, mtu - (v.v6 ? 60u : 40u)));
+    std::vector<uint8_t> synack;
+    if (!vpm::build_syn_ack(v.bytes, cookie, mss, synack)) return;
+    last_cookie_ms = now;
+    ++counters.syn_cookies_sent;
+    ++counters.packets_out;
+    sink({synack.data(), synack.size()});
+  }
+
+  // An ACK that may complete a cookie handshake: if it acknowledges our
+  // cookie, lwIP gets the SYN the client sent, then this ACK. False if it
+  // is no cookie of ours (then it is lwIP's to answer).
+  bool cookie_ack(const vpm::PacketView& v, std::span<uint8_t> packet, uint16_t flow_app) {
+    uint64_t now = now_ms();
+    if (now - last_cookie_ms > 128000) {  // no cookie out there is still good
+      last_cookie_ms = 0;
+      return false;
+    }
+    auto mss = cookies.check(tcp_tuple(v), vpm::load32(v.l4_ptr() + 8) - 1, now);
+    if (!mss) return false;
+    Endpoint* ep = endpoint_for(v, vpm::Proto::tcp, flow_app);
+    std::vector<uint8_t> syn;
+    uint16_t app = ep && ep->listener ? take_turn(ep) : vpm::kNoApp;
+    if (app == vpm::kNoApp || !vpm::build_opening_syn(packet, *mss, syn)) return false;
+    ++counters.syn_cookies_accepted;
+    ++apps[app].syn_cookies;
+    Tuple key = make_tuple(v.src(), v.src_port(), v.dst(), v.dst_port());
+    std::vector<uint8_t> ack(packet.begin(), packet.end());
+    if (service_of(app) == Service::forward) {
+      hold_syn(std::move(syn), std::move(ack), key, app);
+    } else {
+      admitted[key] = Held{{}, -1, app, now, {}};
+      complete_handshake(syn, ack);
+    }
+    return true;
+  }
+
+  // lwIP takes the client's SYN with the cookie as its own ISN (its
+  // SYN-ACK, which the client has already, is not sent), then the ACK.
+  void complete_handshake(std::span<const uint8_t> syn, std::span<const uint8_t> ack) {
+    vpm::PacketView v;
+    std::vector<uint8_t> copy(ack.begin(), ack.end());
+    if (vpm::parse_packet(copy, v) != vpm::Drop::none) return;
+    next_isn = vpm::load32(v.l4_ptr() + 8) - 1;
+    silent = true;
+    deliver(syn, true);
+    silent = false;
+    next_isn.reset();
+    deliver(ack, true);
   }
 
   // Packets enter through the default netif, whose flags say what lwIP checks.
@@ -861,7 +963,7 @@ void Stack::Impl::expire(uint64_t now) {
     if (now - c.started_ms < kBackendConnectMs) return false;
     io->unwatch(c.sock);
     ::close(c.sock);
-    refuse(c.syn, c.app);  // the backend never answered
+    refuse(c);  // the backend never answered
     return true;
   });
   // A handshake the client never completed (and its backend connection).
@@ -883,6 +985,10 @@ void Stack::Impl::expire(uint64_t now) {
 Stack::Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink, IoLoop* io)
     : impl_(std::make_unique<Impl>(rules, std::move(sink))) {
   impl_->io = io;
+  tcp_isn_source() = [s = impl_.get()](const ip_addr_t* local, uint16_t local_port,
+                                       const ip_addr_t* remote, uint16_t remote_port) {
+    return s->isn(local, local_port, remote, remote_port);
+  };
   static bool initialised = false;
   if (!initialised) {
     lwip_init();
@@ -917,6 +1023,7 @@ Stack::~Stack() {
     if (ep->udp) udp_remove(ep->udp);
   }
   for (auto& [addr, nif] : impl_->netifs) netif_remove(nif.get());
+  tcp_isn_source() = nullptr;
 }
 
 void Stack::input(std::span<uint8_t> packet, uint16_t app, bool verified) {
@@ -991,6 +1098,8 @@ void Stack::stop_accepting() {
     ep->listener = nullptr;
   }
 }
+
+size_t Stack::half_open() const { return impl_->half_open(); }
 
 size_t Stack::open_connections() const { return impl_->conns.size() + impl_->connecting.size(); }
 

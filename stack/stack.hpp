@@ -67,6 +67,8 @@ struct StackCounters {
   uint64_t backend_connect_failures = 0;
   uint64_t udp_sessions_expired = 0;
   uint64_t udp_send_errors = 0;  // a datagram lwIP would not send
+  uint64_t syn_cookies_sent = 0;      // SYNs answered with a cookie (too many handshakes pending)
+  uint64_t syn_cookies_accepted = 0;  // ACKs that completed a cookie handshake
 };
 
 // Per app (index into Config::apps).
@@ -75,6 +77,7 @@ struct AppStackCounters {
   uint64_t backend_failures = 0;  // forward: backend refused or silent
   int backend_up = -1;  // forward: the last connect succeeded (1), failed (0), none yet (-1)
   uint64_t open = 0;    // TCP connections open now
+  uint64_t syn_cookies = 0;  // connections that came through a cookie handshake
 };
 
 class Stack {
@@ -118,6 +121,8 @@ class Stack {
   void stop_accepting();
   // TCP connections open or being connected to their backend.
   size_t open_connections() const;
+  // Handshakes pending: lwIP's, and SYNs held while their backend connects.
+  size_t half_open() const;
 
   const StackCounters& counters() const;
   const std::vector<AppStackCounters>& app_counters() const;

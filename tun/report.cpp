@@ -128,6 +128,9 @@ std::vector<Counter> counters_of(const Daemon& d) {
       {"stack", "tcp_accepted", s.tcp_accepted},
       {"stack", "tcp_closed", s.tcp_closed},
       {"stack", "tcp_open", d.stack().open_connections()},
+      {"stack", "tcp_half_open", d.stack().half_open()},
+      {"stack", "syn_cookies_sent", s.syn_cookies_sent},
+      {"stack", "syn_cookies_accepted", s.syn_cookies_accepted},
       {"stack", "udp_datagrams", s.udp_datagrams},
       {"stack", "udp_sessions_expired", s.udp_sessions_expired},
       {"stack", "udp_send_errors", s.udp_send_errors},
@@ -276,6 +279,7 @@ std::string render_apps(const Daemon& d, bool json) {
           .field("tcp_accepted", stack_apps[a].accepted)
           .field("tcp_open", stack_apps[a].open)
           .field("backend_failures", stack_apps[a].backend_failures)
+          .field("syn_cookies", stack_apps[a].syn_cookies)
           .field("port_waits", engine_apps[a].port_waits)
           .field("refused", engine_apps[a].refused)
           .close('}');
@@ -294,6 +298,10 @@ std::string render_apps(const Daemon& d, bool json) {
           "  flows    {} active, {} total; tcp {} open, {} accepted; {} port waits, {} refused\n",
           active[a], engine_apps[a].flows, stack_apps[a].open, stack_apps[a].accepted,
           engine_apps[a].port_waits, engine_apps[a].refused);
+      if (stack_apps[a].syn_cookies)
+        text += fmt::format(
+            "  handshakes past the bound of pending ones: {} completed with SYN cookies\n",
+            stack_apps[a].syn_cookies);
     }
   }
   return json ? j.close(']').take() : text;
@@ -363,6 +371,9 @@ std::string render_metrics(const Daemon& d) {
           [&](size_t a) { return ea[a].flows; });
   per_app("vpmtun_app_tcp_open", "gauge", "TCP connections open per app",
           [&](size_t a) { return sa[a].open; });
+  per_app("vpmtun_app_syn_cookies_total", "counter",
+          "Connections per app that completed a SYN cookie handshake (too many were pending)",
+          [&](size_t a) { return sa[a].syn_cookies; });
   per_app("vpmtun_app_backend_failures_total", "counter", "Backend connects that failed per app",
           [&](size_t a) { return sa[a].backend_failures; });
   family("vpmtun_uptime_seconds", "gauge", "Seconds since the daemon started");

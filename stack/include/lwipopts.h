@@ -111,7 +111,11 @@
 #define LWIP_STATS 0
 #define LWIP_DEBUG 0
 
-/* Random numbers for ISNs and ports come from the port file. */
+/* Initial sequence numbers: RFC 6528, or a SYN cookie (vpmtun_hooks.h). */
+#define LWIP_HOOK_FILENAME "vpmtun_hooks.h"
+#define LWIP_HOOK_TCP_ISN vpmtun_tcp_isn
+
+/* Random numbers for ports come from the port file. */
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -115,6 +115,38 @@ TEST_CASE("a TCP client reaches its app's http-info through engine and lwIP") {
   CHECK(dp.stack.counters().lwip_asserts == 0);
 }
 
+// Issue 8: a SYN flood filled lwIP's backlog and every real client was
+// refused. Past kMaxHalfOpen pending handshakes, SYNs get cookies.
+TEST_CASE("a SYN flood: past 256 pending handshakes, a real client completes one with a cookie") {
+  DataPath dp(config(kConfig));
+  for (uint16_t i = 0; i < 300; ++i) {  // spoofed: nobody will ever answer the SYN-ACKs
+    Spec syn{fmt::format("203.0.113.{}", i % 250), "192.0.2.10", 6,
+             static_cast<uint16_t>(1024 + i), 9000, 0x02};
+    dp.from_client(build(syn));
+  }
+  CHECK(dp.stack.half_open() == 256);
+  CHECK(dp.stack.counters().syn_cookies_sent == 300 - 256);
+  dp.take();
+  for (bool v6 : {false, true}) {
+    INFO((v6 ? "IPv6" : "IPv4"));
+    std::string client = v6 ? "2001:db8:1::5" : "198.51.100.5";
+    std::string reply = http_get(dp, client, v6 ? "2001:db8::10" : "192.0.2.10", 40000);
+    CHECK(reply.find("\"app\":\"blue\"") != std::string::npos);
+  }
+  CHECK(dp.stack.counters().syn_cookies_accepted == 2);
+  CHECK(dp.stack.app_counters()[0].syn_cookies == 2);
+  CHECK(dp.stack.half_open() == 256);  // the real clients' handshakes left nothing behind
+  // An ACK that guesses a cookie is not taken: lwIP answers it with a RST.
+  Spec guess{"198.51.100.9", "192.0.2.10", 6, 40001, 9000, 0x10};
+  guess.ack = 0x12345678;
+  dp.from_client(build(guess));
+  auto out = dp.take();
+  REQUIRE(out.size() == 1);
+  CHECK((out[0][l4_of(out[0]) + 13] & 0x04) != 0);
+  CHECK(dp.stack.counters().syn_cookies_accepted == 2);
+  CHECK(dp.stack.counters().lwip_asserts == 0);
+}
+
 TEST_CASE("per-connection allocation: each connection its own p2, served by its client's app") {
   DataPath dp(config(std::string("[vpm]\nallocation = \"per-connection\"\n") + kConfig));
   std::string first = http_get(dp, "198.51.100.5", "192.0.2.10", 40000);

@@ -1,0 +1,19 @@
+/* lwIP hooks of vpmtun's embedded stack (LWIP_HOOK_FILENAME). */
+#ifndef VPMTUN_HOOKS_H
+#define VPMTUN_HOOKS_H
+
+#include "lwip/arch.h"
+#include "lwip/ip_addr.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+/* Initial sequence numbers (LWIP_HOOK_TCP_ISN): RFC 6528, or the SYN
+ * cookie a handshake completed with (stack/stack.cpp). */
+u32_t vpmtun_tcp_isn(const ip_addr_t* local_ip, u16_t local_port, const ip_addr_t* remote_ip,
+                     u16_t remote_port);
+#ifdef __cplusplus
+}
+#endif
+
+#endif
