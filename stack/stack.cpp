@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <string_view>
 #include <optional>
 #include <random>
 #include <set>
@@ -68,6 +69,12 @@ Tuple make_tuple(const vpm::IpAddr& client, uint16_t cport, const vpm::IpAddr& v
   vpm::store16(t.data() + 34, p2);
   return t;
 }
+
+struct TupleHash {
+  size_t operator()(const Tuple& t) const {
+    return std::hash<std::string_view>{}({reinterpret_cast<const char*>(t.data()), t.size()});
+  }
+};
 
 vpm::IpAddr from_lwip(const ip_addr_t* addr) {
   return IP_IS_V6(addr) ? vpm::IpAddr::v6(reinterpret_cast<const uint8_t*>(ip_2_ip6(addr)->addr))
@@ -131,6 +138,7 @@ struct Endpoint {
 // One accepted TCP connection.
 struct Conn {
   Stack::Impl* stack = nullptr;
+  Tuple key;
   uint16_t p1 = 0, p2 = 0;
   uint16_t app = 0;
   Service service = Service::discard;
@@ -190,6 +198,7 @@ struct Stack::Impl {
   std::vector<std::unique_ptr<Endpoint>> endpoints;
   std::map<std::tuple<vpm::IpAddr, uint16_t, vpm::Proto>, Endpoint*> by_port;
   std::unordered_set<Conn*> conns;
+  std::unordered_set<Tuple, TupleHash> open_tuples;  // the keys of conns
   std::vector<uint8_t> out;
   vpm::SynCookies cookies;
   uint64_t last_cookie_ms = 0;      // when a SYN was last answered with a cookie
@@ -267,6 +276,7 @@ struct Stack::Impl {
       ::close(c->sock);
     }
     conns.erase(c);
+    open_tuples.erase(c->key);
     --apps[c->app].open;
     ++counters.tcp_closed;
     delete c;
@@ -524,7 +534,7 @@ struct Stack::Impl {
           if (service_of(app) == Service::forward) return hold_syn(std::move(copy), {}, key, app);
           admitted[key] = Held{{}, -1, app, now_ms(), {}};
         }
-      } else if ((flags & 0x16) == 0x10 && last_cookie_ms && cookie_ack(v, packet, flow_app)) {
+      } else if (v.proto == vpm::ipproto::tcp && last_cookie_ms && cookie_segment(v, packet, flow_app)) {
         return;
       }
     }
@@ -544,15 +554,22 @@ struct Stack::Impl {
     sink({synack.data(), synack.size()});
   }
 
-  // An ACK that may complete a cookie handshake: if it acknowledges our
-  // cookie, lwIP gets the SYN the client sent, then this ACK. False if it
-  // is no cookie of ours (then it is lwIP's to answer).
-  bool cookie_ack(const vpm::PacketView& v, std::span<uint8_t> packet, uint16_t flow_app) {
+  // A TCP segment while cookies are out. An ACK that acknowledges one of
+  // them completes its handshake: lwIP gets the SYN the client sent, then
+  // this ACK. What follows it while a forward app's backend is connected
+  // is dropped (the client sends it again). False for the segments that
+  // are lwIP's to take (or answer with a RST).
+  bool cookie_segment(const vpm::PacketView& v, std::span<uint8_t> packet, uint16_t flow_app) {
     uint64_t now = now_ms();
     if (now - last_cookie_ms > 128000) {  // no cookie out there is still good
       last_cookie_ms = 0;
       return false;
     }
+    Tuple key = make_tuple(v.src(), v.src_port(), v.dst(), v.dst_port());
+    if (connecting.count(key)) return true;
+    // Later segments of a connection a cookie opened still acknowledge it.
+    if ((v.l4_ptr()[13] & 0x16) != 0x10 || open_tuples.count(key) || admitted.count(key))
+      return false;
     auto mss = cookies.check(tcp_tuple(v), vpm::load32(v.l4_ptr() + 8) - 1, now);
     if (!mss) return false;
     Endpoint* ep = endpoint_for(v, vpm::Proto::tcp, flow_app);
@@ -561,7 +578,6 @@ struct Stack::Impl {
     if (app == vpm::kNoApp || !vpm::build_opening_syn(packet, *mss, syn)) return false;
     ++counters.syn_cookies_accepted;
     ++apps[app].syn_cookies;
-    Tuple key = make_tuple(v.src(), v.src_port(), v.dst(), v.dst_port());
     std::vector<uint8_t> ack(packet.begin(), packet.end());
     if (service_of(app) == Service::forward) {
       hold_syn(std::move(syn), std::move(ack), key, app);
@@ -742,7 +758,9 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
   const auto& app = s->rules.config().apps[c->app];
   if (app.proxy_protocol_v2)
     c->preamble = proxy_v2(true, from_lwip(&pcb->remote_ip), pcb->remote_port, ep->vaddr, ep->p1);
+  c->key = key;
   s->conns.insert(c);
+  s->open_tuples.insert(key);
   ++s->counters.tcp_accepted;
   ++s->apps[c->app].accepted;
   ++s->apps[c->app].open;
@@ -860,7 +878,7 @@ Endpoint* Stack::Impl::bind(const vpm::IpAddr& vaddr, uint16_t p1, uint16_t p2, 
       tcp_close(pcb);
       return nullptr;
     }
-    ep->listener = tcp_listen_with_backlog(pcb, TCP_DEFAULT_LISTEN_BACKLOG);
+    ep->listener = tcp_listen(pcb);
     if (!ep->listener) {
       tcp_close(pcb);  // lwIP keeps the unlistened pcb when it fails
       return nullptr;

@@ -115,9 +115,9 @@ class FlowTable {
 
   // The oldest flow for which `pred(flow)` holds among the kEvictScan slots
   // from `near`'s home slot on (a bounded look, like conntrack's early
-  // drop: with the table at most half full that is about 64 flows, at a
+  // drop: with the table at most half full that is about 32 flows, at a
   // place set by the hash, so an attacker cannot aim at it). nullptr if none.
-  static constexpr size_t kEvictScan = 128;
+  static constexpr size_t kEvictScan = 64;
   template <typename Pred>
   Flow* oldest_near(const FlowKey& near, Pred pred);
 

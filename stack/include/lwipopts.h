@@ -75,7 +75,10 @@
 /* Tell senders which segments arrived past a loss (RFC 2018), so they
  * resend only the holes. */
 #define LWIP_TCP_SACK_OUT 1
-#define TCP_LISTEN_BACKLOG 1
+/* No backlog per listener: a listener that a flood filled would drop the
+ * SYN of a handshake that a cookie has just proved. The stack bounds the
+ * handshakes lwIP holds itself (kMaxHalfOpen in stack.cpp). */
+#define TCP_LISTEN_BACKLOG 0
 /* lwIP's TCP timers tick every 50 ms (the daemon polls as often): delayed
  * ACKs wait at most that long, and retransmission timeouts are counted in
  * 100 ms ticks instead of the default 500, which on a lossy path is the
@@ -89,7 +92,6 @@
  * accept): a reload may bind a p2 again while connections of its last
  * endpoint are still in TIME_WAIT (or closing); lwIP refuses that without it. */
 #define SO_REUSE 1
-#define TCP_DEFAULT_LISTEN_BACKLOG 255
 #define LWIP_TCP_KEEPALIVE 1
 
 /* Checksums: computed and verified in software (the engine keeps them valid). */

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Hostile traffic against the daemon, with a real client kept in view.
+#
+#   c1  10.200.1.5  (the attacker) ---- v1 -+
+#                                           d: vpmtun run, TUN vpm0 10.99.0.1/24, fd00:99::1/64
+#   c2  10.200.2.5  (a real client) --- v2 -+  backends on 127.0.0.1 (a counting one for forward)
+#
+# Scenes (all by default; name some to run only those):
+#   flood     hping3 -S --flood --rand-source at an http-info app and a forward
+#             app whose rules claim every source, FLOOD_SECONDS (default 6).
+#             The real client must be served during the flood and at once
+#             after it; spoofed SYNs must cost no backend connect beyond the
+#             bound of pending handshakes; memory stays bounded.
+#
+# Every namespace is made here and deleted on exit. Without root: exit 77.
+# KEEP=1 keeps the work directory in /tmp/vpmh-keep.
+set -euo pipefail
+vpmtun="$(realpath "$1")"
+shift
+scenes="${*:-flood}"
+source "$(dirname "$0")/common.sh"
+skip_unless_netns hostile
+d="vpmh$$-d" c1="vpmh$$-c1" c2="vpmh$$-c2"
+work="$(mktemp -d)"
+daemon_pid=""
+cleanup() {
+  [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  for n in "$d" "$c1" "$c2"; do ip netns pids "$n" 2>/dev/null | xargs -r kill 2>/dev/null; done
+  for n in "$d" "$c1" "$c2"; do ip netns del "$n" 2>/dev/null || true; done
+  if [ -n "${KEEP:-}" ]; then rm -rf /tmp/vpmh-keep; mv "$work" /tmp/vpmh-keep; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+router_with_clients "$d" "$c1" "$c2"
+# Spoofed sources arrive on v1: no reverse-path filter may drop them first.
+in_ns "$d" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.v1.rp_filter=0
+
+cat >"$work/vpm.toml" <<TOML
+[vpm]
+control_socket = "$work/vpm.sock"
+[tun]
+name = "vpm0"
+address = "10.99.0.1/24"
+address6 = "fd00:99::1/64"
+[[app]]
+name = "open"
+aid = 1
+listen = ["10.99.0.10:9000", "[fd00:99::10]:9000"]
+clients = ["0.0.0.0/0", "::/0"]
+serve = "http-info"
+[[app]]
+name = "relay"
+aid = 2
+listen = ["10.99.0.10:8000"]
+clients = ["0.0.0.0/0"]
+forward = "127.0.0.1:19000"
+[[app]]
+name = "echo"
+aid = 3
+listen = ["10.99.0.10:7", "[fd00:99::10]:7"]
+clients = ["0.0.0.0/0", "::/0"]
+serve = "echo"
+TOML
+# The forward backend counts the connections it accepts.
+cat >"$work/backend.py" <<'PY'
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 19000))
+s.listen(4096)
+n = 0
+while True:
+    c, _ = s.accept()
+    n += 1
+    open(sys.argv[1], "w").write(str(n))
+    c.sendall(b"backend\n")
+    c.close()
+PY
+in_ns "$d" /usr/bin/python3 "$work/backend.py" "$work/backend.count" >/dev/null 2>&1 &
+start_vpmtun "$d" "$work/daemon.log" "$work/vpm.toml"
+sock="$work/vpm.sock"
+stat_of() { "$vpmtun" stats -s "$sock" --json | /usr/bin/python3 -c "import json,sys; s=json.load(sys.stdin); print(s['$1']['$2'])"; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$daemon_pid/status"; }
+
+# One request from the real client: http-info on :9000, or the forward on :8000.
+request() {
+  if [ "$1" = 8000 ]; then
+    in_ns "$c2" timeout 5 socat -t 3 - TCP:10.99.0.10:8000 </dev/null 2>/dev/null | grep -q '^backend'
+  else
+    in_ns "$c2" curl -s -m 5 http://10.99.0.10:9000/ | grep -q '"app":"open"'
+  fi
+}
+
+scene_flood() {
+  local secs="${FLOOD_SECONDS:-6}" ok=0 bad=0 after_ok=0 port i k flooders=() workers=()
+  local rss0; rss0=$(rss_kb)
+  for port in 9000 8000; do
+    in_ns "$c1" timeout "$secs" hping3 -q -S --flood --rand-source -p "$port" 10.99.0.10 >/dev/null 2>&1 &
+    flooders+=($!)
+  done
+  sleep 0.5
+  # Four real clients ask in turn while the flood lasts.
+  for k in 1 2 3 4; do
+    (i=$k; while kill -0 "${flooders[0]}" 2>/dev/null; do
+       if request $((i++ % 2 ? 8000 : 9000)); then echo ok; else echo bad; fi
+     done >"$work/during.$k") &
+    workers+=($!)
+  done
+  wait "${flooders[@]}" "${workers[@]}" 2>/dev/null || true
+  ok=$(cat "$work"/during.* | grep -c ok) bad=$(cat "$work"/during.* | grep -c bad || true)
+  for i in $(seq 20); do request $((i % 2 ? 8000 : 9000)) && after_ok=$((after_ok + 1)); done
+  local sent accepted evicted backend rss
+  sent=$(stat_of stack syn_cookies_sent) accepted=$(stat_of stack syn_cookies_accepted)
+  evicted=$(stat_of engine evicted_table_full) backend=$(cat "$work/backend.count" 2>/dev/null || echo 0)
+  rss=$(rss_kb)
+  echo "     flood: $(stat_of tun packets_in) packets in; $sent SYNs answered with cookies, $accepted completed; $evicted unconfirmed flows evicted"
+  echo "     real client: $ok of $((ok + bad)) requests served during the flood, $after_ok of 20 right after"
+  echo "     forward backend accepted $backend connections; daemon RSS ${rss0} -> ${rss} KiB"
+  echo "flood real_during=$ok/$((ok + bad)) real_after=$after_ok/20 packets=$(stat_of tun packets_in) backend=$backend rss_kb=$rss" >>"$work/figures"
+  # During: a request may lose its SYN to the TUN's full queue and time out; most get through.
+  [ "$ok" -ge $(((ok + bad) * 3 / 4)) ] && [ "$after_ok" -eq 20 ] && [ "$sent" -gt 1000 ] &&
+    [ "$accepted" -ge 1 ] && [ "$backend" -le $((256 + ok + after_ok + 16)) ] &&
+    [ "$rss" -lt $((rss0 + 200 * 1024)) ]
+}
+
+for scene in $scenes; do
+  check "$scene" "scene_$scene"
+done
+check "no lwIP assertion, the daemon still up" bash -c "kill -0 $daemon_pid && ! grep -q 'lwIP assertion' '$work/daemon.log'"
+[ -f "$work/figures" ] && sed 's/^/figures: /' "$work/figures"
+[ "$fail" -eq 0 ] || { echo "--- daemon log"; tail -20 "$work/daemon.log"; }
+echo "hostile: $fail failed"
+[ "$fail" -eq 0 ]
