@@ -84,6 +84,7 @@ class Daemon : public stack::IoLoop {
   const vpm::Engine& engine() const { return engine_; }
   const stack::Stack& stack() const { return *stack_; }
   const DaemonCounters& counters() const { return counters_; }
+  const PacketDevice& device() const { return device_; }
 
   // stack::IoLoop: backend sockets join the epoll set.
   void watch(int fd, uint32_t epoll_events, std::function<void(uint32_t)> ready) override;

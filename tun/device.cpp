@@ -13,6 +13,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 #include "vpm/checksum.hpp"
@@ -98,6 +100,15 @@ TunDevice::TunDevice(const vpm::TunConfig& cfg) : mtu_(cfg.mtu), name_(cfg.name)
   }
   name_ = ifr.ifr_name;
   vnet_ = cfg.offload;
+  ifreq qlen = named(name_);
+  qlen.ifr_qlen = static_cast<int>(cfg.txqueuelen);
+  IoctlSocket s(AF_INET);
+  if (::ioctl(s.fd, SIOCSIFTXQLEN, &qlen) < 0) {
+    auto e = sys_error("TUN " + name_ + ": setting txqueuelen " + std::to_string(cfg.txqueuelen));
+    ::close(fd_);
+    fd_ = -1;
+    throw e;
+  }
   if (vnet_ &&
       ::ioctl(fd_, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN) < 0) {
     auto e = sys_error("TUN " + name_ + ": enabling offloads (set [tun] offload = false)");
@@ -118,6 +129,25 @@ TunDevice::TunDevice(const vpm::TunConfig& cfg) : mtu_(cfg.mtu), name_(cfg.name)
 
 TunDevice::~TunDevice() {
   if (fd_ >= 0) ::close(fd_);
+}
+
+// The kernel's count of packets it could not queue for us: the transmit
+// drops of the device in /proc/self/net/dev, which shows our namespace.
+uint64_t TunDevice::queue_drops() const {
+  std::ifstream dev("/proc/self/net/dev");
+  std::string line;
+  while (std::getline(dev, line)) {
+    size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    size_t start = line.find_first_not_of(' ');
+    if (line.compare(start, colon - start, name_) != 0) continue;
+    std::istringstream fields(line.substr(colon + 1));
+    uint64_t v = 0;
+    for (int i = 0; i < 12 && fields >> v; ++i) {
+    }
+    return v;  // the 12th number: transmit drops
+  }
+  return 0;
 }
 
 namespace {

@@ -35,6 +35,8 @@ class PacketDevice {
   virtual int fd() const = 0;  // for epoll; -1 for the fake
   virtual uint32_t mtu() const = 0;
   virtual bool segments() const = 0;  // TCP segmentation offload (see write())
+  // Packets the kernel dropped because its queue to us was full.
+  virtual uint64_t queue_drops() const { return 0; }
 };
 
 // A TUN interface owned by this process. With configure = true it sets the
@@ -60,6 +62,7 @@ class TunDevice : public PacketDevice {
   int fd() const override { return fd_; }
   uint32_t mtu() const override { return mtu_; }
   bool segments() const override { return vnet_; }
+  uint64_t queue_drops() const override;
   const std::string& name() const { return name_; }
 
  private:

@@ -108,6 +108,7 @@ std::vector<Counter> counters_of(const Daemon& d) {
       {"tun", "packets_out", e.packets[vpm::to_tun_side]},
       {"tun", "bytes_out", e.bytes[vpm::to_tun_side]},
       {"tun", "write_errors", d.counters().device_write_errors},
+      {"tun", "queue_drops", d.device().queue_drops()},
       {"engine", "translated", e.translated},
       {"engine", "passed", e.passed},
       {"engine", "dropped", e.dropped},

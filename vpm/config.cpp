@@ -157,7 +157,8 @@ std::optional<Prefix> prefix_key(Checker& c, const toml::table& t, std::string_v
 }
 
 void parse_tun(Checker& c, const toml::table& t, TunConfig& tun) {
-  c.only_keys(t, "tun", {"name", "mtu", "address", "address6", "configure", "offload"});
+  c.only_keys(t, "tun",
+              {"name", "mtu", "address", "address6", "configure", "offload", "txqueuelen"});
   if (auto s = c.string(t, "name", "tun.name")) {
     if (s->empty() || s->size() > 15 || s->find('/') != std::string::npos)
       c.fail(t.get("name"), "tun.name",
@@ -177,6 +178,8 @@ void parse_tun(Checker& c, const toml::table& t, TunConfig& tun) {
     c.fail(t.get("mtu"), "tun.mtu", "IPv6 needs an MTU of at least 1280");
   if (auto b = c.boolean(t, "configure", "tun.configure")) tun.configure = *b;
   if (auto b = c.boolean(t, "offload", "tun.offload")) tun.offload = *b;
+  if (auto v = c.integer(t, "txqueuelen", "tun.txqueuelen", 1, 1 << 20))
+    tun.txqueuelen = static_cast<uint32_t>(*v);
 }
 
 void parse_vpm(Checker& c, const toml::table& t, VpmConfig& vpm) {

@@ -25,6 +25,10 @@ struct TunConfig {
   std::optional<Prefix> address6;
   bool configure = true;
   bool offload = true;  // TSO and checksum offload with the kernel (virtio-net headers)
+  // Packets the kernel may queue for us to read. Its default (500-1000) is
+  // sized for a NIC that drains at line rate; a userspace reader can be
+  // busy for milliseconds, and a burst of 19,000 connections overflowed it.
+  uint32_t txqueuelen = 40000;
 };
 
 struct VpmConfig {

@@ -116,6 +116,9 @@
 /* Initial sequence numbers: RFC 6528, or a SYN cookie (vpmtun_hooks.h). */
 #define LWIP_HOOK_FILENAME "vpmtun_hooks.h"
 #define LWIP_HOOK_TCP_ISN vpmtun_tcp_isn
+#define LWIP_HOOK_TCP_ACTIVE_ADDED vpmtun_tcp_active_added
+#define LWIP_HOOK_TCP_ACTIVE_UNLINK vpmtun_tcp_active_unlink
+#define LWIP_HOOK_TCP_ACTIVE_FIND vpmtun_tcp_active_find
 
 /* Random numbers for ports come from the port file. */
 #ifdef __cplusplus

@@ -12,6 +12,15 @@ extern "C" {
  * cookie a handshake completed with (stack/stack.cpp). */
 u32_t vpmtun_tcp_isn(const ip_addr_t* local_ip, u16_t local_port, const ip_addr_t* remote_ip,
                      u16_t remote_port);
+
+/* The index of active TCP pcbs (stack/pcb_index.cpp; lwIP patched by
+ * stack/patches/0001-tcp-active-pcb-index.patch): O(1) lookup of a
+ * segment's pcb and O(1) unlinking, where lwIP walks its list. */
+struct tcp_pcb;
+void vpmtun_tcp_active_added(struct tcp_pcb* pcb);
+void vpmtun_tcp_active_unlink(struct tcp_pcb* pcb);
+struct tcp_pcb* vpmtun_tcp_active_find(const ip_addr_t* remote_ip, u16_t remote_port,
+                                       const ip_addr_t* local_ip, u16_t local_port);
 #ifdef __cplusplus
 }
 #endif

@@ -11,13 +11,17 @@
 #             The real client must be served during the flood and at once
 #             after it; spoofed SYNs must cost no backend connect beyond the
 #             bound of pending handshakes; memory stays bounded.
+#   burst     BURST (default 19000) TCP connections opened at once to echo,
+#             one byte echoed on each: every byte back within 5 s, no packet
+#             dropped at the TUN (stats queue_drops and the kernel agree), and
+#             the daemon's memory per open connection measured.
 #
 # Every namespace is made here and deleted on exit. Without root: exit 77.
 # KEEP=1 keeps the work directory in /tmp/vpmh-keep.
 set -euo pipefail
 vpmtun="$(realpath "$1")"
 shift
-scenes="${*:-flood}"
+scenes="${*:-flood burst}"
 source "$(dirname "$0")/common.sh"
 skip_unless_netns hostile
 d="vpmh$$-d" c1="vpmh$$-c1" c2="vpmh$$-c2"
@@ -120,6 +124,25 @@ scene_flood() {
   [ "$ok" -ge $(((ok + bad) * 3 / 4)) ] && [ "$after_ok" -eq 20 ] && [ "$sent" -gt 1000 ] &&
     [ "$accepted" -ge 1 ] && [ "$backend" -le $((256 + ok + after_ok + 16)) ] &&
     [ "$rss" -lt $((rss0 + 200 * 1024)) ]
+}
+
+scene_burst() {
+  local n="${BURST:-19000}" rss0 rss out rc=0 drops kernel_drops
+  in_ns "$c2" sysctl -qw net.ipv4.ip_local_port_range="10000 65000"
+  rss0=$(rss_kb)
+  drops=$(stat_of tun queue_drops)
+  in_ns "$c2" /usr/bin/python3 "$(dirname "$0")/burst.py" 10.99.0.10 7 "$n" 5 4 >"$work/burst.out" &
+  local client=$!
+  for _ in $(seq 100); do grep -q holding "$work/burst.out" 2>/dev/null && break; sleep 0.1; done
+  rss=$(rss_kb)
+  local open; open=$(stat_of stack tcp_open)
+  wait "$client" || rc=$?
+  drops=$(($(stat_of tun queue_drops) - drops))
+  kernel_drops=$(ip -n "$d" -s link show vpm0 | awk '/TX:/ {getline; print $4}')
+  echo "     $(head -1 "$work/burst.out")"
+  echo "     TUN queue drops: $drops (kernel: $kernel_drops in all); daemon RSS ${rss0} -> ${rss} KiB with $open connections open: $(((rss - rss0) * 1024 / (open > 0 ? open : 1))) bytes each"
+  echo "burst $(head -1 "$work/burst.out" | cut -d' ' -f2-) queue_drops=$drops rss_per_conn_bytes=$(((rss - rss0) * 1024 / (open > 0 ? open : 1)))" >>"$work/figures"
+  [ "$rc" -eq 0 ] && [ "$drops" -eq 0 ] && [ "$open" -ge $((n * 9 / 10)) ]
 }
 
 for scene in $scenes; do
