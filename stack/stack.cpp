@@ -32,6 +32,7 @@
 #include "lwip/tcp.h"
 #include "lwip/timeouts.h"
 #include "lwip/udp.h"
+#include "stack/stack_memory.hpp"
 #include "stack_internal.hpp"
 #include "vpm/packet.hpp"
 #include "vpm/refusal.hpp"
@@ -52,6 +53,16 @@ constexpr uint64_t kHandshakeMs = 20000;      // lwIP's SYN_RCVD timeout: then a
 constexpr size_t kMaxHalfOpen = 256;
 constexpr size_t kMaxTimeWait = 1024;         // lwIP searches TIME_WAIT pcbs linearly
 constexpr size_t kRelayChunk = 65536;
+// Under memory pressure a connection holding this much the endpoint has not
+// passed on takes no more data (stack_memory.hpp).
+constexpr size_t kPressedPending = 64 * 1024;
+
+// What an endpoint may queue to send on `pcb` now: lwIP's free send
+// buffer, less under memory pressure (stack_memory.hpp).
+size_t send_room(const tcp_pcb* pcb) {
+  size_t room = tcp_sndbuf(pcb);
+  return send_allowance(TCP_SND_BUF - std::min<size_t>(room, TCP_SND_BUF), room);
+}
 
 uint64_t now_ms() {
   using namespace std::chrono;
@@ -144,6 +155,7 @@ struct Conn {
   Service service = Service::discard;
   tcp_pcb* pcb = nullptr;
   pbuf* pending = nullptr;  // echo: read, not yet queued back; forward: not yet sent to the backend
+  size_t pending_bytes = 0;
   std::string request;      // http-info
   bool fin_seen = false;
   bool answered = false;
@@ -320,8 +332,7 @@ struct Stack::Impl {
         abort(c);  // backend gone: the client gets a RST
         return false;
       }
-      tcp_recved(c->pcb, static_cast<u16_t>(n));
-      c->pending = pbuf_free_header(c->pending, static_cast<u16_t>(n));
+      consumed(c, static_cast<u16_t>(n));
     }
     bool blocked = !c->preamble.empty() || c->pending;
     if (!blocked && c->fin_seen) ::shutdown(c->sock, SHUT_WR);
@@ -335,15 +346,15 @@ struct Stack::Impl {
     for (;;) {
       if (!c->from_backend.empty()) {
         u16_t n = static_cast<u16_t>(
-            std::min<size_t>({c->from_backend.size(), tcp_sndbuf(c->pcb), 0xffff}));
+            std::min<size_t>({c->from_backend.size(), send_room(c->pcb), 0xffff}));
         if (n == 0 || tcp_write(c->pcb, c->from_backend.data(), n, TCP_WRITE_FLAG_COPY) != ERR_OK)
           break;
         c->from_backend.erase(0, n);
         continue;
       }
-      if (c->backend_fin || tcp_sndbuf(c->pcb) == 0) break;
+      if (c->backend_fin || send_room(c->pcb) == 0) break;
       char buf[kRelayChunk];
-      size_t want = std::min<size_t>(sizeof buf, tcp_sndbuf(c->pcb));
+      size_t want = std::min<size_t>(sizeof buf, send_room(c->pcb));
       ssize_t n = ::recv(c->sock, buf, want, MSG_DONTWAIT);
       if (n > 0) {
         c->from_backend.assign(buf, static_cast<size_t>(n));
@@ -381,7 +392,7 @@ struct Stack::Impl {
   // room (back-pressure towards the backend), output only while blocked.
   void rewatch(Conn* c, bool want_out) {
     uint32_t ev = 0;
-    if (!c->backend_fin && tcp_sndbuf(c->pcb) > 0) ev |= EPOLLIN;
+    if (!c->backend_fin && send_room(c->pcb) > 0) ev |= EPOLLIN;
     if (want_out) ev |= EPOLLOUT;
     if (ev == 0 && c->backend_fin) {
       // Nothing left to read or write: epoll would still report the hang-up,
@@ -623,14 +634,27 @@ struct Stack::Impl {
   void udp_forward(Endpoint* ep, uint16_t app, pbuf* p, const ip_addr_t* addr, u16_t port);
   void expire(uint64_t now);
 
+  // Data from the client that the endpoint has not passed on yet.
+  void hold(Conn* c, pbuf* p) {
+    c->pending_bytes += p->tot_len;
+    if (c->pending)
+      pbuf_cat(c->pending, p);
+    else
+      c->pending = p;
+  }
+  void consumed(Conn* c, u16_t n) {
+    tcp_recved(c->pcb, n);
+    c->pending_bytes -= n;
+    c->pending = pbuf_free_header(c->pending, n);
+  }
+
   // Echo: queue back what was read, as far as the send buffer allows, and
   // acknowledge only that much (the client's window is our back-pressure).
   void pump(Conn* c) {
-    while (c->pending && tcp_sndbuf(c->pcb) > 0) {
-      u16_t n = std::min<u16_t>(c->pending->len, tcp_sndbuf(c->pcb));
+    while (c->pending && send_room(c->pcb) > 0) {
+      auto n = static_cast<u16_t>(std::min<size_t>(c->pending->len, send_room(c->pcb)));
       if (tcp_write(c->pcb, c->pending->payload, n, TCP_WRITE_FLAG_COPY) != ERR_OK) break;
-      tcp_recved(c->pcb, n);
-      c->pending = pbuf_free_header(c->pending, n);
+      consumed(c, n);
     }
     tcp_output(c->pcb);
     if (!c->pending && c->fin_seen && !c->sent_fin) {
@@ -676,18 +700,20 @@ err_t on_tcp_recv(void* arg, tcp_pcb* pcb, pbuf* p, err_t err) {
       s->close(c);
     return ERR_OK;
   }
+  if ((c->service == Service::forward || c->service == Service::echo) && c->pending &&
+      c->pending_bytes >= kPressedPending && stack_memory().pressed()) {
+    // Memory is short and this connection holds enough it has not passed
+    // on: lwIP keeps `p` and offers it again later, taking no more data
+    // from this client meanwhile (its window stays shut).
+    ++s->counters.memory_deferrals;
+    return ERR_MEM;
+  }
   switch (c->service) {
     case Service::forward:
-      if (c->pending)
-        pbuf_cat(c->pending, p);
-      else
-        c->pending = p;
+      s->hold(c, p);
       return s->to_backend(c) ? ERR_OK : ERR_ABRT;
     case Service::echo:
-      if (c->pending)
-        pbuf_cat(c->pending, p);
-      else
-        c->pending = p;
+      s->hold(c, p);
       s->pump(c);
       return ERR_OK;
     case Service::discard:
@@ -1019,6 +1045,7 @@ Stack::Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink, IoLoop* i
       throw std::runtime_error("app '" + app.name + "': forward endpoints need an event loop");
 
   impl_->mtu = static_cast<u16_t>(std::min<uint32_t>(mtu, 65535));
+  stack_memory().limit = size_t{cfg.vpm.stack_memory_mb} << 20;
   impl_->sync_netifs();
   if (auto failed = impl_->sync_endpoints(); !failed.empty()) throw std::runtime_error(failed);
 }
@@ -1091,6 +1118,7 @@ std::string Stack::reload(const std::vector<uint16_t>& app_of) {
   for (size_t i = 0; i < app_of.size() && i < s.apps.size(); ++i)
     if (app_of[i] != vpm::kNoApp) counters[app_of[i]] = s.apps[i];
   s.apps = std::move(counters);
+  stack_memory().limit = size_t{s.rules.config().vpm.stack_memory_mb} << 20;
   s.sync_netifs();
   if (s.per_connection)  // endpoints are lent to the app of the flow holding them
     for (auto& ep : s.endpoints) {

@@ -69,6 +69,7 @@ struct StackCounters {
   uint64_t udp_send_errors = 0;  // a datagram lwIP would not send
   uint64_t syn_cookies_sent = 0;      // SYNs answered with a cookie (too many handshakes pending)
   uint64_t syn_cookies_accepted = 0;  // ACKs that completed a cookie handshake
+  uint64_t memory_deferrals = 0;  // data left with lwIP: memory short, the connection held enough
 };
 
 // Per app (index into Config::apps).

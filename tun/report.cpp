@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "stack/stack_memory.hpp"
 #include "tun/daemon.hpp"
 #include "vpm/flow_table.hpp"
 
@@ -132,6 +133,10 @@ std::vector<Counter> counters_of(const Daemon& d) {
       {"stack", "tcp_half_open", d.stack().half_open()},
       {"stack", "syn_cookies_sent", s.syn_cookies_sent},
       {"stack", "syn_cookies_accepted", s.syn_cookies_accepted},
+      {"stack", "memory_bytes", stack::stack_memory().in_use},
+      {"stack", "memory_limit_bytes", stack::stack_memory().limit},
+      {"stack", "memory_refusals", stack::stack_memory().refused},
+      {"stack", "memory_deferrals", s.memory_deferrals},
       {"stack", "udp_datagrams", s.udp_datagrams},
       {"stack", "udp_sessions_expired", s.udp_sessions_expired},
       {"stack", "udp_send_errors", s.udp_send_errors},

@@ -185,7 +185,8 @@ void parse_tun(Checker& c, const toml::table& t, TunConfig& tun) {
 void parse_vpm(Checker& c, const toml::table& t, VpmConfig& vpm) {
   c.only_keys(
       t, "vpm",
-      {"port_range", "allocation", "queue_timeout_ms", "unmatched", "control_socket", "max_flows"});
+      {"port_range", "allocation", "queue_timeout_ms", "unmatched", "control_socket", "max_flows",
+       "stack_memory_mb"});
   if (auto s = c.string(t, "port_range", "vpm.port_range")) {
     unsigned lo = 0, hi = 0;
     auto dash = s->find('-');
@@ -217,6 +218,8 @@ void parse_vpm(Checker& c, const toml::table& t, VpmConfig& vpm) {
   if (auto s = c.string(t, "control_socket", "vpm.control_socket")) vpm.control_socket = *s;
   if (auto v = c.integer(t, "max_flows", "vpm.max_flows", 1, 1 << 24))
     vpm.max_flows = static_cast<uint32_t>(*v);
+  if (auto v = c.integer(t, "stack_memory_mb", "vpm.stack_memory_mb", 16, 1 << 20))
+    vpm.stack_memory_mb = static_cast<uint32_t>(*v);
 }
 
 void parse_timeouts(Checker& c, const toml::table& t, Timeouts& to) {

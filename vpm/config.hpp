@@ -39,6 +39,7 @@ struct VpmConfig {
   std::string unmatched = "reset";  // or an app name
   std::string control_socket = "/run/vpmtun.sock";
   uint32_t max_flows = 65536;
+  uint32_t stack_memory_mb = 1024;  // what the embedded stack may allocate (stack_memory.hpp)
 };
 
 // Idle timeouts in milliseconds. Defaults are the RFC 5382 (TCP) and

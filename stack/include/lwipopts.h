@@ -45,10 +45,16 @@
 #define LWIP_SINGLE_NETIF 0
 
 /* Memory: the C library's allocator for both heap and pools, so memory
- * follows load; what bounds it is the window and send buffer per connection
- * and the flow table's limit on connections. */
+ * follows load, through a counting wrapper (stack/stack_memory.cpp) that
+ * refuses allocations past [vpm] stack_memory_mb: lwIP then drops what it
+ * cannot store and TCP sends it again. Under pressure the out-of-order
+ * queue of each connection shrinks (TCP_OOSEQ_*_LIMIT below) and the
+ * endpoints queue less to send per connection. */
 #define MEM_LIBC_MALLOC 1
 #define MEMP_MEM_MALLOC 1
+#define mem_clib_malloc vpmtun_mem_malloc
+#define mem_clib_free vpmtun_mem_free
+#define mem_clib_calloc vpmtun_mem_calloc
 #define MEM_ALIGNMENT 8
 #define MEMP_NUM_TCP_PCB 65535
 #define MEMP_NUM_UDP_PCB 4096
@@ -72,6 +78,8 @@
 #define TCP_SNDLOWAT 1024 /* only the socket API uses it; must stay below 0xFFFF - 4 * MSS */
 #define TCP_OVERSIZE TCP_MSS
 #define TCP_QUEUE_OOSEQ 1
+#define TCP_OOSEQ_BYTES_LIMIT(pcb) vpmtun_ooseq_bytes_limit()
+#define TCP_OOSEQ_PBUFS_LIMIT(pcb) vpmtun_ooseq_pbufs_limit()
 /* Tell senders which segments arrived past a loss (RFC 2018), so they
  * resend only the holes. */
 #define LWIP_TCP_SACK_OUT 1
@@ -120,11 +128,18 @@
 #define LWIP_HOOK_TCP_ACTIVE_UNLINK vpmtun_tcp_active_unlink
 #define LWIP_HOOK_TCP_ACTIVE_FIND vpmtun_tcp_active_find
 
-/* Random numbers for ports come from the port file. */
+/* Random numbers for ports come from the port file; memory accounting from
+ * stack/stack_memory.cpp. */
+#include <stddef.h>
 #ifdef __cplusplus
 extern "C" {
 #endif
 unsigned int vpmtun_lwip_rand(void);
+void* vpmtun_mem_malloc(size_t size);
+void* vpmtun_mem_calloc(size_t count, size_t size);
+void vpmtun_mem_free(void* p);
+unsigned int vpmtun_ooseq_bytes_limit(void);
+unsigned short vpmtun_ooseq_pbufs_limit(void);
 #ifdef __cplusplus
 }
 #endif

@@ -11,6 +11,11 @@
 #             The real client must be served during the flood and at once
 #             after it; spoofed SYNs must cost no backend connect beyond the
 #             bound of pending handshakes; memory stays bounded.
+#   memory    [vpm] stack_memory_mb = 128; from c1, 150 connections that each
+#             send 8 MiB to echo and never read, then 100 handshakes each
+#             followed by 3.6 MB of out-of-order data past a hole never
+#             filled (scapy). lwIP's memory stays within the limit, the
+#             daemon's RSS within it plus 64 MiB, and c2 is served throughout.
 #   burst     BURST (default 19000) TCP connections opened at once to echo,
 #             one byte echoed on each: every byte back within 5 s, no packet
 #             dropped at the TUN (stats queue_drops and the kernel agree), and
@@ -21,7 +26,7 @@
 set -euo pipefail
 vpmtun="$(realpath "$1")"
 shift
-scenes="${*:-flood burst}"
+scenes="${*:-flood burst memory}"
 source "$(dirname "$0")/common.sh"
 skip_unless_netns hostile
 d="vpmh$$-d" c1="vpmh$$-c1" c2="vpmh$$-c2"
@@ -41,6 +46,7 @@ in_ns "$d" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_fil
 cat >"$work/vpm.toml" <<TOML
 [vpm]
 control_socket = "$work/vpm.sock"
+stack_memory_mb = ${STACK_MEMORY_MB:-128}
 [tun]
 name = "vpm0"
 address = "10.99.0.1/24"
@@ -143,6 +149,40 @@ scene_burst() {
   echo "     TUN queue drops: $drops (kernel: $kernel_drops in all); daemon RSS ${rss0} -> ${rss} KiB with $open connections open: $(((rss - rss0) * 1024 / (open > 0 ? open : 1))) bytes each"
   echo "burst $(head -1 "$work/burst.out" | cut -d' ' -f2-) queue_drops=$drops rss_per_conn_bytes=$(((rss - rss0) * 1024 / (open > 0 ? open : 1)))" >>"$work/figures"
   [ "$rc" -eq 0 ] && [ "$drops" -eq 0 ] && [ "$open" -ge $((n * 9 / 10)) ]
+}
+
+served() {  # c2 gets http-info, and 2 MB echoed intact
+  head -c 2000000 /dev/urandom >"$work/blob"
+  in_ns "$c2" curl -s -m 10 http://10.99.0.10:9000/ | grep -q '"app":"open"' &&
+    in_ns "$c2" timeout 30 socat -t 20 - TCP:10.99.0.10:7 <"$work/blob" >"$work/echoed" &&
+    cmp -s "$work/blob" "$work/echoed"
+}
+
+scene_memory() {
+  local rss0 rc=0 mem limit rss1 rss2 mem1 mem2 served1=yes served2=yes
+  rss0=$(rss_kb)
+  limit=$(stat_of stack memory_limit_bytes)
+  in_ns "$c1" /usr/bin/python3 "$(dirname "$0")/hostile_client.py" unread 10.99.0.10 7 150 8 8 >"$work/unread.out" 2>&1 &
+  local client=$!
+  for _ in $(seq 300); do grep -q '^unread:' "$work/unread.out" && break; sleep 0.1; done
+  rss1=$(rss_kb) mem1=$(stat_of stack memory_bytes)
+  served || served1=no
+  wait "$client" || rc=1
+  # Raw handshakes: the client's kernel knows nothing of them and must not reset them.
+  in_ns "$c1" nft add table inet hostile
+  in_ns "$c1" nft add chain inet hostile out '{ type filter hook output priority 0; }'
+  in_ns "$c1" nft add rule inet hostile out tcp flags rst drop
+  ip -n "$c1" link set eth0 mtu 65000; ip -n "$d" link set v1 mtu 65000
+  in_ns "$c1" /usr/bin/python3 "$(dirname "$0")/hostile_client.py" ooseq 10.99.0.10 7 100 >"$work/ooseq.out" 2>&1 || rc=1
+  rss2=$(rss_kb) mem2=$(stat_of stack memory_bytes)
+  served || served2=no
+  echo "     $(cat "$work/unread.out"): lwIP memory $((mem1 >> 20)) MiB of $((limit >> 20)); RSS ${rss0} -> ${rss1} KiB; c2 served: $served1"
+  echo "     $(tail -1 "$work/ooseq.out"): lwIP memory $((mem2 >> 20)) MiB; RSS ${rss2} KiB; c2 served: $served2"
+  echo "     refused allocations $(stat_of stack memory_refusals), deferred deliveries $(stat_of stack memory_deferrals)"
+  echo "memory unread_rss_kb=$rss1 ooseq_rss_kb=$rss2 lwip_unread=$mem1 lwip_ooseq=$mem2 limit=$limit" >>"$work/figures"
+  [ "$rc" -eq 0 ] && [ "$served1" = yes ] && [ "$served2" = yes ] &&
+    [ "$mem1" -le "$limit" ] && [ "$mem2" -le "$limit" ] &&
+    [ "$rss1" -lt $((rss0 + (limit >> 10) + 65536)) ] && [ "$rss2" -lt $((rss0 + (limit >> 10) + 65536)) ]
 }
 
 for scene in $scenes; do
