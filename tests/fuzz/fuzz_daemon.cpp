@@ -7,6 +7,8 @@
 // clock moves by `length` ms (timers, expiry, SYN cookie slots). Oracles:
 // nothing crashes or reads out of bounds (ASan/UBSan), lwIP asserts
 // nothing, and every answer to a control request is well formed.
+#include <spdlog/spdlog.h>
+
 #include <cstdint>
 #include <cstdlib>
 #include <span>
@@ -41,7 +43,7 @@ struct World {
   tun::FakeDevice device;
   tun::Daemon daemon;
   uint64_t now = 1'000'000;
-  World() : daemon(config(), device, {}) {}
+  World() : daemon(config(), device, {}) { spdlog::set_level(spdlog::level::off); }
   static const vpm::Config& config() {
     static vpm::Config c = [] {
       auto r = vpm::parse_config(kConfig, "fuzz.toml");
