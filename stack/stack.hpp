@@ -66,7 +66,7 @@ struct StackCounters {
   uint64_t udp_datagrams = 0;
   uint64_t backend_connect_failures = 0;
   uint64_t udp_sessions_expired = 0;
-  uint64_t udp_send_errors = 0;  // a datagram lwIP would not send
+  uint64_t udp_send_errors = 0;       // a datagram lwIP would not send
   uint64_t syn_cookies_sent = 0;      // SYNs answered with a cookie (too many handshakes pending)
   uint64_t syn_cookies_accepted = 0;  // ACKs that completed a cookie handshake
   uint64_t memory_deferrals = 0;  // data left with lwIP: memory short, the connection held enough
@@ -76,8 +76,8 @@ struct StackCounters {
 struct AppStackCounters {
   uint64_t accepted = 0;          // TCP connections accepted
   uint64_t backend_failures = 0;  // forward: backend refused or silent
-  int backend_up = -1;  // forward: the last connect succeeded (1), failed (0), none yet (-1)
-  uint64_t open = 0;    // TCP connections open now
+  int backend_up = -1;       // forward: the last connect succeeded (1), failed (0), none yet (-1)
+  uint64_t open = 0;         // TCP connections open now
   uint64_t syn_cookies = 0;  // connections that came through a cookie handshake
 };
 

@@ -1,0 +1,190 @@
+// The relay to a host socket: forward endpoints, TCP spliced and UDP sessions.
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "stack_impl.hpp"
+
+namespace stack {
+
+// PROXY protocol v2 header: the client as it connected (address, port) to
+// the virtual address and p1 it used.
+std::string proxy_v2(bool tcp, const vpm::IpAddr& client, uint16_t cport, const vpm::IpAddr& vip,
+                     uint16_t p1) {
+  static const char sig[] = "\r\n\r\n\0\r\nQUIT\n";
+  std::string h(sig, 12);
+  bool v4 = client.is_v4();
+  h += static_cast<char>(0x21);  // version 2, PROXY
+  h += static_cast<char>((v4 ? 0x10 : 0x20) | (tcp ? 0x01 : 0x02));
+  uint16_t len = v4 ? 12 : 36;
+  h += static_cast<char>(len >> 8);
+  h += static_cast<char>(len & 0xff);
+  auto addr = [&](const vpm::IpAddr& a) {
+    if (v4)
+      h.append(reinterpret_cast<const char*>(&a.bytes[12]), 4);
+    else
+      h.append(reinterpret_cast<const char*>(a.bytes.data()), 16);
+  };
+  addr(client);
+  addr(vip);
+  for (uint16_t port : {cport, p1}) {
+    h += static_cast<char>(port >> 8);
+    h += static_cast<char>(port & 0xff);
+  }
+  return h;
+}
+
+// Forward, client to backend: send what lwIP delivered, acknowledging
+// (opening the client's window for) only what the socket took. Returns
+// false when it had to abort the connection (lwIP callbacks then return
+// ERR_ABRT, as lwIP requires).
+bool Stack::Impl::to_backend(Conn* c) {
+  while (!c->preamble.empty()) {
+    ssize_t n =
+        ::send(c->sock, c->preamble.data(), c->preamble.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) break;
+    c->preamble.erase(0, static_cast<size_t>(n));
+  }
+  while (c->preamble.empty() && c->pending) {
+    ssize_t n = ::send(c->sock, c->pending->payload, c->pending->len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      abort(c);  // backend gone: the client gets a RST
+      return false;
+    }
+    consumed(c, static_cast<u16_t>(n));
+  }
+  bool blocked = !c->preamble.empty() || c->pending;
+  if (!blocked && c->fin_seen) ::shutdown(c->sock, SHUT_WR);
+  rewatch(c, blocked);
+  return true;
+}
+
+Stack::Impl::Outcome Stack::Impl::from_backend(Conn* c) {
+  for (;;) {
+    if (!c->from_backend.empty()) {
+      u16_t n =
+          static_cast<u16_t>(std::min<size_t>({c->from_backend.size(), send_room(c->pcb), 0xffff}));
+      if (n == 0 || tcp_write(c->pcb, c->from_backend.data(), n, TCP_WRITE_FLAG_COPY) != ERR_OK)
+        break;
+      c->from_backend.erase(0, n);
+      continue;
+    }
+    if (c->backend_fin || send_room(c->pcb) == 0) break;
+    char buf[kRelayChunk];
+    size_t want = std::min<size_t>(sizeof buf, send_room(c->pcb));
+    ssize_t n = ::recv(c->sock, buf, want, MSG_DONTWAIT);
+    if (n > 0) {
+      c->from_backend.assign(buf, static_cast<size_t>(n));
+      continue;
+    }
+    if (n == 0) {
+      c->backend_fin = true;
+      break;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+    abort(c);
+    return Outcome::aborted;
+  }
+  tcp_output(c->pcb);
+  if (c->backend_fin && c->from_backend.empty() && !c->sent_fin) {
+    c->sent_fin = true;
+    tcp_shutdown(c->pcb, 0, 1);  // pass the backend's FIN on
+  }
+  if (c->sent_fin && c->fin_seen && !c->pending && c->sock >= 0) {
+    // Both ways are done with the backend. lwIP may still hold data for
+    // the client: it finishes on its own (LAST_ACK, then on_tcp_err with
+    // ERR_CLSD frees c). tcp_close would stop its inactivity timer from
+    // seeing the client's ACKs and cut a slow client off after 2 MSL.
+    io->unwatch(c->sock);
+    ::close(c->sock);
+    c->sock = -1;
+    return Outcome::alive;
+  }
+  if (c->sock < 0) return Outcome::alive;
+  rewatch(c, !c->preamble.empty() || c->pending);
+  return Outcome::alive;
+}
+
+// Watch the backend for what we can use now: input only while lwIP has
+// room (back-pressure towards the backend), output only while blocked.
+void Stack::Impl::rewatch(Conn* c, bool want_out) {
+  uint32_t ev = 0;
+  if (!c->backend_fin && send_room(c->pcb) > 0) ev |= EPOLLIN;
+  if (want_out) ev |= EPOLLOUT;
+  if (ev == 0 && c->backend_fin) {
+    // Nothing left to read or write: epoll would still report the hang-up,
+    // again and again.
+    io->unwatch(c->sock);
+    return;
+  }
+  io->watch(c->sock, ev, [this, c](uint32_t ready) {
+    if (ready & EPOLLERR) {
+      abort(c);
+      return;
+    }
+    if (ready & EPOLLOUT) to_backend(c);
+    // A hang-up reads as end of stream.
+    if (conns.count(c) && (ready & (EPOLLIN | EPOLLHUP))) from_backend(c);
+  });
+}
+
+void Stack::Impl::udp_forward(Endpoint* ep, uint16_t app, pbuf* p, const ip_addr_t* addr,
+                              u16_t port) {
+  Tuple key = make_tuple(from_lwip(addr), port, ep->vaddr, ep->p2);
+  auto it = udp_sessions.find(key);
+  if (it == udp_sessions.end()) {
+    const auto& a = rules.config().apps[app];
+    sockaddr_storage ss;
+    socklen_t len = vpm::to_sockaddr(*a.forward, ss);
+    int fd = ::socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0) {
+      if (fd >= 0) ::close(fd);
+      ++counters.backend_connect_failures;
+      ++apps[app].backend_failures;
+      apps[app].backend_up = 0;
+      return;
+    }
+    UdpSession sess;
+    sess.sock = fd;
+    sess.client = *addr;
+    sess.client_port = port;
+    sess.ep = ep;
+    it = udp_sessions.emplace(key, sess).first;
+    io->watch(fd, EPOLLIN, [this, key](uint32_t) {
+      auto s = udp_sessions.find(key);
+      if (s == udp_sessions.end()) return;
+      char buf[65536];
+      for (;;) {
+        ssize_t n = ::recv(s->second.sock, buf, sizeof buf, MSG_DONTWAIT);
+        if (n < 0) break;
+        s->second.last_ms = now_ms();
+        pbuf* reply = pbuf_alloc(PBUF_TRANSPORT, static_cast<u16_t>(n), PBUF_RAM);
+        if (!reply) break;
+        pbuf_take(reply, buf, static_cast<u16_t>(n));
+        udp_reply(s->second.ep, reply, &s->second.client, s->second.client_port);
+        pbuf_free(reply);
+      }
+    });
+  }
+  it->second.last_ms = now_ms();
+  std::string data(p->tot_len, '\0');
+  pbuf_copy_partial(p, data.data(), p->tot_len, 0);
+  if (rules.config().apps[app].proxy_protocol_v2)
+    data = proxy_v2(false, from_lwip(addr), port, ep->vaddr, ep->p1) + data;
+  ::send(it->second.sock, data.data(), data.size(), MSG_DONTWAIT);
+}
+
+void Stack::Impl::expire_udp_sessions(uint64_t now) {
+  uint64_t idle = rules.config().timeouts.udp_ms;
+  std::erase_if(udp_sessions, [&](const auto& session) {
+    if (now - session.second.last_ms < idle) return false;
+    io->unwatch(session.second.sock);
+    ::close(session.second.sock);
+    ++counters.udp_sessions_expired;
+    return true;
+  });
+}
+
+}  // namespace stack
