@@ -11,7 +11,12 @@ host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 5.0
 hold = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count + 100)), hard))
+try:  # root may raise the hard limit too
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, count + 100), max(hard, count + 100)))
+except (ValueError, OSError):
+    if hard < count + 100:
+        sys.exit(f"burst: {count} sockets need a file limit of {count + 100}; it is {hard} (ulimit -Hn)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count + 100, hard))
 family = socket.AF_INET6 if ":" in host else socket.AF_INET
 ep = select.epoll()
 socks, started, latency = {}, {}, []

@@ -141,7 +141,7 @@ scene_burst() {
   in_ns "$c2" sysctl -qw net.ipv4.ip_local_port_range="10000 65000"
   rss0=$(rss_kb)
   drops=$(stat_of tun queue_drops)
-  in_ns "$c2" /usr/bin/python3 "$(dirname "$0")/burst.py" 10.99.0.10 7 "$n" 5 4 >"$work/burst.out" &
+  in_ns "$c2" /usr/bin/python3 "$(dirname "$0")/burst.py" 10.99.0.10 7 "$n" 5 4 >"$work/burst.out" 2>&1 &
   local client=$!
   for _ in $(seq 100); do grep -q holding "$work/burst.out" 2>/dev/null && break; sleep 0.1; done
   rss=$(rss_kb)
