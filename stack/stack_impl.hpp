@@ -45,9 +45,10 @@ enum class Service { echo, discard, http_info, forward };
 constexpr uint64_t kBackendConnectMs = 3000;  // then a held SYN is refused
 constexpr uint64_t kHandshakeMs = 20000;  // lwIP's SYN_RCVD timeout: then a held backend is closed
 // Handshakes lwIP holds (or whose backend is being connected) at most;
-// beyond, SYNs are answered with cookies (vpm/syn_cookie.hpp). lwIP looks
-// up every segment in a list that holds these, so the bound keeps a flood
-// from slowing every connection, and a spoofed SYN costs no backend connect.
+// beyond, SYNs are answered with cookies (vpm/syn_cookie.hpp), which cost
+// nothing until the client's ACK proves them. So a flood of spoofed SYNs
+// holds at most this many pcbs (and their SYN-ACK retransmissions) and
+// makes at most this many backend connects at a time.
 constexpr size_t kMaxHalfOpen = 256;
 constexpr size_t kMaxTimeWait = 1024;  // lwIP searches TIME_WAIT pcbs linearly
 constexpr size_t kRelayChunk = 65536;
