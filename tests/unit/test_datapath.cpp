@@ -12,6 +12,7 @@
 
 #include "packets.hpp"
 #include "stack/stack.hpp"
+#include "stack/stack_memory.hpp"
 #include "tun/daemon.hpp"
 #include "vpm/engine.hpp"
 
@@ -263,6 +264,41 @@ TEST_CASE("echo holds back its window instead of buffering without bound") {
   CHECK(sent > 8);  // the window was open to begin with
   CHECK(window == 0);
   CHECK(seq - 5001 <= 8u * 1024 * 1024 + 65535);  // bounded by send buffer + receive window
+}
+
+// Issue 8: memory under clients that never read. With stack_memory_mb at
+// its minimum (16), many such clients fill their windows; the stack must
+// stay within the bound and still answer a newcomer. (Deferring a client's
+// data needs scaled windows: tests/netns/hostile.sh, scene memory.)
+TEST_CASE("clients that never read cannot take the stack past its memory bound") {
+  DataPath dp(config(std::string("[vpm]\nstack_memory_mb = 16\n") + kConfig));
+  const auto& mem = stack::stack_memory();
+  REQUIRE(mem.limit == 16u << 20);
+  // Our SYNs carry no window scale: each client holds at most 64 KiB unread
+  // and 64 KiB queued back, so 100 of them pass half the bound.
+  for (uint16_t port = 42000; port < 42100; ++port) {
+    Spec syn{"203.0.113.5", "192.0.2.10", 6, port, 9000, 0x02};
+    syn.seq = 5000;
+    dp.from_client(build(syn));
+    auto out = dp.take();
+    REQUIRE(out.size() == 1);
+    uint32_t sseq = get32(out[0], 24), seq = 5001;
+    uint16_t window = 0xffff;
+    for (int sent = 0; sent < 1200 && window > 0; ++sent) {
+      Spec d{"203.0.113.5", "192.0.2.10", 6, port, 9000, 0x18, Bytes(8000, 'x')};
+      d.seq = seq;
+      d.ack = sseq + 1;
+      d.payload.resize(std::min<size_t>(8000, window));
+      dp.from_client(build(d));
+      seq += static_cast<uint32_t>(d.payload.size());
+      for (auto& p : dp.take())
+        if (p[33] & 0x10) window = get16(p, 34);
+      CHECK(mem.in_use <= mem.limit);
+    }
+  }
+  CHECK(mem.pressed());  // past half the bound: send queues were held to 64 KiB each
+  std::string reply = http_get(dp, "198.51.100.5", "192.0.2.10", 40000);
+  CHECK(reply.find("\"app\":\"blue\"") != std::string::npos);
 }
 
 TEST_CASE("the daemon's packet plumbing over an in-memory device") {
