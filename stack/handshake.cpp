@@ -1,4 +1,5 @@
 // New connections: SYNs held for a backend, SYN cookies, TIME_WAIT reuse.
+#include <netinet/in.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 

@@ -1,4 +1,6 @@
 // The lwIP netifs of the virtual addresses: packets into lwIP and out of it.
+#include <netinet/in.h>
+
 #include <set>
 
 #include "lwip/pbuf.h"

@@ -1,4 +1,5 @@
 // The relay to a host socket: forward endpoints, TCP spliced and UDP sessions.
+#include <netinet/in.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 

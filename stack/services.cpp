@@ -1,5 +1,6 @@
 // The built-in services (echo, discard, http-info) and the callbacks of accepted connections.
 #include <fmt/core.h>
+#include <netinet/in.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 

@@ -1,5 +1,6 @@
 // The Stack: its public face, and the endpoints bound in lwIP.
 #include <fmt/core.h>
+#include <netinet/in.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
