@@ -122,7 +122,7 @@ TEST_CASE("a SYN flood: past 256 pending handshakes, a real client completes one
   DataPath dp(config(kConfig));
   for (uint16_t i = 0; i < 300; ++i) {  // spoofed: nobody will ever answer the SYN-ACKs
     Spec syn{fmt::format("203.0.113.{}", i % 250), "192.0.2.10", 6,
-             static_cast<uint16_t>(1024 + i), 9000, 0x02};
+             static_cast<uint16_t>(1024 + i),      9000,         0x02};
     dp.from_client(build(syn));
   }
   CHECK(dp.stack.half_open() == 256);
@@ -235,35 +235,49 @@ serve = "http-info"
   CHECK(dp.stack.counters().udp_send_errors == 0);
 }
 
-TEST_CASE("echo holds back its window instead of buffering without bound") {
-  DataPath dp(config(kConfig));
-  Spec syn{"203.0.113.5", "192.0.2.10", 6, 41000, 9000, 0x02};
+// A client of the green echo (203.0.113.5:`port`) that opens a connection,
+// sends 8000-byte segments as far as the advertised window lets it, and
+// never acknowledges what comes back; `after_each` runs after each segment.
+struct NeverReads {
+  int sent = 0;         // segments
+  uint32_t bytes = 0;   // payload sent
+  uint16_t window = 0;  // the last window the stack advertised
+};
+template <typename AfterEach>
+NeverReads send_never_reading(DataPath& dp, uint16_t port, AfterEach after_each) {
+  Spec syn{"203.0.113.5", "192.0.2.10", 6, port, 9000, 0x02};
   syn.seq = 5000;
   dp.from_client(build(syn));
   auto out = dp.take();
   REQUIRE(out.size() == 1);
   uint32_t sseq = get32(out[0], 24);
+  NeverReads r;
+  r.window = 0xffff;
+  for (; r.sent < 1200 && r.window > 0; ++r.sent) {
+    Spec d{"203.0.113.5", "192.0.2.10", 6, port, 9000, 0x18, Bytes(8000, 'x')};
+    d.seq = 5001 + r.bytes;
+    d.ack = sseq + 1;
+    d.payload.resize(std::min<size_t>(8000, r.window));
+    dp.from_client(build(d));
+    r.bytes += static_cast<uint32_t>(d.payload.size());
+    for (auto& p : dp.take())
+      if (p[33] & 0x10) r.window = get16(p, 34);
+    after_each();
+  }
+  return r;
+}
+
+TEST_CASE("echo holds back its window instead of buffering without bound") {
+  DataPath dp(config(kConfig));
   // Send data and never acknowledge what comes back. Echo may queue up to
   // its send buffer (4 MiB); beyond that it stops acknowledging, so the
   // window it advertises (unscaled here: our SYN had no window scale) must
   // fall to zero within another 4 MiB, and stay there.
-  uint32_t seq = 5001;
-  uint16_t window = 0xffff;
-  int sent = 0;
-  for (; sent < 1200 && window > 0; ++sent) {
-    Spec d{"203.0.113.5", "192.0.2.10", 6, 41000, 9000, 0x18, Bytes(8000, 'x')};
-    d.seq = seq;
-    d.ack = sseq + 1;
-    d.payload.resize(std::min<size_t>(8000, window));
-    dp.from_client(build(d));
-    seq += static_cast<uint32_t>(d.payload.size());
-    for (auto& p : dp.take())
-      if (p[33] & 0x10) window = get16(p, 34);
-  }
-  INFO("segments sent: " << sent);
-  CHECK(sent > 8);  // the window was open to begin with
-  CHECK(window == 0);
-  CHECK(seq - 5001 <= 8u * 1024 * 1024 + 65535);  // bounded by send buffer + receive window
+  NeverReads r = send_never_reading(dp, 41000, [] {});
+  INFO("segments sent: " << r.sent);
+  CHECK(r.sent > 8);  // the window was open to begin with
+  CHECK(r.window == 0);
+  CHECK(r.bytes <= 8u * 1024 * 1024 + 65535);  // bounded by send buffer + receive window
 }
 
 // Issue 8: memory under clients that never read. With stack_memory_mb at
@@ -276,26 +290,8 @@ TEST_CASE("clients that never read cannot take the stack past its memory bound")
   REQUIRE(mem.limit == 16u << 20);
   // Our SYNs carry no window scale: each client holds at most 64 KiB unread
   // and 64 KiB queued back, so 100 of them pass half the bound.
-  for (uint16_t port = 42000; port < 42100; ++port) {
-    Spec syn{"203.0.113.5", "192.0.2.10", 6, port, 9000, 0x02};
-    syn.seq = 5000;
-    dp.from_client(build(syn));
-    auto out = dp.take();
-    REQUIRE(out.size() == 1);
-    uint32_t sseq = get32(out[0], 24), seq = 5001;
-    uint16_t window = 0xffff;
-    for (int sent = 0; sent < 1200 && window > 0; ++sent) {
-      Spec d{"203.0.113.5", "192.0.2.10", 6, port, 9000, 0x18, Bytes(8000, 'x')};
-      d.seq = seq;
-      d.ack = sseq + 1;
-      d.payload.resize(std::min<size_t>(8000, window));
-      dp.from_client(build(d));
-      seq += static_cast<uint32_t>(d.payload.size());
-      for (auto& p : dp.take())
-        if (p[33] & 0x10) window = get16(p, 34);
-      CHECK(mem.in_use <= mem.limit);
-    }
-  }
+  for (uint16_t port = 42000; port < 42100; ++port)
+    send_never_reading(dp, port, [&] { CHECK(mem.in_use <= mem.limit); });
   CHECK(mem.pressed());  // past half the bound: send queues were held to 64 KiB each
   std::string reply = http_get(dp, "198.51.100.5", "192.0.2.10", 40000);
   CHECK(reply.find("\"app\":\"blue\"") != std::string::npos);
