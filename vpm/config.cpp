@@ -185,7 +185,7 @@ void parse_tun(Checker& c, const toml::table& t, TunConfig& tun) {
 void parse_vpm(Checker& c, const toml::table& t, VpmConfig& vpm) {
   c.only_keys(
       t, "vpm",
-      {"port_range", "allocation", "queue_timeout_ms", "unmatched", "control_socket", "max_flows",
+      {"port_range", "allocation", "queue_timeout_ms", "unmatched", "control_socket", "app_socket", "max_flows",
        "stack_memory_mb"});
   if (auto s = c.string(t, "port_range", "vpm.port_range")) {
     unsigned lo = 0, hi = 0;
@@ -216,6 +216,7 @@ void parse_vpm(Checker& c, const toml::table& t, VpmConfig& vpm) {
     vpm.queue_timeout_ms = static_cast<uint32_t>(*v);
   if (auto s = c.string(t, "unmatched", "vpm.unmatched")) vpm.unmatched = *s;
   if (auto s = c.string(t, "control_socket", "vpm.control_socket")) vpm.control_socket = *s;
+  if (auto s = c.string(t, "app_socket", "vpm.app_socket")) vpm.app_socket = *s;
   if (auto v = c.integer(t, "max_flows", "vpm.max_flows", 1, 1 << 24))
     vpm.max_flows = static_cast<uint32_t>(*v);
   if (auto v = c.integer(t, "stack_memory_mb", "vpm.stack_memory_mb", 16, 1 << 20))
@@ -257,7 +258,8 @@ std::vector<std::pair<std::string, const toml::node*>> strings(Checker& c, const
 }
 
 void parse_app(Checker& c, const toml::table& t, const std::string& where, AppConfig& app) {
-  c.only_keys(t, where, {"name", "aid", "listen", "clients", "serve", "forward", "proxy_protocol"});
+  c.only_keys(t, where,
+              {"name", "aid", "listen", "clients", "serve", "forward", "proxy_protocol", "users"});
   app.line = static_cast<int>(t.source().begin.line);
   if (auto s = c.string(t, "name", where + ".name")) app.name = *s;
   if (app.name.empty()) c.fail_line(app.line, where + ".name", "every app needs a non-empty name");
@@ -321,9 +323,11 @@ void parse_app(Checker& c, const toml::table& t, const std::string& where, AppCo
   }
 
   if (auto s = c.string(t, "serve", where + ".serve")) {
-    if (*s != "echo" && *s != "discard" && *s != "http-info")
+    if (*s != "echo" && *s != "discard" && *s != "http-info" && *s != "exec")
       c.fail(t.get("serve"), where + ".serve",
-             "'" + *s + "' is not a built-in service (echo, discard, http-info)");
+             "'" + *s +
+                 "' is neither a built-in service (echo, discard, http-info) nor \"exec\" "
+                 "(programs run with `vpmtun exec`)");
     app.serve = *s;
   }
   if (auto s = c.string(t, "forward", where + ".forward")) {
@@ -335,7 +339,7 @@ void parse_app(Checker& c, const toml::table& t, const std::string& where, AppCo
     c.fail(t.get("forward"), where, "set either serve or forward, not both");
   else if (!t.get("serve") && !t.get("forward"))
     c.fail_line(app.line, where,
-                "needs serve = \"echo|discard|http-info\" or forward = \"host:port\"");
+                "needs serve = \"echo|discard|http-info|exec\" or forward = \"host:port\"");
   if (auto s = c.string(t, "proxy_protocol", where + ".proxy_protocol")) {
     if (*s != "v2")
       c.fail(t.get("proxy_protocol"), where + ".proxy_protocol", "only \"v2\" is supported");
@@ -344,6 +348,14 @@ void parse_app(Checker& c, const toml::table& t, const std::string& where, AppCo
              "only applies to a forward endpoint");
     else
       app.proxy_protocol_v2 = true;
+  }
+  for (auto& [user, node] : strings(c, t, "users", where + ".users")) {
+    if (app.serve != "exec")
+      c.fail(node, where + ".users", "only applies to serve = \"exec\"");
+    else if (user.empty())
+      c.fail(node, where + ".users", "a user name or a numeric uid, not an empty string");
+    else
+      app.users.push_back(user);
   }
 }
 
@@ -369,8 +381,9 @@ void cross_check(Checker& c, const toml::table& root, Config& cfg) {
   }
 
   // p1 must stay outside the hidden range, or a p1 could collide with a p2;
-  // and two apps may not claim the same client rule on the same listen.
-  std::map<std::pair<std::string, std::string>, std::string> claims;
+  // and two apps may not claim the same client rule on the same listen,
+  // unless they share an AID (one stream: they take its connections in turn).
+  std::map<std::pair<std::string, std::string>, const AppConfig*> claims;
   for (size_t i = 0; i < cfg.apps.size(); ++i) {
     auto& app = cfg.apps[i];
     std::string where = "app[" + std::to_string(i) + "]";
@@ -381,11 +394,12 @@ void cross_check(Checker& c, const toml::table& root, Config& cfg) {
                         std::to_string(cfg.vpm.range_lo) + "-" + std::to_string(cfg.vpm.range_hi) +
                         "); p1 ports must lie outside the hidden range");
       for (auto& r : app.clients) {
-        auto [it, fresh] = claims.emplace(std::make_pair(listen_str(l), r.str()), app.name);
-        if (!fresh && it->second != app.name)
+        auto [it, fresh] = claims.emplace(std::make_pair(listen_str(l), r.str()), &app);
+        if (!fresh && it->second->aid != app.aid)
           c.fail_line(app.line, where + ".clients",
                       "'" + r.str() + "' on " + listen_str(l) + " is already claimed by app '" +
-                          it->second + "'");
+                          it->second->name + "' (aid " + std::to_string(it->second->aid) +
+                          "); apps share client rules only when they share an aid");
       }
     }
   }
@@ -407,6 +421,13 @@ void cross_check(Checker& c, const toml::table& root, Config& cfg) {
 }
 
 }  // namespace
+
+std::string app_socket_path(const VpmConfig& vpm) {
+  if (!vpm.app_socket.empty()) return vpm.app_socket;
+  std::string_view base = vpm.control_socket;
+  if (base.ends_with(".sock")) base.remove_suffix(5);
+  return std::string(base) + "-app.sock";
+}
 
 ConfigResult parse_config(std::string_view text, const std::string& file) {
   Checker c(file);

@@ -38,6 +38,9 @@ struct VpmConfig {
   uint32_t queue_timeout_ms = 2000;
   std::string unmatched = "reset";  // or an app name
   std::string control_socket = "/run/vpmtun.sock";
+  // Where the application library of `vpmtun exec` registers instances;
+  // empty: beside the control socket (library_socket_path()).
+  std::string app_socket;
   uint32_t max_flows = 65536;
   uint32_t stack_memory_mb = 1024;  // what the embedded stack may allocate (stack_memory.hpp)
 };
@@ -77,9 +80,12 @@ struct AppConfig {
   uint32_t aid = 0;
   std::vector<ListenSpec> listen;
   std::vector<ClientRule> clients;
-  std::string serve;                // built-in endpoint: echo | discard | http-info
+  std::string serve;                // echo | discard | http-info, or "exec": programs under `vpmtun exec`
   std::optional<Endpoint> forward;  // or a real backend
   bool proxy_protocol_v2 = false;
+  // exec: who may run instances (user names or numeric uids); empty: the
+  // daemon's user and root.
+  std::vector<std::string> users;
   int line = 0;  // where [[app]] starts, for later messages
   // Set by a reload for an app the new file removed or changed while it had
   // flows: it serves those until they end, and no client rule leads to it.
@@ -104,6 +110,10 @@ struct Config {
   std::vector<AppConfig> apps;
   std::map<std::string, int> lines;  // the line of each key set in the file, e.g. "tun.mtu"
 };
+
+// The application library's socket: [vpm] app_socket, or the control
+// socket's path with "-app" before its ".sock" ("/run/vpmtun-app.sock").
+std::string app_socket_path(const VpmConfig& vpm);
 
 struct ConfigError {
   std::string file;

@@ -102,6 +102,22 @@ user = "vpmtun"
   CHECK(a.proxy_protocol_v2);
 }
 
+TEST_CASE("apps of one aid may repeat each other's client rules; exec apps name their users") {
+  std::string text = std::string(kApp) +
+                     "[[app]]\nname = \"blue-2\"\naid = 101\nlisten = [\"192.0.2.10:9000\"]\n"
+                     "clients = [\"198.51.100.0/24\"]\nserve = \"exec\"\n"
+                     "users = [\"www-data\", \"1000\"]\n"
+                     "[vpm]\ncontrol_socket = \"/run/x/vpmtun.sock\"\n";
+  auto r = vpm::parse_config(text, "t.toml");
+  auto* cfg = std::get_if<vpm::Config>(&r);
+  if (!cfg) FAIL(std::get<1>(r).front().str());
+  CHECK(cfg->apps[1].serve == "exec");
+  CHECK(cfg->apps[1].users == std::vector<std::string>{"www-data", "1000"});
+  CHECK(vpm::app_socket_path(cfg->vpm) == "/run/x/vpmtun-app.sock");
+  cfg->vpm.app_socket = "/tmp/lib.sock";
+  CHECK(vpm::app_socket_path(cfg->vpm) == "/tmp/lib.sock");
+}
+
 TEST_CASE("configuration errors name line and key") {
   std::vector<ErrorCase> cases = {
       {"TOML syntax", "[vpm\n", 1, "", ""},
@@ -150,6 +166,10 @@ TEST_CASE("configuration errors name line and key") {
            "[[app]]\nname = \"green\"\naid = 102\nlisten = [\"192.0.2.10:9000\"]\nclients = "
            "[\"198.51.100.0/24\"]\nserve = \"echo\"\n",
        8, "app[1].clients", "already claimed by app 'blue'"},
+      {"users on a built-in service",
+       "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nserve = "
+       "\"echo\"\nusers = [\"www-data\"]\n",
+       6, "app[0].users", "serve = \"exec\""},
       {"unmatched names no app", std::string("[vpm]\nunmatched = \"nobody\"\n") + kApp, 2,
        "vpm.unmatched", "neither"},
       {"bad metrics address", std::string("[metrics]\nlisten = \"localhost\"\n") + kApp, 2,
