@@ -33,18 +33,16 @@ uint32_t Stack::Impl::isn(const ip_addr_t* local, uint16_t local_port, const ip_
 // SYN (and, for a cookie handshake, the client's ACK) once the backend
 // has accepted.
 void Stack::Impl::hold_syn(std::vector<uint8_t> syn, std::vector<uint8_t> ack, const Tuple& key,
-                           uint16_t app) {
-  const vpm::Endpoint& backend = *rules.config().apps[app].forward;
-  sockaddr_storage ss;
-  socklen_t len = vpm::to_sockaddr(backend, ss);
-  int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0 ||
-      (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0 && errno != EINPROGRESS)) {
-    if (fd >= 0) ::close(fd);
+                           uint16_t app, uint16_t p1, uint8_t tries) {
+  vpm::PacketView v;
+  int fd = -1;
+  if (vpm::parse_packet(syn, v) == vpm::Drop::none)
+    fd = open_relay(app, vpm::Proto::tcp, v.src(), v.src_port(), v.dst(), p1);
+  if (fd < 0) {
     refuse(Held{std::move(syn), -1, app, 0, std::move(ack)});
     return;
   }
-  connecting[key] = Held{std::move(syn), fd, app, now_ms(), std::move(ack)};
+  connecting[key] = Held{std::move(syn), fd, app, now_ms(), std::move(ack), p1, tries};
   io->watch(fd, EPOLLOUT, [this, key](uint32_t) { backend_answered(key); });
 }
 
@@ -58,7 +56,13 @@ void Stack::Impl::backend_answered(const Tuple& key) {
   socklen_t len = sizeof err;
   ::getsockopt(c.sock, SOL_SOCKET, SO_ERROR, &err, &len);
   if (err != 0) {
-    ::close(c.sock);
+    if (instances) instances->refused(c.sock);
+    close_relay(c.sock);
+    // An exec'd instance that refuses has closed its socket (or not yet
+    // called listen()): the next one in turn may take the client.
+    if (service_of(c.app) == Service::exec && c.tries + 1 < kInstanceTries)
+      return hold_syn(std::move(c.syn), std::move(c.ack), key, c.app, c.p1,
+                      static_cast<uint8_t>(c.tries + 1));
     refuse(c);
     return;
   }
@@ -132,7 +136,7 @@ void Stack::Impl::arrive(std::span<uint8_t> packet, uint16_t flow_app, bool veri
         uint16_t app = take_turn(ep);
         if (app == vpm::kNoApp) return;
         std::vector<uint8_t> copy(packet.begin(), packet.end());
-        if (service_of(app) == Service::forward) return hold_syn(std::move(copy), {}, key, app);
+        if (relayed(service_of(app))) return hold_syn(std::move(copy), {}, key, app, ep->p1);
         admitted[key] = Held{{}, -1, app, now_ms(), {}};
       }
     } else if (v.proto == vpm::ipproto::tcp && last_cookie_ms &&
@@ -182,8 +186,8 @@ bool Stack::Impl::cookie_segment(const vpm::PacketView& v, std::span<uint8_t> pa
   ++counters.syn_cookies_accepted;
   ++apps[app].syn_cookies;
   std::vector<uint8_t> ack(packet.begin(), packet.end());
-  if (service_of(app) == Service::forward) {
-    hold_syn(std::move(syn), std::move(ack), key, app);
+  if (relayed(service_of(app))) {
+    hold_syn(std::move(syn), std::move(ack), key, app, ep->p1);
   } else {
     admitted[key] = Held{{}, -1, app, now, {}};
     complete_handshake(syn, ack);
@@ -209,15 +213,14 @@ void Stack::Impl::expire_handshakes(uint64_t now) {
   std::erase_if(connecting, [&](const auto& held) {
     const Held& c = held.second;
     if (now - c.started_ms < kBackendConnectMs) return false;
-    io->unwatch(c.sock);
-    ::close(c.sock);
+    close_relay(c.sock);
     refuse(c);  // the backend never answered
     return true;
   });
   // A handshake the client never completed (and its backend connection).
   std::erase_if(admitted, [&](const auto& held) {
     if (now - held.second.started_ms < kHandshakeMs) return false;
-    if (held.second.sock >= 0) ::close(held.second.sock);
+    if (held.second.sock >= 0) close_relay(held.second.sock);
     return true;
   });
 }

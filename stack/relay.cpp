@@ -1,4 +1,4 @@
-// The relay to a host socket: forward endpoints, TCP spliced and UDP sessions.
+// The relay to a host socket (a forward backend or an exec'd instance): TCP spliced, UDP sessions.
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <unistd.h>
@@ -34,6 +34,27 @@ std::string proxy_v2(bool tcp, const vpm::IpAddr& client, uint16_t cport, const 
     h += static_cast<char>(port & 0xff);
   }
   return h;
+}
+
+int Stack::Impl::open_relay(uint16_t app, vpm::Proto proto, const vpm::IpAddr& client,
+                            uint16_t cport, const vpm::IpAddr& vaddr, uint16_t p1) {
+  const auto& a = rules.config().apps[app];
+  if (!a.forward) return instances ? instances->open(app, proto, client, cport, vaddr, p1) : -1;
+  sockaddr_storage ss;
+  socklen_t len = vpm::to_sockaddr(*a.forward, ss);
+  int type = proto == vpm::Proto::tcp ? SOCK_STREAM : SOCK_DGRAM;
+  int fd = ::socket(ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd >= 0 &&
+      (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0 || errno == EINPROGRESS))
+    return fd;
+  if (fd >= 0) ::close(fd);
+  return -1;
+}
+
+void Stack::Impl::close_relay(int fd) {
+  io->unwatch(fd);
+  if (instances) instances->closing(fd);
+  ::close(fd);
 }
 
 // Forward, client to backend: send what lwIP delivered, acknowledging
@@ -98,8 +119,7 @@ Stack::Impl::Outcome Stack::Impl::from_backend(Conn* c) {
     // the client: it finishes on its own (LAST_ACK, then on_tcp_err with
     // ERR_CLSD frees c). tcp_close would stop its inactivity timer from
     // seeing the client's ACKs and cut a slow client off after 2 MSL.
-    io->unwatch(c->sock);
-    ::close(c->sock);
+    close_relay(c->sock);
     c->sock = -1;
     return Outcome::alive;
   }
@@ -136,12 +156,8 @@ void Stack::Impl::udp_forward(Endpoint* ep, uint16_t app, pbuf* p, const ip_addr
   Tuple key = make_tuple(from_lwip(addr), port, ep->vaddr, ep->p2);
   auto it = udp_sessions.find(key);
   if (it == udp_sessions.end()) {
-    const auto& a = rules.config().apps[app];
-    sockaddr_storage ss;
-    socklen_t len = vpm::to_sockaddr(*a.forward, ss);
-    int fd = ::socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0) {
-      if (fd >= 0) ::close(fd);
+    int fd = open_relay(app, vpm::Proto::udp, from_lwip(addr), port, ep->vaddr, ep->p1);
+    if (fd < 0) {
       ++counters.backend_connect_failures;
       ++apps[app].backend_failures;
       apps[app].backend_up = 0;
@@ -159,6 +175,13 @@ void Stack::Impl::udp_forward(Endpoint* ep, uint16_t app, pbuf* p, const ip_addr
       char buf[65536];
       for (;;) {
         ssize_t n = ::recv(s->second.sock, buf, sizeof buf, MSG_DONTWAIT);
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+          // The backend's port is closed (ICMP port unreachable): the
+          // next datagram opens a session to it, or to another instance.
+          close_relay(s->second.sock);
+          udp_sessions.erase(s);
+          return;
+        }
         if (n < 0) break;
         s->second.last_ms = now_ms();
         pbuf* reply = pbuf_alloc(PBUF_TRANSPORT, static_cast<u16_t>(n), PBUF_RAM);
@@ -181,8 +204,7 @@ void Stack::Impl::expire_udp_sessions(uint64_t now) {
   uint64_t idle = rules.config().timeouts.udp_ms;
   std::erase_if(udp_sessions, [&](const auto& session) {
     if (now - session.second.last_ms < idle) return false;
-    io->unwatch(session.second.sock);
-    ::close(session.second.sock);
+    close_relay(session.second.sock);
     ++counters.udp_sessions_expired;
     return true;
   });

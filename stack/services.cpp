@@ -19,10 +19,7 @@ std::string Stack::Impl::info_json(uint16_t p1, uint16_t p2, uint16_t app, const
 void Stack::Impl::forget(Conn* c) {
   if (!c->who.empty()) spdlog::debug("tcp closed: {}", c->who);
   if (c->pending) pbuf_free(c->pending);
-  if (c->sock >= 0) {
-    io->unwatch(c->sock);
-    ::close(c->sock);
-  }
+  if (c->sock >= 0) close_relay(c->sock);
   conns.erase(c);
   open_tuples.erase(c->key);
   --apps[c->app].open;
@@ -93,7 +90,7 @@ err_t on_tcp_recv(void* arg, tcp_pcb* pcb, pbuf* p, err_t err) {
     if (p) pbuf_free(p);
     if (c->service == Service::echo)
       s->pump(c);
-    else if (c->service == Service::forward) {
+    else if (relayed(c->service)) {
       if (!s->to_backend(c)) return ERR_ABRT;  // half-close towards the backend once all is sent
       // Both directions have ended: the pcb may already be in TIME_WAIT.
       if (c->sent_fin) s->close(c);
@@ -101,7 +98,7 @@ err_t on_tcp_recv(void* arg, tcp_pcb* pcb, pbuf* p, err_t err) {
       s->close(c);
     return ERR_OK;
   }
-  if ((c->service == Service::forward || c->service == Service::echo) && c->pending &&
+  if ((relayed(c->service) || c->service == Service::echo) && c->pending &&
       c->pending_bytes >= kPressedPending && stack_memory().pressed()) {
     // Memory is short and this connection holds enough it has not passed
     // on: lwIP keeps `p` and offers it again later, taking no more data
@@ -111,6 +108,7 @@ err_t on_tcp_recv(void* arg, tcp_pcb* pcb, pbuf* p, err_t err) {
   }
   switch (c->service) {
     case Service::forward:
+    case Service::exec:
       s->hold(c, p);
       return s->to_backend(c) ? ERR_OK : ERR_ABRT;
     case Service::echo:
@@ -150,8 +148,7 @@ err_t on_tcp_recv(void* arg, tcp_pcb* pcb, pbuf* p, err_t err) {
 err_t on_tcp_sent(void* arg, tcp_pcb*, u16_t) {
   auto* c = static_cast<Conn*>(arg);
   if (c && c->service == Service::echo) c->stack->pump(c);
-  if (c && c->service == Service::forward &&
-      c->stack->from_backend(c) == Stack::Impl::Outcome::aborted)
+  if (c && relayed(c->service) && c->stack->from_backend(c) == Stack::Impl::Outcome::aborted)
     return ERR_ABRT;
   return ERR_OK;
 }

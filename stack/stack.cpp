@@ -60,7 +60,7 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
   tcp_nagle_disable(pcb);
   if (s->large_mss) pcb->mss = s->large_mss;  // the device cuts them to the client's MSS
   // The PROXY header, and start watching the backend.
-  if (c->service == Service::forward && !s->to_backend(c)) return ERR_ABRT;
+  if (relayed(c->service) && !s->to_backend(c)) return ERR_ABRT;
   return ERR_OK;
 }
 
@@ -75,6 +75,7 @@ void on_udp_recv(void* arg, udp_pcb*, pbuf* p, const ip_addr_t* addr, u16_t port
   }
   switch (s->service_of(app)) {
     case Service::forward:
+    case Service::exec:
       s->udp_forward(ep, app, p, addr, port);
       break;
     case Service::echo:
@@ -157,8 +158,7 @@ void Stack::Impl::unbind(Endpoint* ep) {
   if (ep->listener) tcp_close(ep->listener);
   std::erase_if(udp_sessions, [&](const auto& session) {
     if (session.second.ep != ep) return false;
-    io->unwatch(session.second.sock);
-    ::close(session.second.sock);
+    close_relay(session.second.sock);
     return true;
   });
   if (ep->udp) udp_remove(ep->udp);
@@ -197,9 +197,11 @@ std::string Stack::Impl::sync_endpoints() {
   return failed;
 }
 
-Stack::Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink, IoLoop* io)
+Stack::Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink, IoLoop* io,
+             Instances* instances)
     : impl_(std::make_unique<Impl>(rules, std::move(sink))) {
   impl_->io = io;
+  impl_->instances = instances;
   tcp_isn_source() = [s = impl_.get()](const ip_addr_t* local, uint16_t local_port,
                                        const ip_addr_t* remote, uint16_t remote_port) {
     return s->isn(local, local_port, remote, remote_port);
@@ -211,9 +213,7 @@ Stack::Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink, IoLoop* i
   }
   const auto& cfg = rules.config();
   impl_->per_connection = cfg.vpm.allocation == vpm::Allocation::per_connection;
-  for (const auto& app : cfg.apps)
-    if (app.forward && !io)
-      throw std::runtime_error("app '" + app.name + "': forward endpoints need an event loop");
+  if (auto missing = impl_->missing_loop(); !missing.empty()) throw std::runtime_error(missing);
 
   impl_->mtu = static_cast<u16_t>(std::min<uint32_t>(mtu, 65535));
   stack_memory().limit = size_t{cfg.vpm.stack_memory_mb} << 20;
@@ -224,16 +224,10 @@ Stack::Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink, IoLoop* i
 Stack::~Stack() {
   std::vector<Conn*> open(impl_->conns.begin(), impl_->conns.end());
   for (Conn* c : open) tcp_abort(c->pcb);  // calls on_tcp_err, which frees c
-  for (auto& [key, c] : impl_->connecting) {
-    impl_->io->unwatch(c.sock);
-    ::close(c.sock);
-  }
+  for (auto& [key, c] : impl_->connecting) impl_->close_relay(c.sock);
   for (auto& [key, c] : impl_->admitted)
-    if (c.sock >= 0) ::close(c.sock);
-  for (auto& [key, u] : impl_->udp_sessions) {
-    impl_->io->unwatch(u.sock);
-    ::close(u.sock);
-  }
+    if (c.sock >= 0) impl_->close_relay(c.sock);
+  for (auto& [key, u] : impl_->udp_sessions) impl_->close_relay(u.sock);
   for (auto& ep : impl_->endpoints) {
     if (ep->listener) tcp_close(ep->listener);
     if (ep->udp) udp_remove(ep->udp);
@@ -272,8 +266,7 @@ void Stack::send_large_segments() {
 
 std::string Stack::reload(const std::vector<uint16_t>& app_of) {
   Impl& s = *impl_;
-  for (const auto& app : s.rules.config().apps)
-    if (app.forward && !s.io) return "app '" + app.name + "': forward endpoints need an event loop";
+  if (auto missing = s.missing_loop(); !missing.empty()) return missing;
   // Every app a connection belongs to is kept (the caller counted them
   // with connections_per_app()), so these never become kNoApp.
   auto remap = [&](uint16_t& app) { app = app_of.at(app); };
@@ -285,7 +278,7 @@ std::string Stack::reload(const std::vector<uint16_t>& app_of) {
     held.second.app = held.second.app < app_of.size() ? app_of[held.second.app] : vpm::kNoApp;
   std::erase_if(s.admitted, [&](const auto& held) {
     if (held.second.app != vpm::kNoApp) return false;
-    if (held.second.sock >= 0) ::close(held.second.sock);
+    if (held.second.sock >= 0) s.close_relay(held.second.sock);
     return true;
   });
   std::vector<AppStackCounters> counters(s.rules.config().apps.size());

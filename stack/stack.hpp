@@ -18,7 +18,9 @@
 //   discard    reads and drops.
 //   http-info  answers an HTTP request with a JSON body naming the app, its
 //              AID, p1, p2 and the client (UDP: any datagram gets the JSON).
-// Forward endpoints splice each connection to a real backend socket:
+// Forward endpoints splice each connection to a real backend socket, and
+// exec endpoints the same way to a program registered by the application
+// library (Instances), the next one in turn:
 //   TCP  connect first, accept after: a client's SYN is held until the
 //        backend accepts (then lwIP completes the handshake) or refuses or
 //        stays silent for kBackendConnectMs (then the client gets a RST), so
@@ -56,6 +58,23 @@ class IoLoop {
   virtual void unwatch(int fd) = 0;
 };
 
+// Where the connections and datagrams of serve = "exec" apps go: the
+// programs that registered with the daemon (tun/instances.hpp). The stack
+// relays to them as to a forward backend.
+class Instances {
+ public:
+  virtual ~Instances() = default;
+  // A non-blocking socket, connecting (TCP) or connected (UDP) to the next
+  // instance of `app` that takes this client on (vaddr, p1), with the
+  // client announced to the instance's library; -1 when no instance does.
+  virtual int open(uint16_t app, vpm::Proto proto, const vpm::IpAddr& client, uint16_t cport,
+                   const vpm::IpAddr& vaddr, uint16_t p1) = 0;
+  // The instance behind `fd` (from open) refused it: the next open() tries another.
+  virtual void refused(int fd) = 0;
+  // `fd`, from open(), is about to be closed.
+  virtual void closing(int fd) = 0;
+};
+
 struct StackCounters {
   uint64_t packets_in = 0;
   uint64_t packets_out = 0;
@@ -86,8 +105,10 @@ class Stack {
   // Brings up one netif per virtual address (MTU `mtu`) and binds the
   // endpoints. Throws std::runtime_error when something cannot be bound, or
   // for configuration the stack does not serve yet.
-  // `io` is needed when any app forwards to a backend.
-  Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink, IoLoop* io = nullptr);
+  // `io` is needed when any app forwards to a backend or is served by
+  // programs (`instances`, needed then too).
+  Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink, IoLoop* io = nullptr,
+        Instances* instances = nullptr);
   ~Stack();
   Stack(const Stack&) = delete;
   Stack& operator=(const Stack&) = delete;

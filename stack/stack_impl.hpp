@@ -40,9 +40,12 @@
 
 namespace stack {
 
-enum class Service { echo, discard, http_info, forward };
+enum class Service { echo, discard, http_info, forward, exec };
+// Spliced to a host socket (relay.cpp): a forward backend or an exec'd instance.
+inline bool relayed(Service s) { return s == Service::forward || s == Service::exec; }
 
 constexpr uint64_t kBackendConnectMs = 3000;  // then a held SYN is refused
+constexpr uint8_t kInstanceTries = 4;         // exec: instances a SYN tries before it is refused
 constexpr uint64_t kHandshakeMs = 20000;  // lwIP's SYN_RCVD timeout: then a held backend is closed
 // Handshakes lwIP holds (or whose backend is being connected) at most;
 // beyond, SYNs are answered with cookies (vpm/syn_cookie.hpp), which cost
@@ -154,6 +157,8 @@ struct Held {
   uint16_t app = 0;
   uint64_t started_ms = 0;
   std::vector<uint8_t> ack;  // a cookie handshake: the client's ACK, which follows `syn`
+  uint16_t p1 = 0;
+  uint8_t tries = 0;  // exec: instances that refused it so far
 };
 
 inline vpm::TcpTuple tcp_tuple(const vpm::PacketView& v) {
@@ -173,6 +178,7 @@ struct Stack::Impl {
   const vpm::Ruleset& rules;
   PacketSink sink;
   IoLoop* io = nullptr;
+  Instances* instances = nullptr;
   std::map<Tuple, Held> connecting;  // SYNs held for their backend
   std::map<Tuple, Held> admitted;    // SYNs lwIP has, with their app, until it accepts
   std::map<Tuple, UdpSession> udp_sessions;
@@ -207,6 +213,7 @@ struct Stack::Impl {
   Service service_of(uint16_t app) const {
     const auto& a = rules.config().apps[app];
     if (a.forward) return Service::forward;
+    if (a.serve == "exec") return Service::exec;
     if (a.serve == "echo") return Service::echo;
     if (a.serve == "http-info") return Service::http_info;
     return Service::discard;
@@ -256,7 +263,23 @@ struct Stack::Impl {
   // A SYN for a forward app: connect to its backend first; lwIP sees the
   // SYN (and, for a cookie handshake, the client's ACK) once the backend
   // has accepted.
-  void hold_syn(std::vector<uint8_t> syn, std::vector<uint8_t> ack, const Tuple& key, uint16_t app);
+  void hold_syn(std::vector<uint8_t> syn, std::vector<uint8_t> ack, const Tuple& key, uint16_t app,
+                uint16_t p1, uint8_t tries = 0);
+
+  // A socket to the app's backend or next instance for this client:
+  // connecting (TCP) or connected (UDP); -1 if there is none (relay.cpp).
+  int open_relay(uint16_t app, vpm::Proto proto, const vpm::IpAddr& client, uint16_t cport,
+                 const vpm::IpAddr& vaddr, uint16_t p1);
+  void close_relay(int fd);
+  // What the apps need and the stack was not given: "" or what is missing.
+  std::string missing_loop() const {
+    for (const auto& app : rules.config().apps) {
+      if (app.forward && !io) return "app '" + app.name + "': forward endpoints need an event loop";
+      if (app.serve == "exec" && (!io || !instances))
+        return "app '" + app.name + "': serve = \"exec\" needs the daemon's library socket";
+    }
+    return "";
+  }
 
   void backend_answered(const Tuple& key);
 

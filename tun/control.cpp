@@ -28,10 +28,12 @@ sockaddr_un unix_address(const std::string& path) {
   return a;
 }
 
+}  // namespace
+
 // A connected client socket, or -1 with errno set.
-int connect_to(const std::string& path) {
+int connect_to(const std::string& path, int type) {
   sockaddr_un a = unix_address(path);
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = ::socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
   if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) return fd;
   int err = errno;
@@ -40,40 +42,49 @@ int connect_to(const std::string& path) {
   return -1;
 }
 
+namespace {
+
 std::runtime_error failure(const std::string& what) {
   return std::runtime_error(what + ": " + std::strerror(errno));
 }
 
 }  // namespace
 
-ControlServer::ControlServer(const std::string& path, stack::IoLoop& io, Handler handler)
-    : path_(path), io_(io), handler_(std::move(handler)) {
+int listen_unix(const std::string& path, int type, mode_t mode, const std::string& what,
+                const std::string& key) {
   sockaddr_un a = unix_address(path);
   struct stat st {};
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode))
-      throw std::runtime_error(
-          "control socket " + path +
-          " exists and is not a socket; remove it or set [vpm] control_socket");
-    int probe = connect_to(path);
+      throw std::runtime_error(what + " " + path +
+                               " exists and is not a socket; remove it or set " + key);
+    int probe = connect_to(path, type);
     if (probe >= 0) {
       ::close(probe);
-      throw std::runtime_error("control socket " + path +
-                               " is in use by another running vpmtun; stop it or set [vpm] "
-                               "control_socket to another path");
+      throw std::runtime_error(what + " " + path +
+                               " is in use by another running vpmtun; stop it or set " + key +
+                               " to another path");
     }
     ::unlink(path.c_str());  // stale: its daemon is gone
   }
-  fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd_ < 0) throw failure("control socket");
-  mode_t old = ::umask(0177);  // the file is born 0600
-  int rc = ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  int fd = ::socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw failure(what);
+  mode_t old = ::umask(static_cast<mode_t>(~mode & 0777));
+  int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
   ::umask(old);
-  if (rc < 0 || ::listen(fd_, 16) < 0) {
-    auto e = failure("control socket " + path);
-    ::close(fd_);
+  if (rc < 0 || ::listen(fd, 64) < 0) {
+    auto e = failure(what + " " + path);
+    ::close(fd);
     throw e;
   }
+  return fd;
+}
+
+ControlServer::ControlServer(const std::string& path, stack::IoLoop& io, Handler handler)
+    : path_(path),
+      io_(io),
+      handler_(std::move(handler)),
+      fd_(listen_unix(path, SOCK_STREAM, 0600, "control socket", "[vpm] control_socket")) {
   io_.watch(fd_, EPOLLIN, [this](uint32_t) { accept_clients(); });
 }
 
@@ -136,7 +147,7 @@ void ControlServer::drop(int fd) {
 }
 
 std::pair<bool, std::string> ask_daemon(const std::string& path, const std::string& request) {
-  int fd = connect_to(path);
+  int fd = connect_to(path, SOCK_STREAM);
   if (fd < 0) {
     int err = errno;
     std::string why = err == ENOENT || err == ECONNREFUSED

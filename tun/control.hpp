@@ -9,6 +9,8 @@
 // daemon: an error; a stale file (nobody listening) is replaced.
 #pragma once
 
+#include <sys/types.h>
+
 #include <functional>
 #include <map>
 #include <string>
@@ -45,6 +47,14 @@ class ControlServer {
   int fd_ = -1;
   std::map<int, Client> clients_;
 };
+
+// A Unix socket listening at `path` (a stale file is replaced; a live one
+// is another daemon's), created with permissions `mode`. Throws
+// std::runtime_error naming `what`, the path, and the config `key` to change.
+int listen_unix(const std::string& path, int type, mode_t mode, const std::string& what,
+                const std::string& key);
+// A connected client socket of `type`, or -1 with errno set.
+int connect_to(const std::string& path, int type);
 
 // The client side, for the CLI verbs: sends `request`, returns (ok, body).
 // Throws std::runtime_error when no daemon answers (naming the path and why).
