@@ -16,6 +16,7 @@
 
 #include "tun/config_file.hpp"
 #include "tun/control.hpp"
+#include "tun/instances.hpp"
 #include "tun/metrics.hpp"
 #include "tun/report.hpp"
 #include "vpm/refusal.hpp"
@@ -68,8 +69,14 @@ Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions
   if (!opt.capture_stack.empty()) capture_stack_ = std::make_unique<Capture>(opt.capture_stack);
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
   if (epoll_fd_ < 0) throw std::runtime_error(std::string("epoll: ") + std::strerror(errno));
+  bool exec_apps = std::any_of(cfg.apps.begin(), cfg.apps.end(),
+                               [](const vpm::AppConfig& a) { return a.serve == "exec"; });
+  if (exec_apps)
+    instances_ =
+        std::make_unique<InstanceRegistry>(vpm::app_socket_path(cfg.vpm), *this, engine_.rules());
   stack_ = std::make_unique<stack::Stack>(
-      engine_.rules(), device.mtu(), [this](std::span<uint8_t> p) { from_stack(p); }, this);
+      engine_.rules(), device.mtu(), [this](std::span<uint8_t> p) { from_stack(p); }, this,
+      instances_.get());
   if (device.segments()) stack_->send_large_segments();
 }
 
@@ -78,6 +85,7 @@ Daemon::~Daemon() {
   metrics_.reset();
   control_.reset();
   stack_.reset();
+  instances_.reset();
   ::close(epoll_fd_);
 }
 
@@ -197,6 +205,7 @@ void Daemon::drain_device(uint64_t now_ms) {
 void Daemon::tick(uint64_t now_ms) {
   now_ms_ = now_ms;
   stack_->poll();
+  if (instances_) instances_->expire(now_ms);
   engine_.expire(now_ms, 4096);
   end_log_second(now_ms);
   if (now_ms - drained_check_ms_ >= 1000) {

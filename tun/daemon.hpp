@@ -10,7 +10,9 @@
 // goes through Engine::to_tun and out of the device. Optional pcap captures record both views:
 // --capture-tun what crosses the device,
 // --capture-stack what crosses the stack's netifs.
-// The same loop serves the control socket (tun/control.hpp) and hands the
+// The same loop serves the control socket (tun/control.hpp), the library
+// socket of `vpmtun exec` when an app is served by programs
+// (tun/instances.hpp), and hands the
 // metrics server (tun/metrics.hpp) its snapshots, so no lock guards the data
 // path; refusals and drops are logged at info, at most 10 lines a second.
 #pragma once
@@ -33,6 +35,7 @@
 namespace tun {
 
 class ControlServer;
+class InstanceRegistry;
 class MetricsServer;
 
 struct DaemonOptions {
@@ -85,6 +88,8 @@ class Daemon : public stack::IoLoop {
   const stack::Stack& stack() const { return *stack_; }
   const DaemonCounters& counters() const { return counters_; }
   const PacketDevice& device() const { return device_; }
+  // The library socket and its instances: set when an app has serve = "exec".
+  const InstanceRegistry* instances() const { return instances_.get(); }
 
   // stack::IoLoop: backend sockets join the epoll set.
   void watch(int fd, uint32_t epoll_events, std::function<void(uint32_t)> ready) override;
@@ -94,6 +99,7 @@ class Daemon : public stack::IoLoop {
   class Capture;
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<MetricsServer> metrics_;
+  std::unique_ptr<InstanceRegistry> instances_;
   void from_device(std::span<uint8_t> packet, bool verified, uint64_t now_ms);
   void from_stack(std::span<uint8_t> packet);
   void send(std::span<uint8_t> packet, uint16_t mss = 0);

@@ -9,6 +9,7 @@
 
 #include "stack/stack_memory.hpp"
 #include "tun/daemon.hpp"
+#include "tun/instances.hpp"
 #include "vpm/flow_table.hpp"
 
 namespace tun {
@@ -144,6 +145,17 @@ std::vector<Counter> counters_of(const Daemon& d) {
       {"daemon", "reloads", d.counters().reloads},
       {"daemon", "reloads_refused", d.counters().reloads_refused},
   };
+  if (const auto* reg = d.instances()) {
+    const auto& ic = reg->counters();
+    list.insert(list.end(), {
+                                {"library", "instances", reg->instances().size()},
+                                {"library", "registered", ic.registered},
+                                {"library", "refused", ic.refused},
+                                {"library", "bad_messages", ic.bad_messages},
+                                {"library", "peers_dropped", ic.peers_dropped},
+                                {"library", "instance_refusals", ic.instance_refusals},
+                            });
+  }
   for (size_t r = 1; r < vpm::kDropCount; ++r)
     list.push_back({"drops", vpm::drop_name(static_cast<vpm::Drop>(r)), e.by_reason[r]});
   return list;
@@ -238,6 +250,8 @@ std::string render_apps(const Daemon& d, bool json) {
   const auto& rules = d.engine().rules();
   const auto& engine_apps = d.engine().app_counters();
   const auto& stack_apps = d.stack().app_counters();
+  std::vector<InstanceInfo> instances;
+  if (d.instances()) instances = d.instances()->instances();
   std::vector<uint64_t> active(cfg.apps.size());
   d.engine().flows().for_each([&](const vpm::Flow& f, const vpm::FlowStats&) {
     if (f.state != vpm::FlowState::closed) ++active[f.app];
@@ -287,8 +301,26 @@ std::string render_apps(const Daemon& d, bool json) {
           .field("backend_failures", stack_apps[a].backend_failures)
           .field("syn_cookies", stack_apps[a].syn_cookies)
           .field("port_waits", engine_apps[a].port_waits)
-          .field("refused", engine_apps[a].refused)
-          .close('}');
+          .field("refused", engine_apps[a].refused);
+      if (app.serve == "exec") {
+        j.key("instances").open('[');
+        for (auto& i : instances) {
+          if (i.app != app.name) continue;
+          j.open('{')
+              .field("pid", uint64_t(i.pid))
+              .field("uid", uint64_t{i.uid})
+              .field("command", i.command)
+              .field("protocol", vpm::proto_name(i.proto))
+              .field("bound", i.bound.str())
+              .field("real", i.real.str())
+              .field("relayed", i.relayed)
+              .field("open", i.open)
+              .field("refusals", i.refusals)
+              .close('}');
+        }
+        j.close(']');
+      }
+      j.close('}');
     } else {
       std::string joined_listens, joined_p2s;
       for (size_t i = 0; i < listens.size(); ++i) {
@@ -308,6 +340,18 @@ std::string render_apps(const Daemon& d, bool json) {
         text += fmt::format(
             "  handshakes past the bound of pending ones: {} completed with SYN cookies\n",
             stack_apps[a].syn_cookies);
+      if (app.serve == "exec") {
+        size_t n = 0;
+        for (auto& i : instances) {
+          if (i.app != app.name) continue;
+          text += fmt::format(
+              "  instance pid {} uid {}: {}/{} -> real {}; {} relayed, {} open, {} refused  {}\n",
+              i.pid, i.uid, i.bound.str(), vpm::proto_name(i.proto), i.real.str(), i.relayed,
+              i.open, i.refusals, i.command);
+          ++n;
+        }
+        if (n == 0) text += "  no instance registered: its clients are refused\n";
+      }
     }
   }
   return json ? j.close(']').take() : text;
@@ -330,7 +374,8 @@ std::string render_metrics(const Daemon& d) {
       out += fmt::format("vpmtun_drops_total{{reason=\"{}\"}} {}\n", c.name, c.value);
       continue;
     }
-    bool gauge = c.name == "flows" || c.name == "max_flows" || c.name == "tcp_open";
+    bool gauge =
+        c.name == "flows" || c.name == "max_flows" || c.name == "tcp_open" || c.name == "instances";
     std::string name = fmt::format("vpmtun_{}_{}{}", c.group, c.name, gauge ? "" : "_total");
     family(name, gauge ? "gauge" : "counter", fmt::format("vpmtun stats: {} {}", c.group, c.name));
     out += fmt::format("{} {}\n", name, c.value);
@@ -382,6 +427,15 @@ std::string render_metrics(const Daemon& d) {
           [&](size_t a) { return sa[a].syn_cookies; });
   per_app("vpmtun_app_backend_failures_total", "counter", "Backend connects that failed per app",
           [&](size_t a) { return sa[a].backend_failures; });
+  if (d.instances()) {
+    auto instances = d.instances()->instances();
+    per_app("vpmtun_app_instances", "gauge",
+            "Sockets registered by programs under vpmtun exec per app (serve = \"exec\")",
+            [&](size_t a) {
+              return std::count_if(instances.begin(), instances.end(),
+                                   [&](const InstanceInfo& i) { return i.app == cfg.apps[a].name; });
+            });
+  }
   family("vpmtun_uptime_seconds", "gauge", "Seconds since the daemon started");
   out += fmt::format("vpmtun_uptime_seconds {}\n", (monotonic_ms() - d.started_ms()) / 1000);
   return out;

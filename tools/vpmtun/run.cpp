@@ -14,6 +14,7 @@
 
 #include "tun/daemon.hpp"
 #include "tun/device.hpp"
+#include "tun/instances.hpp"
 
 namespace vpmtun {
 
@@ -22,15 +23,15 @@ namespace {
 // Everything that needs root is done by now: the TUN is open and configured
 // (its addresses and routes vanish with its file descriptor, which needs no
 // privilege), the control socket and the metrics port are bound, captures
-// are open. So the daemon keeps no capability at all. The control socket
-// is handed to the user, so that it may use it and remove it at exit.
-void drop_privileges(const std::string& user, const std::string& control_socket) {
+// are open. So the daemon keeps no capability at all. Its sockets' files
+// are handed to the user, so that it may remove them at exit.
+void drop_privileges(const std::string& user, const std::vector<std::string>& sockets) {
   errno = 0;
   passwd* pw = ::getpwnam(user.c_str());
   if (!pw) throw std::runtime_error("[daemon] user = \"" + user + "\": no such user");
-  if (!control_socket.empty() && ::chown(control_socket.c_str(), pw->pw_uid, pw->pw_gid) < 0)
-    throw std::runtime_error(control_socket + ": giving it to " + user + ": " +
-                             std::strerror(errno));
+  for (const auto& path : sockets)
+    if (::chown(path.c_str(), pw->pw_uid, pw->pw_gid) < 0)
+      throw std::runtime_error(path + ": giving it to " + user + ": " + std::strerror(errno));
   if (::initgroups(pw->pw_name, pw->pw_gid) < 0 || ::setgid(pw->pw_gid) < 0 ||
       ::setuid(pw->pw_uid) < 0)
     throw std::runtime_error("dropping to user " + user + ": " + std::strerror(errno));
@@ -63,18 +64,22 @@ int run_daemon(const vpm::Config& cfg, const tun::DaemonOptions& opt) {
     tun::Daemon daemon(cfg, device, opt);
     if (!cfg.vpm.control_socket.empty()) daemon.serve_control(cfg.vpm.control_socket);
     if (cfg.metrics.listen) daemon.serve_metrics(*cfg.metrics.listen);
+    std::vector<std::string> sockets;
+    if (!cfg.vpm.control_socket.empty()) sockets.push_back(cfg.vpm.control_socket);
+    if (daemon.instances()) sockets.push_back(daemon.instances()->path());
     if (!cfg.daemon.user.empty())
-      drop_privileges(cfg.daemon.user, cfg.vpm.control_socket);
+      drop_privileges(cfg.daemon.user, sockets);
     else if (::geteuid() == 0)
       spdlog::warn("running as root: set [daemon] user to drop privileges once set up");
     std::string addrs;
     if (cfg.tun.address) addrs += " " + cfg.tun.address->str();
     if (cfg.tun.address6) addrs += " " + cfg.tun.address6->str();
     spdlog::info(
-        "{} up (mtu {}{}{}), {} listens, {} apps; control socket {}{}{}", device.name(),
+        "{} up (mtu {}{}{}), {} listens, {} apps; control socket {}{}{}{}", device.name(),
         cfg.tun.mtu, cfg.tun.configure ? "," : ", not configured by vpmtun", addrs,
         daemon.engine().rules().listens().size(), cfg.apps.size(),
         cfg.vpm.control_socket.empty() ? "none" : cfg.vpm.control_socket,
+        daemon.instances() ? "; library socket " + daemon.instances()->path() : "",
         cfg.metrics.listen ? "; metrics http://" + cfg.metrics.listen->str() + "/metrics" : "",
         cfg.daemon.user.empty() ? "" : "; running as " + cfg.daemon.user);
     notify_systemd("READY=1");

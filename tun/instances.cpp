@@ -1,0 +1,450 @@
+// The library socket and the registered instances of exec apps (instances.hpp).
+#include "tun/instances.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <stdexcept>
+
+#include "tun/control.hpp"
+
+namespace tun {
+
+using namespace vpm::appwire;
+
+uint64_t monotonic_ms();
+
+struct InstanceRegistry::AppTable {
+  int memfd = -1;
+  void* map = nullptr;
+  PeerTable table{{}};
+  ~AppTable() {
+    if (map) ::munmap(map, PeerTable::kTableBytes);
+    if (memfd >= 0) ::close(memfd);
+  }
+};
+
+struct InstanceRegistry::Peer {
+  int fd = -1;
+  pid_t pid = 0;
+  uid_t uid = 0;
+  uint64_t since_ms = 0;
+  std::string app;  // set by a Hello taken
+  std::string command;
+  AppTable* table = nullptr;
+  bool registered = false;  // a Bind taken
+  Bind bind;
+  uint64_t relayed = 0, open = 0, refusals = 0;
+};
+
+namespace {
+
+// The loopback address of a family, as a socket address with `port`.
+socklen_t loopback(bool ipv6, uint16_t port, sockaddr_storage& ss) {
+  std::memset(&ss, 0, sizeof ss);
+  if (ipv6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    a->sin6_family = AF_INET6;
+    a->sin6_addr = in6addr_loopback;
+    a->sin6_port = htons(port);
+    return sizeof *a;
+  }
+  auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+  a->sin_family = AF_INET;
+  a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a->sin_port = htons(port);
+  return sizeof *a;
+}
+
+uint16_t port_of(const sockaddr_storage& ss) {
+  return ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<const sockaddr_in6&>(ss).sin6_port
+                                        : reinterpret_cast<const sockaddr_in&>(ss).sin_port);
+}
+
+// What a program sent as its command line, fit for a log line or a table.
+std::string printable(std::string s) {
+  for (char& ch : s)
+    if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ch = '?';
+  return s;
+}
+
+}  // namespace
+
+InstanceRegistry::InstanceRegistry(const std::string& path, stack::IoLoop& io,
+                                   const vpm::Ruleset& rules)
+    : path_(path),
+      io_(io),
+      rules_(rules),
+      fd_(listen_unix(path, SOCK_SEQPACKET, 0666, "library socket", "[vpm] app_socket")),
+      daemon_uid_(::geteuid()) {
+  io_.watch(fd_, EPOLLIN, [this](uint32_t) { accept_peers(); });
+}
+
+InstanceRegistry::~InstanceRegistry() {
+  while (!peers_.empty()) drop(peers_.begin()->first);
+  io_.unwatch(fd_);
+  ::close(fd_);
+  ::unlink(path_.c_str());
+}
+
+void InstanceRegistry::accept_peers() {
+  for (;;) {
+    int fd = ::accept4(fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (peers_.size() >= kMaxPeers || ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+      ++counters_.peers_dropped;
+      ::close(fd);
+      continue;
+    }
+    auto p = std::make_unique<Peer>();
+    p->fd = fd;
+    p->pid = cred.pid;
+    p->uid = cred.uid;
+    p->since_ms = monotonic_ms();
+    peers_[fd] = std::move(p);
+    io_.watch(fd, EPOLLIN, [this, fd](uint32_t) { serve(fd); });
+  }
+}
+
+void InstanceRegistry::serve(int fd) {
+  auto it = peers_.find(fd);
+  if (it == peers_.end()) return;
+  Peer& p = *it->second;
+  uint8_t buf[kMaxMessage + 1];
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+  iovec iov{buf, sizeof buf};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n = ::recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  std::vector<int> fds;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int passed;
+      std::memcpy(&passed, CMSG_DATA(c) + i * sizeof(int), sizeof passed);
+      fds.push_back(passed);
+    }
+  }
+  auto close_fds = [&] {
+    for (int f : fds) ::close(f);
+  };
+  if (n <= 0) {  // the process (and every process it shared the socket with) is gone
+    close_fds();
+    drop(fd);
+    return;
+  }
+  std::string why;
+  auto m = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+               ? std::nullopt
+               : decode({buf, static_cast<size_t>(n)}, &why);
+  const auto* h = m ? std::get_if<Hello>(&*m) : nullptr;
+  const auto* b = m ? std::get_if<Bind>(&*m) : nullptr;
+  if (h && p.app.empty() && fds.empty()) {
+    hello(p, *h);
+  } else if (b && p.table && !p.registered && fds.size() == 1) {
+    bind(p, *b, fds[0]);
+  } else {
+    // A message out of its turn, malformed, or with the wrong descriptors:
+    // the library never sends those.
+    ++counters_.bad_messages;
+    spdlog::info("library socket: pid {} uid {}: {}; closed", p.pid, p.uid,
+                 !m ? "malformed message (" + (why.empty() ? "truncated" : why) + ")"
+                    : "unexpected message");
+    close_fds();
+    drop(fd);
+    return;
+  }
+  close_fds();
+}
+
+void InstanceRegistry::hello(Peer& p, const Hello& h) {
+  const vpm::AppConfig* app = nullptr;
+  for (const auto& a : rules_.config().apps)
+    if (a.name == h.app && !a.draining) app = &a;
+  Welcome w;
+  if (!app) {
+    w = {Status::unknown_app, "no app '" + h.app + "' in " + rules_.config().file, {}};
+  } else if (app->serve != "exec") {
+    w = {Status::not_exec,
+         "app '" + h.app + "' is not served by programs (set serve = \"exec\" in " +
+             rules_.config().file + ")",
+         {}};
+  } else if (!allowed(*app, p.uid)) {
+    w = {Status::not_allowed,
+         "uid " + std::to_string(p.uid) + " may not run instances of app '" + h.app +
+             "' (its users are " +
+             (app->users.empty() ? std::string("the daemon's user and root") : [&] {
+               std::string list;
+               for (auto& u : app->users) list += (list.empty() ? "" : ", ") + u;
+               return list;
+             }()) +
+             ")",
+         {}};
+  }
+  AppTable* table = w.status == Status::ok ? table_for(app->name) : nullptr;
+  if (w.status == Status::ok && !table)
+    w = {Status::full, "the daemon could not make the app's peer table", {}};
+  if (w.status != Status::ok) {
+    ++counters_.refused;
+    spdlog::info("library socket: pid {} uid {} refused: {}", p.pid, p.uid, w.reason);
+    send(p, w);
+    drop(p.fd);
+    return;
+  }
+  for (auto& l : app->listen) w.listens.push_back({l.proto, l.at.addr, l.at.port});
+  p.app = app->name;
+  p.command = printable(h.command);
+  p.table = table;
+  if (!send(p, w, table->memfd)) drop(p.fd);
+}
+
+void InstanceRegistry::bind(Peer& p, const Bind& b, int sock) {
+  // The socket itself says what it is; the message must agree.
+  int domain = 0, type = 0, v6only = 0;
+  socklen_t len = sizeof domain;
+  sockaddr_storage ss{};
+  socklen_t slen = sizeof ss;
+  ::getsockopt(sock, SOL_SOCKET, SO_DOMAIN, &domain, &len);
+  len = sizeof type;
+  ::getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &len);
+  bool ipv6 = domain == AF_INET6;
+  if (ipv6) {
+    len = sizeof v6only;
+    ::getsockopt(sock, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len);
+  }
+  bool named = ::getsockname(sock, reinterpret_cast<sockaddr*>(&ss), &slen) == 0 &&
+               ss.ss_family == domain;
+  vpm::Proto proto = type == SOCK_DGRAM ? vpm::Proto::udp : vpm::Proto::tcp;
+  bool loop = named && (ipv6 ? IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<sockaddr_in6&>(ss).sin6_addr)
+                             : reinterpret_cast<sockaddr_in&>(ss).sin_addr.s_addr ==
+                                   htonl(INADDR_LOOPBACK));
+  Bound answer;
+  const vpm::AppConfig* app = nullptr;
+  for (const auto& a : rules_.config().apps)
+    if (a.name == p.app && !a.draining) app = &a;
+  std::vector<ListenPort> listens;
+  if (app)
+    for (auto& l : app->listen) listens.push_back({l.proto, l.at.addr, l.at.port});
+  if (!named || !loop || (type != SOCK_STREAM && type != SOCK_DGRAM) || ipv6 != b.ipv6 ||
+      proto != b.proto || port_of(ss) != b.real_port || b.real_port == 0) {
+    answer = {Status::bad_message, "the socket passed is not the loopback socket the Bind names"};
+    ++counters_.bad_messages;
+  } else if (!app || !takes_bind(listens, b.proto, b.requested, b.p1)) {
+    answer = {Status::not_listened, "app '" + p.app + "' does not listen on " +
+                                        vpm::Endpoint{b.requested, b.p1}.str() + "/" +
+                                        vpm::proto_name(b.proto)};
+    ++counters_.refused;
+  }
+  ::close(sock);
+  if (answer.status != Status::ok) {
+    spdlog::info("library socket: pid {} ({}) bind refused: {}", p.pid, p.command, answer.reason);
+    send(p, answer);
+    drop(p.fd);
+    return;
+  }
+  p.registered = true;
+  p.bind = b;
+  p.bind.v6only = v6only != 0;
+  p.table->table.set_bind(b.proto, b.ipv6, b.real_port,
+                          {true, b.requested, 0, {}, b.p1, b.real_port});
+  ++counters_.registered;
+  spdlog::info("app {}: instance pid {} ({}) on {}/{} (real port {})", p.app, p.pid, p.command,
+               vpm::Endpoint{b.requested, b.p1}.str(), vpm::proto_name(b.proto), b.real_port);
+  if (!send(p, Bound{})) drop(p.fd);
+}
+
+bool InstanceRegistry::send(Peer& p, const Message& m, int fd_to_pass) {
+  std::vector<uint8_t> bytes = encode(m);
+  iovec iov{bytes.data(), bytes.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  if (fd_to_pass >= 0) {
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd_to_pass, sizeof(int));
+  }
+  // One small datagram to a peer that just wrote: its buffer has room,
+  // unless it is a program that never reads (then it loses its registration).
+  return ::sendmsg(p.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
+}
+
+void InstanceRegistry::drop(int fd) {
+  auto it = peers_.find(fd);
+  if (it == peers_.end()) return;
+  Peer& p = *it->second;
+  if (p.registered) {
+    p.table->table.clear_bind(p.bind.proto, p.bind.ipv6, p.bind.real_port);
+    spdlog::info("app {}: instance pid {} ({}) on {}/{} is gone", p.app, p.pid, p.command,
+                 vpm::Endpoint{p.bind.requested, p.bind.p1}.str(), vpm::proto_name(p.bind.proto));
+  }
+  for (auto& [relay_fd, r] : relays_)
+    if (r.peer == &p) r.peer = nullptr;
+  io_.unwatch(fd);
+  ::close(fd);
+  peers_.erase(it);
+}
+
+InstanceRegistry::AppTable* InstanceRegistry::table_for(const std::string& app) {
+  auto& slot = tables_[app];
+  if (slot) return slot.get();
+  auto t = std::make_unique<AppTable>();
+  t->memfd = ::memfd_create(("vpmtun-peers-" + app).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (t->memfd < 0 || ::ftruncate(t->memfd, PeerTable::kTableBytes) < 0) return nullptr;
+  t->map = ::mmap(nullptr, PeerTable::kTableBytes, PROT_READ | PROT_WRITE, MAP_SHARED, t->memfd, 0);
+  if (t->map == MAP_FAILED) {
+    t->map = nullptr;
+    return nullptr;
+  }
+  // A program could otherwise shrink the file under our mapping (SIGBUS
+  // here) or map it writable and mislead its fellow instances.
+  if (::fcntl(t->memfd, F_ADD_SEALS,
+              F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0)
+    return nullptr;
+  t->table = PeerTable({static_cast<uint8_t*>(t->map), PeerTable::kTableBytes});
+  slot = std::move(t);
+  return slot.get();
+}
+
+bool InstanceRegistry::allowed(const vpm::AppConfig& app, uid_t uid) const {
+  if (uid == 0) return true;
+  if (app.users.empty()) return uid == daemon_uid_;
+  for (const auto& u : app.users) {
+    uid_t want = 0;
+    auto [end, ec] = std::from_chars(u.data(), u.data() + u.size(), want);
+    if (ec == std::errc() && end == u.data() + u.size()) {
+      if (want == uid) return true;
+    } else if (passwd* pw = ::getpwnam(u.c_str()); pw && pw->pw_uid == uid) {
+      return true;
+    }
+  }
+  return false;
+}
+
+int InstanceRegistry::open(uint16_t app, vpm::Proto proto, const vpm::IpAddr& client,
+                           uint16_t cport, const vpm::IpAddr& vaddr, uint16_t p1) {
+  const std::string& name = rules_.config().apps[app].name;
+  std::vector<Peer*> takers;
+  for (auto& [fd, peer] : peers_) {
+    Peer& p = *peer;
+    if (!p.registered || p.app != name || p.bind.proto != proto || p.bind.p1 != p1) continue;
+    if (!is_wildcard(p.bind.requested) && !is_loopback(p.bind.requested) &&
+        p.bind.requested != vaddr)
+      continue;
+    // The family its socket takes: AF_INET only IPv4 clients, AF_INET6
+    // IPv6 ones and, unless IPV6_V6ONLY, IPv4 ones as mapped addresses.
+    bool fits = client.is_v4() ? !p.bind.ipv6 || !p.bind.v6only : p.bind.ipv6;
+    if (fits) takers.push_back(&p);
+  }
+  for (size_t tried = 0; tried < takers.size(); ++tried) {
+    Peer& p = *takers[turn_[name]++ % takers.size()];
+    sockaddr_storage ss;
+    socklen_t len = loopback(p.bind.ipv6, 0, ss);
+    int type = proto == vpm::Proto::tcp ? SOCK_STREAM : SOCK_DGRAM;
+    int fd = ::socket(ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    // Our port first, so the slot is written before the instance can accept.
+    sockaddr_storage local{};
+    socklen_t llen = sizeof local;
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &llen) < 0) {
+      ::close(fd);
+      return -1;
+    }
+    uint16_t lport = port_of(local);
+    PeerTable& t = p.table->table;
+    t.set_relay(proto, p.bind.ipv6, lport, {true, client, cport, vaddr, p1, p.bind.real_port});
+    if (proto == vpm::Proto::udp)
+      t.index_udp(p.bind.ipv6, lport, client, cport, p.bind.real_port);
+    Relay& r = relays_[fd] = {&p, proto, p.bind.ipv6, lport, client, cport, p.table};
+    len = loopback(p.bind.ipv6, p.bind.real_port, ss);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0 || errno == EINPROGRESS) {
+      r.opened = true;
+      ++p.relayed;
+      ++p.open;
+      return fd;
+    }
+    refused(fd);  // its socket is closed: try the next
+    closing(fd);
+    ::close(fd);
+  }
+  return -1;
+}
+
+void InstanceRegistry::refused(int fd) {
+  auto it = relays_.find(fd);
+  if (it == relays_.end()) return;
+  ++counters_.instance_refusals;
+  if (it->second.peer) ++it->second.peer->refusals;
+}
+
+void InstanceRegistry::closing(int fd) {
+  auto it = relays_.find(fd);
+  if (it == relays_.end()) return;
+  Relay& r = it->second;
+  PeerTable& t = r.table->table;
+  if (r.proto == vpm::Proto::udp) {
+    PeerSlot s = t.relay(r.proto, r.ipv6, r.local_port);
+    t.unindex_udp(r.ipv6, r.local_port, r.client, r.cport, s.real_port);
+  }
+  t.clear_relay(r.proto, r.ipv6, r.local_port);
+  if (r.peer && r.peer->open > 0 && r.opened) --r.peer->open;
+  relays_.erase(it);
+}
+
+void InstanceRegistry::expire(uint64_t now_ms) {
+  std::vector<int> silent;
+  for (auto& [fd, p] : peers_)
+    if (!p->registered && now_ms - p->since_ms > kHelloMs) silent.push_back(fd);
+  for (int fd : silent) {
+    ++counters_.peers_dropped;
+    drop(fd);
+  }
+}
+
+std::vector<InstanceInfo> InstanceRegistry::instances() const {
+  std::vector<InstanceInfo> out;
+  for (auto& [fd, peer] : peers_) {
+    const Peer& p = *peer;
+    if (!p.registered) continue;
+    InstanceInfo i;
+    i.app = p.app;
+    i.pid = p.pid;
+    i.uid = p.uid;
+    i.command = p.command;
+    i.proto = p.bind.proto;
+    i.bound = {p.bind.requested, p.bind.p1};
+    i.real = {p.bind.ipv6 ? *vpm::IpAddr::parse("::1") : *vpm::IpAddr::parse("127.0.0.1"),
+              p.bind.real_port};
+    i.relayed = p.relayed;
+    i.open = p.open;
+    i.refusals = p.refusals;
+    out.push_back(std::move(i));
+  }
+  return out;
+}
+
+}  // namespace tun
