@@ -8,6 +8,7 @@
 #include <set>
 
 #include "config_file.hpp"
+#include "exec.hpp"
 #include "replay.hpp"
 #include "run.hpp"
 #include "tun/control.hpp"
@@ -244,7 +245,49 @@ int main(int argc, char** argv) {
              "  systemctl reload vpmtun            (the installed unit runs vpmtun reload)",
              false);
 
+  vpmtun::ExecOptions eopt;
+  std::string exec_socket, exec_config;
+  auto* exec = app.add_subcommand(
+      "exec", "Run an unmodified program as an instance of an app with serve = \"exec\"");
+  exec->add_option("--app", eopt.app, "The app (its name in the daemon's configuration)")
+      ->required();
+  exec->add_option("-s,--socket", exec_socket,
+                   "The daemon's library socket (default: [vpm] app_socket of -c, or "
+                   "/run/vpmtun-app.sock)");
+  exec->add_option("-c,--config", exec_config, "Take the library socket from this configuration");
+  exec->add_option("command", eopt.command, "The program and its arguments, after --")->required();
+  exec->footer(
+      "The program runs with the application library preloaded. When it binds a port\n"
+      "its app listens on (any address, loopback, or the app's virtual address; TCP or\n"
+      "UDP), the library binds an anonymous loopback port instead and registers it with\n"
+      "the daemon, which relays the app's clients to it. The program still sees p1 in\n"
+      "getsockname, and each client's own address and port in accept, getpeername and\n"
+      "recvfrom. Other binds are left alone. Several instances (or pre-fork workers) of\n"
+      "one app take its connections in turn; `vpmtun apps` lists them.\n\n"
+      "It never fails open: if the daemon is down, does not know the app, or refuses the\n"
+      "user ([[app]] users), or the program is statically linked or set-user-ID, the\n"
+      "program is not run (exit 125/126) or its bind fails; p1 itself is never bound.\n"
+      "Otherwise the exit status is the program's.\n\n"
+      "Examples:\n"
+      "  vpmtun exec --app blue -- redis-server --port 9000\n"
+      "  vpmtun exec --app web -c /etc/vpmtun/vpm.toml -- python3 -m http.server 9000\n"
+      "  vpmtun exec --app web -- nginx -g 'daemon off;'");
+
   CLI11_PARSE(app, argc, argv);
+
+  if (*exec) {
+    eopt.socket = exec_socket;
+    if (eopt.socket.empty()) {
+      vpm::VpmConfig vpm_defaults;
+      if (!exec_config.empty()) {
+        auto cfg = vpmtun::load_config(exec_config, "nothing was run");
+        if (!cfg) return 125;
+        vpm_defaults = cfg->vpm;
+      }
+      eopt.socket = vpm::app_socket_path(vpm_defaults);
+    }
+    return vpmtun::exec_program(eopt);
+  }
 
   for (auto* verb : {stats, table, apps, reload}) {
     if (!*verb) continue;
