@@ -36,8 +36,12 @@ void Stack::Impl::hold_syn(std::vector<uint8_t> syn, std::vector<uint8_t> ack, c
                            uint16_t app, uint16_t p1, uint8_t tries) {
   vpm::PacketView v;
   int fd = -1;
-  if (vpm::parse_packet(syn, v) == vpm::Drop::none)
-    fd = open_relay(app, vpm::Proto::tcp, v.src(), v.src_port(), v.dst(), p1);
+  if (vpm::parse_packet(syn, v) == vpm::Drop::none) {
+    auto ep = by_port.find({v.dst(), v.dst_port(), vpm::Proto::tcp});
+    fd = ep == by_port.end()
+             ? open_relay(app, vpm::Proto::tcp, v.src(), v.src_port(), v.dst(), p1)
+             : open_relay_in_stream(ep->second, app, vpm::Proto::tcp, v.src(), v.src_port());
+  }
   if (fd < 0) {
     refuse(Held{std::move(syn), -1, app, 0, std::move(ack)});
     return;

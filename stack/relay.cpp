@@ -51,6 +51,21 @@ int Stack::Impl::open_relay(uint16_t app, vpm::Proto proto, const vpm::IpAddr& c
   return -1;
 }
 
+int Stack::Impl::open_relay_in_stream(Endpoint* ep, uint16_t& app, vpm::Proto proto,
+                                      const vpm::IpAddr& client, uint16_t cport) {
+  int fd = open_relay(app, proto, client, cport, ep->vaddr, ep->p1);
+  if (fd >= 0 || service_of(app) != Service::exec) return fd;
+  for (uint16_t other : ep->apps) {
+    if (other == app || service_of(other) != Service::exec) continue;
+    fd = open_relay(other, proto, client, cport, ep->vaddr, ep->p1);
+    if (fd >= 0) {
+      app = other;
+      return fd;
+    }
+  }
+  return -1;
+}
+
 void Stack::Impl::close_relay(int fd) {
   io->unwatch(fd);
   if (instances) instances->closing(fd);
@@ -156,7 +171,7 @@ void Stack::Impl::udp_forward(Endpoint* ep, uint16_t app, pbuf* p, const ip_addr
   Tuple key = make_tuple(from_lwip(addr), port, ep->vaddr, ep->p2);
   auto it = udp_sessions.find(key);
   if (it == udp_sessions.end()) {
-    int fd = open_relay(app, vpm::Proto::udp, from_lwip(addr), port, ep->vaddr, ep->p1);
+    int fd = open_relay_in_stream(ep, app, vpm::Proto::udp, from_lwip(addr), port);
     if (fd < 0) {
       ++counters.backend_connect_failures;
       ++apps[app].backend_failures;
@@ -178,6 +193,7 @@ void Stack::Impl::udp_forward(Endpoint* ep, uint16_t app, pbuf* p, const ip_addr
         if (n < 0 && errno != EAGAIN && errno != EINTR) {
           // The backend's port is closed (ICMP port unreachable): the
           // next datagram opens a session to it, or to another instance.
+          if (instances) instances->refused(s->second.sock);
           close_relay(s->second.sock);
           udp_sessions.erase(s);
           return;

@@ -44,6 +44,8 @@ struct InstanceRegistry::Peer {
   std::string command;
   AppTable* table = nullptr;
   bool registered = false;  // a Bind taken
+  uint64_t registered_ms = 0;
+  bool dead = false;  // its port refused long after it registered: dropped at the next expire()
   Bind bind;
   uint64_t relayed = 0, open = 0, refusals = 0;
 };
@@ -218,7 +220,7 @@ void InstanceRegistry::hello(Peer& p, const Hello& h) {
 
 void InstanceRegistry::bind(Peer& p, const Bind& b, int sock) {
   // The socket itself says what it is; the message must agree.
-  int domain = 0, type = 0, v6only = 0;
+  int domain = 0, type = 0;
   socklen_t len = sizeof domain;
   sockaddr_storage ss{};
   socklen_t slen = sizeof ss;
@@ -226,10 +228,6 @@ void InstanceRegistry::bind(Peer& p, const Bind& b, int sock) {
   len = sizeof type;
   ::getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &len);
   bool ipv6 = domain == AF_INET6;
-  if (ipv6) {
-    len = sizeof v6only;
-    ::getsockopt(sock, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len);
-  }
   bool named = ::getsockname(sock, reinterpret_cast<sockaddr*>(&ss), &slen) == 0 &&
                ss.ss_family == domain;
   vpm::Proto proto = type == SOCK_DGRAM ? vpm::Proto::udp : vpm::Proto::tcp;
@@ -261,8 +259,10 @@ void InstanceRegistry::bind(Peer& p, const Bind& b, int sock) {
     return;
   }
   p.registered = true;
+  // b.v6only is the program's own setting: the kernel's now says yes, as
+  // it does for every socket bound to one IPv6 address (::1).
   p.bind = b;
-  p.bind.v6only = v6only != 0;
+  p.registered_ms = monotonic_ms();
   p.table->table.set_bind(b.proto, b.ipv6, b.real_port,
                           {true, b.requested, 0, {}, b.p1, b.real_port});
   ++counters_.registered;
@@ -350,7 +350,8 @@ int InstanceRegistry::open(uint16_t app, vpm::Proto proto, const vpm::IpAddr& cl
   std::vector<Peer*> takers;
   for (auto& [fd, peer] : peers_) {
     Peer& p = *peer;
-    if (!p.registered || p.app != name || p.bind.proto != proto || p.bind.p1 != p1) continue;
+    if (!p.registered || p.dead || p.app != name || p.bind.proto != proto || p.bind.p1 != p1)
+      continue;
     if (!is_wildcard(p.bind.requested) && !is_loopback(p.bind.requested) &&
         p.bind.requested != vaddr)
       continue;
@@ -398,7 +399,13 @@ void InstanceRegistry::refused(int fd) {
   auto it = relays_.find(fd);
   if (it == relays_.end()) return;
   ++counters_.instance_refusals;
-  if (it->second.peer) ++it->second.peer->refusals;
+  Peer* p = it->second.peer;
+  if (!p) return;
+  ++p->refusals;
+  // Its socket is closed: the registration outlived it in a process that
+  // holds the registration but not the socket (one exec'd without it). A
+  // socket that was just bound may not be listening yet; give it time.
+  if (monotonic_ms() - p->registered_ms > kSettleMs) p->dead = true;
 }
 
 void InstanceRegistry::closing(int fd) {
@@ -416,10 +423,10 @@ void InstanceRegistry::closing(int fd) {
 }
 
 void InstanceRegistry::expire(uint64_t now_ms) {
-  std::vector<int> silent;
+  std::vector<int> gone;
   for (auto& [fd, p] : peers_)
-    if (!p->registered && now_ms - p->since_ms > kHelloMs) silent.push_back(fd);
-  for (int fd : silent) {
+    if (p->dead || (!p->registered && now_ms - p->since_ms > kHelloMs)) gone.push_back(fd);
+  for (int fd : gone) {
     ++counters_.peers_dropped;
     drop(fd);
   }

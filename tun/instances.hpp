@@ -18,7 +18,9 @@
 // bound), binds a loopback socket, writes the client into the slot of the
 // socket's port, then connects to the instance's real port; closing()
 // clears the slot. An instance whose port refuses stays registered (it may
-// not have called listen() yet) and the next one is tried.
+// not have called listen() yet) and the next one is tried; one that still
+// refuses kSettleMs after it registered is closed and dropped (a process
+// exec'd without the socket may hold its registration open).
 //
 // Bounds: kMaxPeers library connections; one that has not registered
 // within kHelloMs is closed; every malformed message closes its connection
@@ -66,6 +68,7 @@ class InstanceRegistry : public stack::Instances {
  public:
   static constexpr size_t kMaxPeers = 4096;
   static constexpr uint64_t kHelloMs = 10000;
+  static constexpr uint64_t kSettleMs = 5000;  // a registered port may refuse this long
 
   // Listens at `path`. Throws std::runtime_error when it cannot.
   InstanceRegistry(const std::string& path, stack::IoLoop& io, const vpm::Ruleset& rules);
@@ -80,7 +83,8 @@ class InstanceRegistry : public stack::Instances {
   void refused(int fd) override;
   void closing(int fd) override;
 
-  // Closes library connections that never registered (call now and then).
+  // Closes library connections that never registered, and registrations
+  // whose socket is gone (call now and then).
   void expire(uint64_t now_ms);
 
   std::vector<InstanceInfo> instances() const;

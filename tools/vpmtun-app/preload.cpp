@@ -5,7 +5,7 @@
 // (takes_bind, from VPMTUN_LISTEN) binds an anonymous loopback port
 // instead and registers it with the daemon over a connection of its own,
 // which stays open as long as the socket may (its descriptor is moved out of
-// the program's way and shares the socket's close-on-exec flag). Every other
+// the program's way and survives exec). Every other
 // call is passed through. What the kernel then says is translated, never
 // remembered: a peer that is the daemon's loopback relay port L becomes the
 // client written in the app's peer table (accept, accept4, getpeername,
@@ -113,11 +113,12 @@ void mark(int fd, bool on) {
     ours[fd / 64].fetch_and(~bit);
 }
 
-// A high descriptor number for `fd`, away from the ones programs count on.
-int move_high(int fd, bool cloexec) {
-  int high = ::fcntl(fd, cloexec ? F_DUPFD_CLOEXEC : F_DUPFD, 512);
+// A high descriptor number for `fd`, away from the ones programs count on,
+// inherited across exec.
+int move_high(int fd) {
+  int high = ::fcntl(fd, F_DUPFD, 512);
   if (high < 0) {
-    if (!cloexec) ::fcntl(fd, F_SETFD, 0);
+    ::fcntl(fd, F_SETFD, 0);
     return fd;
   }
   REAL(close);
@@ -387,6 +388,11 @@ int take_bind(int fd, vpm::Proto proto, const Inet& asked, bool family6) {
   if (conn < 0) return fail(err, why);
   REAL(bind);
   REAL(close);
+  // Whether the program's socket takes IPv4 clients, before binding ::1
+  // makes the kernel say it does not.
+  int v6only = 0;
+  socklen_t olen = sizeof v6only;
+  if (family6) ::getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &olen);
   sockaddr_storage ss{};
   socklen_t len;
   vpm::IpAddr lo = family6 ? *vpm::IpAddr::parse("::1") : *vpm::IpAddr::parse("127.0.0.1");
@@ -403,7 +409,7 @@ int take_bind(int fd, vpm::Proto proto, const Inet& asked, bool family6) {
   real_getsockname(fd, reinterpret_cast<sockaddr*>(&got), &glen);
   Inet real_port = parse(reinterpret_cast<sockaddr*>(&got), glen);
   std::optional<Message> answer;
-  Bind b{proto, family6, false, asked.addr, asked.port, real_port.port};
+  Bind b{proto, family6, v6only != 0, asked.addr, asked.port, real_port.port};
   if (!exchange(conn, b, fd, answer, nullptr, &why)) {
     real_close(conn);
     return fail(EADDRNOTAVAIL, why);
@@ -413,8 +419,9 @@ int take_bind(int fd, vpm::Proto proto, const Inet& asked, bool family6) {
     real_close(conn);
     return fail(EADDRNOTAVAIL, bound ? bound->reason : "the daemon answered out of turn");
   }
-  int flags = ::fcntl(fd, F_GETFD);
-  conn = move_high(conn, flags >= 0 && (flags & FD_CLOEXEC));
+  // Not close-on-exec, whatever the socket is now: a program may hand the
+  // socket to a program it execs (and clear its flag only then).
+  conn = move_high(conn);
   mark(conn, true);
   return 0;
 }
