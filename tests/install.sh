@@ -11,7 +11,7 @@ fail=0
 expect() { if [ -e "$dest/$1" ]; then echo "ok   $1"; else echo "FAIL $1 not installed"; fail=1; fi; }
 expect bin/vpmtun
 expect lib/systemd/system/vpmtun.service
-for f in two-instances forward ipv6; do
+for f in two-instances forward ipv6 exec; do
   expect "share/vpmtun/examples/$f.toml"
   if "$dest/bin/vpmtun" check -c "$dest/share/vpmtun/examples/$f.toml" >/dev/null; then
     echo "ok   example $f.toml passes vpmtun check"
@@ -19,6 +19,15 @@ for f in two-instances forward ipv6; do
     echo "FAIL example $f.toml"; fail=1
   fi
 done
+# vpmtun exec finds the installed application library by itself: then it
+# only misses the daemon.
+expect "$(cd "$dest" && ls lib*/vpmtun/libvpmtun-app.so lib/*/vpmtun/libvpmtun-app.so 2>/dev/null | head -1)"
+out=$("$dest/bin/vpmtun" exec --app x -s "$dest/no.sock" -- true 2>&1 || true)
+if grep -q "no vpmtun daemon" <<<"$out"; then
+  echo "ok   the installed vpmtun exec finds its library"
+else
+  echo "FAIL the installed vpmtun exec: $out"; fail=1
+fi
 unit="$dest/lib/systemd/system/vpmtun.service"
 if grep -q '^Type=notify$' "$unit" && grep -qE '^ExecStart=/.*/bin/vpmtun run -c ' "$unit"; then
   echo "ok   the unit starts vpmtun run, Type=notify"

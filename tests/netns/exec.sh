@@ -262,6 +262,42 @@ t0=$(date +%s%N)
 check "with none left, c1 is refused at once" sh -c "! ip netns exec $c1 curl -s -m 3 http://10.99.0.10:9000/"
 check "  (within a second)" test $(( ($(date +%s%N) - t0) / 1000000 )) -lt 1000
 
+echo "== a hostile peer on the library socket"
+"$py" - "$work/app.sock" <<'PY'
+import os, socket, struct, sys
+path = sys.argv[1]
+def peer():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(path)
+    return s
+hello = bytes([1, 1]) + struct.pack(">H", 6) + struct.pack(">H", 4) + b"blue" + struct.pack(">H", 0)
+bind = bytes([1, 3]) + struct.pack(">H", 22) + bytes([6, 0]) + bytes(16) + struct.pack(">HH", 9000, 1)
+cases = [b"", b"\x01", os.urandom(3000), bytes([2, 1, 0, 0]), hello[:-1], bind, hello + b"x"]
+for c in cases:
+    s = peer()
+    s.send(c)
+    s.settimeout(2)
+    try:
+        s.recv(100)
+    except OSError:
+        pass
+    s.close()
+s = peer()
+s.send(hello)
+s.recv(2048)
+s.sendmsg([bind], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", 0))])  # stdin, not a socket
+s.settimeout(2)
+s.recv(2048)
+many = [peer() for _ in range(200)]  # connections that never speak
+PY
+check "the daemon counted the bad messages and still serves" has \
+  "$("$vpmtun" stats -s "$work/vpm.sock")" "bad_messages"
+check "  (bad_messages > 0)" test "$("$vpmtun" stats -s "$work/vpm.sock" --json | "$py" -c 'import json,sys; print(json.load(sys.stdin)["library"]["bad_messages"] > 0)')" = True
+instance after blue "$py" "$probe" tcp 0.0.0.0 9000
+check "an instance registers after all that" registered blue 1
+check "and is reached" has "$(ask "$c1" TCP 10.99.0.10 9000)" "peer=10.200.1.5:"
+stop "$pid_after"
+
 echo "== never fail open"
 out=$(in_ns "$d" "$vpmtun" exec --app nosuch -s "$work/app.sock" -- "$py" "$probe" tcp 0.0.0.0 9000 2>&1; echo "exit=$?")
 check "unknown app: not run, exit 125, says why" has "$out" "exit=125" "no app 'nosuch'"
