@@ -363,34 +363,31 @@ int InstanceRegistry::open(uint16_t app, vpm::Proto proto, const vpm::IpAddr& cl
   for (size_t tried = 0; tried < takers.size(); ++tried) {
     Peer& p = *takers[turn_[name]++ % takers.size()];
     sockaddr_storage ss;
-    socklen_t len = loopback(p.bind.ipv6, 0, ss);
+    socklen_t len = loopback(p.bind.ipv6, p.bind.real_port, ss);
     int type = proto == vpm::Proto::tcp ? SOCK_STREAM : SOCK_DGRAM;
     int fd = ::socket(ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
-    // Our port first, so the slot is written before the instance can accept.
+    // The kernel picks our port as for any connect (cheaper than bind(0),
+    // which may not share a port); the instance's library waits for the
+    // slot if it accepts before it is written (preload.cpp).
     sockaddr_storage local{};
     socklen_t llen = sizeof local;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0 ||
+    if ((::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0 && errno != EINPROGRESS) ||
         ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &llen) < 0) {
+      ++counters_.instance_refusals;
+      ++p.refusals;  // its socket is closed: try the next
       ::close(fd);
-      return -1;
+      continue;
     }
     uint16_t lport = port_of(local);
     PeerTable& t = p.table->table;
     t.set_relay(proto, p.bind.ipv6, lport, {true, client, cport, vaddr, p1, p.bind.real_port});
     if (proto == vpm::Proto::udp)
       t.index_udp(p.bind.ipv6, lport, client, cport, p.bind.real_port);
-    Relay& r = relays_[fd] = {&p, proto, p.bind.ipv6, lport, client, cport, p.table};
-    len = loopback(p.bind.ipv6, p.bind.real_port, ss);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0 || errno == EINPROGRESS) {
-      r.opened = true;
-      ++p.relayed;
-      ++p.open;
-      return fd;
-    }
-    refused(fd);  // its socket is closed: try the next
-    closing(fd);
-    ::close(fd);
+    relays_[fd] = {&p, proto, p.bind.ipv6, lport, client, cport, p.table, true};
+    ++p.relayed;
+    ++p.open;
+    return fd;
   }
   return -1;
 }

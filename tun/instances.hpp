@@ -15,8 +15,8 @@
 // Each app has a peer table (vpm::appwire::PeerTable) in a sealed memfd
 // that its instances map read-only. open() picks the app's next instance
 // that takes the client (protocol, p1, address family, the address it
-// bound), binds a loopback socket, writes the client into the slot of the
-// socket's port, then connects to the instance's real port; closing()
+// bound), connects a loopback socket to the instance's real port and
+// writes the client into the slot of the socket's own port; closing()
 // clears the slot. An instance whose port refuses stays registered (it may
 // not have called listen() yet) and the next one is tried; one that still
 // refuses kSettleMs after it registered is closed and dropped (a process

@@ -30,8 +30,9 @@
 // into what the program should see, without a per-process cache that an
 // exec or a dup would lose. The daemon relays each connection (or UDP
 // client) from its own loopback port L to the instance's real port R, and
-// writes, before it connects, the slot of L: the client's address and port,
-// the virtual address and p1. So accept/getpeername/recvfrom map the
+// writes, as soon as connect() has given it L, the slot of L: the client's
+// address and port, the virtual address and p1 (the library waits a moment
+// for the slot of a connection it accepted on a registered port). So accept/getpeername/recvfrom map the
 // kernel's peer (loopback, L) to the client; getsockname maps the kernel's
 // local port R through the slot of R, written at Bind. UDP replies need the
 // way back, client -> L: a small open-addressing index. Slots are written

@@ -337,13 +337,33 @@ vpm::Proto proto_of_socket(int fd, bool* ok) {
   return type == SOCK_DGRAM ? vpm::Proto::udp : vpm::Proto::tcp;
 }
 
-// A peer address the kernel returned: if it is the daemon's relay port,
-// the client it relays instead.
-void translate_peer(vpm::Proto proto, sockaddr* addr, socklen_t* len, socklen_t given) {
+// A peer address the kernel returned for socket `fd`: if it is the
+// daemon's relay port, the client it relays instead. The daemon writes a
+// TCP relay's slot just after its connect() returns, and the handshake on
+// loopback may complete (and the program accept) a moment before: a
+// connection to a registered port whose slot is not there yet waits for it,
+// up to kSlotWaitUs.
+constexpr long kSlotWaitUs = 20000;
+void translate_peer(int fd, vpm::Proto proto, sockaddr* addr, socklen_t* len, socklen_t given) {
   if (!addr || !len) return;
   Inet k = parse(addr, std::min(*len, given));
   if (!k.ok || !is_loopback(k.addr)) return;
-  PeerSlot s = table_or_ask().relay(proto, k.ipv6, k.port);
+  PeerTable t = table_or_ask();
+  PeerSlot s = t.relay(proto, k.ipv6, k.port);
+  if (!s.valid && proto == vpm::Proto::tcp && t.usable()) {
+    sockaddr_storage me{};
+    socklen_t mlen = sizeof me;
+    REAL(getsockname);
+    Inet m = real_getsockname(fd, reinterpret_cast<sockaddr*>(&me), &mlen) == 0
+                 ? parse(reinterpret_cast<sockaddr*>(&me), mlen)
+                 : Inet{};
+    if (m.ok && t.bind(proto, m.ipv6, m.port).valid)
+      for (long waited = 0; !s.valid && waited < kSlotWaitUs; waited += 50) {
+        timespec pause{0, 50000};
+        ::nanosleep(&pause, nullptr);
+        s = t.relay(proto, k.ipv6, k.port);
+      }
+  }
   if (s.valid) {
     socklen_t room = given;
     if (store(k.ipv6, s.addr, s.port, addr, &room)) *len = room;
@@ -461,7 +481,7 @@ int accept(int fd, sockaddr* addr, socklen_t* len) {
   REAL(accept);
   socklen_t given = len ? *len : 0;
   int r = real_accept(fd, addr, len);
-  if (r >= 0 && settings().active) translate_peer(vpm::Proto::tcp, addr, len, given);
+  if (r >= 0 && settings().active) translate_peer(r, vpm::Proto::tcp, addr, len, given);
   return r;
 }
 
@@ -469,7 +489,7 @@ int accept4(int fd, sockaddr* addr, socklen_t* len, int flags) {
   REAL(accept4);
   socklen_t given = len ? *len : 0;
   int r = real_accept4(fd, addr, len, flags);
-  if (r >= 0 && settings().active) translate_peer(vpm::Proto::tcp, addr, len, given);
+  if (r >= 0 && settings().active) translate_peer(r, vpm::Proto::tcp, addr, len, given);
   return r;
 }
 
@@ -480,7 +500,7 @@ int getpeername(int fd, sockaddr* addr, socklen_t* len) {
   if (r == 0 && settings().active) {
     bool ok = false;
     vpm::Proto proto = proto_of_socket(fd, &ok);
-    if (ok) translate_peer(proto, addr, len, given);
+    if (ok) translate_peer(fd, proto, addr, len, given);
   }
   return r;
 }
@@ -517,7 +537,7 @@ ssize_t recvfrom(int fd, void* buf, size_t n, int flags, sockaddr* addr, socklen
   REAL(recvfrom);
   socklen_t given = len && addr ? *len : 0;
   ssize_t r = real_recvfrom(fd, buf, n, flags, addr, len);
-  if (r >= 0 && addr && settings().active) translate_peer(vpm::Proto::udp, addr, len, given);
+  if (r >= 0 && addr && settings().active) translate_peer(fd, vpm::Proto::udp, addr, len, given);
   return r;
 }
 
@@ -526,7 +546,7 @@ ssize_t recvmsg(int fd, msghdr* msg, int flags) {
   socklen_t given = msg && msg->msg_name ? msg->msg_namelen : 0;
   ssize_t r = real_recvmsg(fd, msg, flags);
   if (r >= 0 && given && settings().active)
-    translate_peer(vpm::Proto::udp, static_cast<sockaddr*>(msg->msg_name), &msg->msg_namelen,
+    translate_peer(fd, vpm::Proto::udp, static_cast<sockaddr*>(msg->msg_name), &msg->msg_namelen,
                    given);
   return r;
 }
@@ -539,7 +559,7 @@ int recvmmsg(int fd, mmsghdr* msgs, unsigned int vlen, int flags, timespec* time
   if (settings().active)
     for (int i = 0; i < r; ++i)
       if (given[static_cast<size_t>(i)])
-        translate_peer(vpm::Proto::udp, static_cast<sockaddr*>(msgs[i].msg_hdr.msg_name),
+        translate_peer(fd, vpm::Proto::udp, static_cast<sockaddr*>(msgs[i].msg_hdr.msg_name),
                        &msgs[i].msg_hdr.msg_namelen, given[static_cast<size_t>(i)]);
   return r;
 }
