@@ -10,7 +10,8 @@
 #                                                    8081 forward -> 127.0.0.1:8081
 #                                                    5202 forward -> 127.0.0.1:5202
 #                                                    9000 exec: nginx, listen 9000
-#                                                    5201 exec: iperf3 -s -p 5201
+#                                                    5201 exec: iperf3 -s -p 5201 -B 0.0.0.0
+#                                                         (IPv4, as the forward backend is reached)
 #
 #   tools/bench/exec.sh [BUILD_DIR] [SECONDS] [RUNS]   (defaults: build-bench, 5, 3)
 #
@@ -106,7 +107,7 @@ ip netns exec "$s" nginx -p "$work/plain" -c "$work/plain/nginx.conf" &
 ip netns exec "$s" iperf3 -s -p 5202 >/dev/null 2>&1 &
 ip netns exec "$s" "$vpmtun" exec --app exec -s "$work/app.sock" -- \
   nginx -p "$work/exec" -c "$work/exec/nginx.conf" &
-ip netns exec "$s" "$vpmtun" exec --app exec -s "$work/app.sock" -- iperf3 -s -p 5201 >/dev/null 2>&1 &
+ip netns exec "$s" "$vpmtun" exec --app exec -s "$work/app.sock" -- iperf3 -s -p 5201 -B 0.0.0.0 >/dev/null 2>&1 &
 for _ in $(seq 50); do
   [ "$("$vpmtun" apps -s "$work/vpm.sock" | grep -c 'instance pid')" -ge 2 ] && break
   sleep 0.1
