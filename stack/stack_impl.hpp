@@ -273,8 +273,8 @@ struct Stack::Impl {
   // The same, and an exec app with no instance to take the client passes
   // it to the other exec apps of its stream (the endpoint's apps, one AID)
   // before it is refused; `app` becomes the one that took it.
-  int open_relay_in_stream(Endpoint* ep, uint16_t& app, vpm::Proto proto,
-                           const vpm::IpAddr& client, uint16_t cport);
+  int open_relay_in_stream(Endpoint* ep, uint16_t& app, vpm::Proto proto, const vpm::IpAddr& client,
+                           uint16_t cport);
   void close_relay(int fd);
   // What the apps need and the stack was not given: "" or what is missing.
   std::string missing_loop() const {

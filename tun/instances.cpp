@@ -154,9 +154,8 @@ void InstanceRegistry::serve(int fd) {
     return;
   }
   std::string why;
-  auto m = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
-               ? std::nullopt
-               : decode({buf, static_cast<size_t>(n)}, &why);
+  auto m = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ? std::nullopt
+                                                      : decode({buf, static_cast<size_t>(n)}, &why);
   const auto* h = m ? std::get_if<Hello>(&*m) : nullptr;
   const auto* b = m ? std::get_if<Bind>(&*m) : nullptr;
   if (h && p.app.empty() && fds.empty()) {
@@ -228,12 +227,12 @@ void InstanceRegistry::bind(Peer& p, const Bind& b, int sock) {
   len = sizeof type;
   ::getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &len);
   bool ipv6 = domain == AF_INET6;
-  bool named = ::getsockname(sock, reinterpret_cast<sockaddr*>(&ss), &slen) == 0 &&
-               ss.ss_family == domain;
+  bool named =
+      ::getsockname(sock, reinterpret_cast<sockaddr*>(&ss), &slen) == 0 && ss.ss_family == domain;
   vpm::Proto proto = type == SOCK_DGRAM ? vpm::Proto::udp : vpm::Proto::tcp;
-  bool loop = named && (ipv6 ? IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<sockaddr_in6&>(ss).sin6_addr)
-                             : reinterpret_cast<sockaddr_in&>(ss).sin_addr.s_addr ==
-                                   htonl(INADDR_LOOPBACK));
+  bool loop = named &&
+              (ipv6 ? IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<sockaddr_in6&>(ss).sin6_addr)
+                    : reinterpret_cast<sockaddr_in&>(ss).sin_addr.s_addr == htonl(INADDR_LOOPBACK));
   Bound answer;
   const vpm::AppConfig* app = nullptr;
   for (const auto& a : rules_.config().apps)
@@ -382,8 +381,7 @@ int InstanceRegistry::open(uint16_t app, vpm::Proto proto, const vpm::IpAddr& cl
     uint16_t lport = port_of(local);
     PeerTable& t = p.table->table;
     t.set_relay(proto, p.bind.ipv6, lport, {true, client, cport, vaddr, p1, p.bind.real_port});
-    if (proto == vpm::Proto::udp)
-      t.index_udp(p.bind.ipv6, lport, client, cport, p.bind.real_port);
+    if (proto == vpm::Proto::udp) t.index_udp(p.bind.ipv6, lport, client, cport, p.bind.real_port);
     relays_[fd] = {&p, proto, p.bind.ipv6, lport, client, cport, p.table, true};
     ++p.relayed;
     ++p.open;

@@ -43,10 +43,10 @@
 namespace tun {
 
 struct InstanceCounters {
-  uint64_t registered = 0;      // Binds taken
-  uint64_t refused = 0;         // Hellos and Binds refused (app, user, port)
-  uint64_t bad_messages = 0;    // malformed, out of order, or without the socket
-  uint64_t peers_dropped = 0;   // connections closed: too many, or silent past kHelloMs
+  uint64_t registered = 0;         // Binds taken
+  uint64_t refused = 0;            // Hellos and Binds refused (app, user, port)
+  uint64_t bad_messages = 0;       // malformed, out of order, or without the socket
+  uint64_t peers_dropped = 0;      // connections closed: too many, or silent past kHelloMs
   uint64_t instance_refusals = 0;  // relays an instance's port refused
 };
 
@@ -57,8 +57,8 @@ struct InstanceInfo {
   uid_t uid = 0;
   std::string command;
   vpm::Proto proto = vpm::Proto::tcp;
-  vpm::Endpoint bound;  // what the program asked for (address, p1)
-  vpm::Endpoint real;   // the loopback address and port it really has
+  vpm::Endpoint bound;   // what the program asked for (address, p1)
+  vpm::Endpoint real;    // the loopback address and port it really has
   uint64_t relayed = 0;  // connections (TCP) or client sessions (UDP) relayed to it
   uint64_t open = 0;     // of those, open now
   uint64_t refusals = 0;
@@ -119,8 +119,8 @@ class InstanceRegistry : public stack::Instances {
   int fd_ = -1;
   std::map<int, std::unique_ptr<Peer>> peers_;
   std::map<std::string, std::unique_ptr<AppTable>> tables_;
-  std::unordered_map<int, Relay> relays_;     // by the relay socket's fd
-  std::map<std::string, uint64_t> turn_;       // per app: the next instance to try
+  std::unordered_map<int, Relay> relays_;  // by the relay socket's fd
+  std::map<std::string, uint64_t> turn_;   // per app: the next instance to try
   InstanceCounters counters_;
   uid_t daemon_uid_;
 };

@@ -32,11 +32,11 @@
 // client) from its own loopback port L to the instance's real port R, and
 // writes, as soon as connect() has given it L, the slot of L: the client's
 // address and port, the virtual address and p1 (the library waits a moment
-// for the slot of a connection it accepted on a registered port). So accept/getpeername/recvfrom map the
-// kernel's peer (loopback, L) to the client; getsockname maps the kernel's
-// local port R through the slot of R, written at Bind. UDP replies need the
-// way back, client -> L: a small open-addressing index. Slots are written
-// by the daemon only, under a sequence lock, and read by the library.
+// for the slot of a connection it accepted on a registered port). So accept/getpeername/recvfrom
+// map the kernel's peer (loopback, L) to the client; getsockname maps the kernel's local port R
+// through the slot of R, written at Bind. UDP replies need the way back, client -> L: a small
+// open-addressing index. Slots are written by the daemon only, under a sequence lock, and read by
+// the library.
 #pragma once
 
 #include <cstdint>

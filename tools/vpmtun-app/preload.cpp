@@ -91,8 +91,8 @@ void complain(const std::string& what) {
     if (std::fgets(comm, sizeof comm, f)) comm[std::strcspn(comm, "\n")] = 0;
     std::fclose(f);
   }
-  std::string line = "vpmtun exec: " + std::string(comm) + " [" + std::to_string(::getpid()) +
-                     "]: " + what + "\n";
+  std::string line =
+      "vpmtun exec: " + std::string(comm) + " [" + std::to_string(::getpid()) + "]: " + what + "\n";
   (void)!::write(2, line.data(), line.size());
 }
 
@@ -128,7 +128,7 @@ int move_high(int fd) {
 
 // ---- the daemon ----
 
-std::mutex lock;                // registration and the table mapping
+std::mutex lock;                     // registration and the table mapping
 const uint8_t* table_map = nullptr;  // the app's peer table, read-only
 std::atomic<bool> table_ready{false};
 uint64_t last_table_try = 0;
@@ -395,8 +395,8 @@ bool reply_route(int fd, const sockaddr* to, socklen_t tolen, sockaddr_storage& 
 int take_bind(int fd, vpm::Proto proto, const Inet& asked, bool family6) {
   const Settings& s = settings();
   auto fail = [&](int err, const std::string& why) {
-    complain("bind " + vpm::Endpoint{asked.addr, asked.port}.str() + "/" +
-             vpm::proto_name(proto) + " refused: " + why);
+    complain("bind " + vpm::Endpoint{asked.addr, asked.port}.str() + "/" + vpm::proto_name(proto) +
+             " refused: " + why);
     errno = err;
     return -1;
   };
@@ -554,7 +554,8 @@ ssize_t recvmsg(int fd, msghdr* msg, int flags) {
 int recvmmsg(int fd, mmsghdr* msgs, unsigned int vlen, int flags, timespec* timeout) {
   REAL(recvmmsg);
   std::vector<socklen_t> given(vlen);
-  for (unsigned i = 0; i < vlen; ++i) given[i] = msgs[i].msg_hdr.msg_name ? msgs[i].msg_hdr.msg_namelen : 0;
+  for (unsigned i = 0; i < vlen; ++i)
+    given[i] = msgs[i].msg_hdr.msg_name ? msgs[i].msg_hdr.msg_namelen : 0;
   int r = real_recvmmsg(fd, msgs, vlen, flags, timeout);
   if (settings().active)
     for (int i = 0; i < r; ++i)

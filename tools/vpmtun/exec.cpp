@@ -44,7 +44,8 @@ std::optional<fs::path> find_program(const std::string& name) {
   std::string dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
   for (size_t at = 0; at <= dirs.size();) {
     size_t end = std::min(dirs.find(':', at), dirs.size());
-    fs::path p = fs::path(dirs.substr(at, end - at).empty() ? "." : dirs.substr(at, end - at)) / name;
+    fs::path p =
+        fs::path(dirs.substr(at, end - at).empty() ? "." : dirs.substr(at, end - at)) / name;
     if (::access(p.c_str(), X_OK) == 0 && !fs::is_directory(p)) return p;
     at = end + 1;
   }
@@ -64,13 +65,15 @@ std::string unloadable(const fs::path& program, int depth = 0) {
     std::string line(head + 2, got - 2);
     line = line.substr(0, line.find('\n'));
     size_t start = line.find_first_not_of(" \t");
-    if (start == std::string::npos || depth > 2) return program.string() + ": a script without an interpreter";
+    if (start == std::string::npos || depth > 2)
+      return program.string() + ": a script without an interpreter";
     std::string interp = line.substr(start, line.find_first_of(" \t", start) - start);
     return unloadable(interp, depth + 1);
   }
   struct stat st {};
   if (::stat(program.c_str(), &st) == 0 && (st.st_mode & (S_ISUID | S_ISGID)))
-    return program.string() + " is set-user-ID or set-group-ID: the loader ignores LD_PRELOAD for it";
+    return program.string() +
+           " is set-user-ID or set-group-ID: the loader ignores LD_PRELOAD for it";
   Elf64_Ehdr eh{};
   if (got < sizeof eh) return program.string() + ": neither an ELF program nor a script";
   std::memcpy(&eh, head, sizeof eh);
@@ -99,7 +102,7 @@ std::optional<fs::path> find_library() {
   if (ec) return std::nullopt;
   fs::path dir = self.parent_path();
   for (fs::path p : {dir / VPMTUN_APP_LIBDIR / "libvpmtun-app.so",  // installed
-                     dir / "vpmtun-app" / "libvpmtun-app.so"})        // the build tree
+                     dir / "vpmtun-app" / "libvpmtun-app.so"})      // the build tree
     if (fs::exists(p, ec)) return fs::canonical(p, ec);
   return std::nullopt;
 }
@@ -137,7 +140,8 @@ std::variant<std::vector<ListenPort>, std::string> ask_app(const std::string& so
 std::string sanitizer_runtime() {
 #if defined(__SANITIZE_ADDRESS__)
   Dl_info info{};
-  if (void* sym = ::dlsym(RTLD_DEFAULT, "__asan_init"); sym && ::dladdr(sym, &info) && info.dli_fname)
+  if (void* sym = ::dlsym(RTLD_DEFAULT, "__asan_init");
+      sym && ::dladdr(sym, &info) && info.dli_fname)
     return info.dli_fname;
 #endif
   return "";
@@ -146,7 +150,8 @@ std::string sanitizer_runtime() {
 }  // namespace
 
 int exec_program(const ExecOptions& opt) {
-  if (opt.command.empty()) return fail(kFailed, "no program to run (vpmtun exec --app NAME -- CMD ...)");
+  if (opt.command.empty())
+    return fail(kFailed, "no program to run (vpmtun exec --app NAME -- CMD ...)");
   std::string command;
   for (const auto& word : opt.command) command += (command.empty() ? "" : " ") + word;
 
