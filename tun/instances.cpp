@@ -18,6 +18,7 @@
 #include <stdexcept>
 
 #include "tun/control.hpp"
+#include "tun/fd_passing.hpp"
 
 namespace tun {
 
@@ -126,25 +127,10 @@ void InstanceRegistry::serve(int fd) {
   if (it == peers_.end()) return;
   Peer& p = *it->second;
   uint8_t buf[kMaxMessage + 1];
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
-  iovec iov{buf, sizeof buf};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  ssize_t n = ::recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
   std::vector<int> fds;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; ++i) {
-      int passed;
-      std::memcpy(&passed, CMSG_DATA(c) + i * sizeof(int), sizeof passed);
-      fds.push_back(passed);
-    }
-  }
+  bool cut = false;
+  ssize_t n = recv_with_fds(fd, buf, fds, MSG_DONTWAIT, &cut);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
   auto close_fds = [&] {
     for (int f : fds) ::close(f);
   };
@@ -154,8 +140,7 @@ void InstanceRegistry::serve(int fd) {
     return;
   }
   std::string why;
-  auto m = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ? std::nullopt
-                                                      : decode({buf, static_cast<size_t>(n)}, &why);
+  auto m = cut ? std::nullopt : decode({buf, static_cast<size_t>(n)}, &why);
   const auto* h = m ? std::get_if<Hello>(&*m) : nullptr;
   const auto* b = m ? std::get_if<Bind>(&*m) : nullptr;
   if (h && p.app.empty() && fds.empty()) {
@@ -271,24 +256,9 @@ void InstanceRegistry::bind(Peer& p, const Bind& b, int sock) {
 }
 
 bool InstanceRegistry::send(Peer& p, const Message& m, int fd_to_pass) {
-  std::vector<uint8_t> bytes = encode(m);
-  iovec iov{bytes.data(), bytes.size()};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  if (fd_to_pass >= 0) {
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd_to_pass, sizeof(int));
-  }
   // One small datagram to a peer that just wrote: its buffer has room,
   // unless it is a program that never reads (then it loses its registration).
-  return ::sendmsg(p.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
+  return send_with_fd(p.fd, encode(m), fd_to_pass, MSG_DONTWAIT);
 }
 
 void InstanceRegistry::drop(int fd) {

@@ -432,8 +432,9 @@ std::string render_metrics(const Daemon& d) {
     per_app("vpmtun_app_instances", "gauge",
             "Sockets registered by programs under vpmtun exec per app (serve = \"exec\")",
             [&](size_t a) {
-              return std::count_if(instances.begin(), instances.end(),
-                                   [&](const InstanceInfo& i) { return i.app == cfg.apps[a].name; });
+              return std::count_if(instances.begin(), instances.end(), [&](const InstanceInfo& i) {
+                return i.app == cfg.apps[a].name;
+              });
             });
   }
   family("vpmtun_uptime_seconds", "gauge", "Seconds since the daemon started");

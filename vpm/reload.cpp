@@ -1,6 +1,7 @@
 // Merging a new configuration file into the running one.
 #include "vpm/reload.hpp"
 
+#include <algorithm>
 #include <set>
 
 #include "vpm/rules.hpp"
@@ -69,6 +70,14 @@ std::vector<ConfigError> reload_errors(const Config& running, const Config& next
   fixed("vpm.port_range", range(a.vpm), range(b.vpm));
   fixed("vpm.allocation", mode(a.vpm), mode(b.vpm));
   fixed("vpm.control_socket", a.vpm.control_socket, b.vpm.control_socket);
+  // The library socket exists while an app has serve = "exec": its path,
+  // and whether there is one, are set at start.
+  auto exec_socket = [](const Config& c) {
+    bool any = std::any_of(c.apps.begin(), c.apps.end(),
+                           [](const AppConfig& app) { return app.serve == "exec"; });
+    return any ? app_socket_path(c.vpm) : std::string("none (no app has serve = \"exec\")");
+  };
+  fixed("vpm.app_socket", exec_socket(a), exec_socket(b));
   fixed("vpm.max_flows", std::to_string(a.vpm.max_flows), std::to_string(b.vpm.max_flows));
   fixed("metrics.listen", shown(a.metrics.listen), shown(b.metrics.listen));
   fixed("daemon.user", a.daemon.user, b.daemon.user);

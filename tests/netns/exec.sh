@@ -135,9 +135,10 @@ stop "$pid_web_blue" "$pid_web_green"
 
 echo "== exec_probe.py: what the socket calls say"
 instance probe blue "$py" "$probe" tcp 0.0.0.0 9000
-instance probe6 green "$py" "$probe" tcp :: 9000 --dup
+instance probe6 green "$py" "$probe" tcp :: 9000 --dup --close-others
 check "probes registered" registered green 1
 registered blue 1 >/dev/null
+for _ in $(seq 50); do grep -q "closed the others" "$work/probe6.log" && break; sleep 0.1; done
 r=$(ask "$c1" TCP 10.99.0.10 9000)
 check "IPv4 socket: accept and getpeername give the client, getsockname vip:9000" has "$r" \
   "peer=10.200.1.5:" "getpeername=10.200.1.5:" "getsockname=10.99.0.10:9000" "listening=0.0.0.0:9000"
@@ -148,6 +149,7 @@ check "dual-stack socket, IPv4 client: a mapped address, after dup3" has "$r" \
 r=$(ask "$c2" TCP6 '[fd00:99::10]' 9000)
 check "dual-stack socket, IPv6 client" has "$r" "peer=[fd00:200:2::5]:" "getsockname=[fd00:99::10]:9000"
 check "getsockname after dup3 says [::]:9000" has "$(cat "$work/probe6.log")" "dup listening [::]:9000"
+check "closing every other descriptor (close_range) kept the registration" registered green 1
 stop "$pid_probe" "$pid_probe6"
 
 instance child blue "$py" "$probe" tcp 0.0.0.0 9000 --exec-child

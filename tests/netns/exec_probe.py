@@ -8,6 +8,7 @@ Run under `vpmtun exec`, it shows what an unmodified program sees:
       "listening <getsockname>" and answers each connection with one line:
       "pid=P peer=<accept> getpeername=<..> getsockname=<..> listening=<..>".
       --dup          serves on a dup3'd copy (the original closed)
+      --close-others closes every other descriptor above 2 (close_range)
       --exec-child   execs a fresh interpreter that inherits the socket
       --fork N       N pre-forked workers accept on the one socket
   sha ADDR PORT    reads each connection to its end, answers its sha256
@@ -83,6 +84,10 @@ def main():
         s.close()
         s = socket.socket(fileno=fd)
         print(f"dup listening {fmt(s.getsockname())}", flush=True)
+    if "--close-others" in opts:
+        os.closerange(3, s.fileno())
+        os.closerange(s.fileno() + 1, 1 << 16)
+        print("closed the others", flush=True)
     if "--exec-child" in opts:
         os.set_inheritable(s.fileno(), True)
         os.execv(sys.executable, [sys.executable, __file__, "inherit", addr, str(s.fileno())])

@@ -180,6 +180,17 @@ serve = "echo"
   CHECK(errors[0].key == "app[2].listen");
   CHECK(errors[0].line == 17);
   CHECK(vpm::reload_errors(per_connection(""), per_connection("")).empty());
+
+  // The first app served by programs needs the library socket, made at start.
+  errors = vpm::reload_errors(running, config(std::string(kBefore) + R"([[app]]
+name = "prog"
+aid = 105
+listen = ["192.0.2.10:9002"]
+clients = ["192.0.2.0/24"]
+serve = "exec"
+)"));
+  REQUIRE(errors.size() == 1);
+  CHECK(errors[0].key == "vpm.app_socket");
 }
 
 // The daemon re-reads its file: an open echo connection of the removed app

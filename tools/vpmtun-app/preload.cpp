@@ -43,6 +43,7 @@
 #include <mutex>
 #include <string>
 
+#include "tun/fd_passing.hpp"
 #include "vpm/app_wire.hpp"
 
 using namespace vpm::appwire;
@@ -150,49 +151,25 @@ void map_table(int memfd) {
 // descriptor into *fd_back). False with *why when the daemon did not answer.
 bool exchange(int conn, const Message& m, int fd_to_pass, std::optional<Message>& answer,
               int* fd_back, std::string* why) {
-  std::vector<uint8_t> bytes = encode(m);
-  iovec iov{bytes.data(), bytes.size()};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  if (fd_to_pass >= 0) {
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd_to_pass, sizeof(int));
-  }
-  if (::sendmsg(conn, &msg, MSG_NOSIGNAL) != static_cast<ssize_t>(bytes.size())) {
+  if (!tun::send_with_fd(conn, encode(m), fd_to_pass, 0)) {
     *why = std::string("the daemon did not take the message: ") + std::strerror(errno);
     return false;
   }
   uint8_t buf[kMaxMessage];
-  iov = {buf, sizeof buf};
-  msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  REAL(recvmsg);
-  ssize_t n = real_recvmsg(conn, &msg, MSG_CMSG_CLOEXEC);
+  std::vector<int> fds;
+  bool cut = false;
+  ssize_t n = tun::recv_with_fds(conn, buf, fds, 0, &cut);
+  for (int got : fds) {
+    if (fd_back && *fd_back < 0)
+      *fd_back = got;
+    else
+      ::close(got);
+  }
   if (n <= 0) {
     *why = n == 0 ? "the daemon closed the connection"
                   : std::string("no answer from the daemon: ") + std::strerror(errno);
     return false;
   }
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-        c->cmsg_len == CMSG_LEN(sizeof(int))) {
-      int got;
-      std::memcpy(&got, CMSG_DATA(c), sizeof got);
-      if (fd_back && *fd_back < 0)
-        *fd_back = got;
-      else
-        ::close(got);
-    }
   answer = decode({buf, static_cast<size_t>(n)}, why);
   return answer.has_value();
 }

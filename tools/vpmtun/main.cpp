@@ -255,8 +255,10 @@ int main(int argc, char** argv) {
                    "The daemon's library socket (default: [vpm] app_socket of -c, or "
                    "/run/vpmtun-app.sock)");
   exec->add_option("-c,--config", exec_config, "Take the library socket from this configuration");
-  exec->add_option("command", eopt.command, "The program and its arguments, after --")->required();
+  // Everything from the program's name on is the program's, options included.
+  exec->prefix_command();
   exec->footer(
+      "Usage: vpmtun exec --app NAME [-s SOCK | -c FILE] [--] PROGRAM [ARGS...]\n\n"
       "The program runs with the application library preloaded. When it binds a port\n"
       "its app listens on (any address, loopback, or the app's virtual address; TCP or\n"
       "UDP), the library binds an anonymous loopback port instead and registers it with\n"
@@ -273,9 +275,19 @@ int main(int argc, char** argv) {
       "  vpmtun exec --app web -c /etc/vpmtun/vpm.toml -- python3 -m http.server 9000\n"
       "  vpmtun exec --app web -- nginx -g 'daemon off;'");
 
+  // `vpmtun exec ... -- PROGRAM ...`: what follows "--" is the program's,
+  // whatever it looks like; CLI11 sees what comes before.
+  if (argc > 1 && std::string_view(argv[1]) == "exec")
+    for (int j = 2; j < argc; ++j)
+      if (std::string_view(argv[j]) == "--") {
+        eopt.command.assign(argv + j + 1, argv + argc);
+        argc = j;
+        break;
+      }
   CLI11_PARSE(app, argc, argv);
 
   if (*exec) {
+    if (eopt.command.empty()) eopt.command = exec->remaining();
     eopt.socket = exec_socket;
     if (eopt.socket.empty()) {
       vpm::VpmConfig vpm_defaults;
