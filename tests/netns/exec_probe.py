@@ -9,7 +9,8 @@ Run under `vpmtun exec`, it shows what an unmodified program sees:
       "pid=P peer=<accept> getpeername=<..> getsockname=<..> listening=<..>".
       --dup          serves on a dup3'd copy (the original closed)
       --close-others closes every other descriptor above 2 (close_range)
-      --exec-child   execs a fresh interpreter that inherits the socket
+      --exec-child   execs a fresh interpreter that inherits the socket (and
+                     closes every other descriptor above 2)
       --fork N       N pre-forked workers accept on the one socket
   sha ADDR PORT    reads each connection to its end, answers its sha256
   udp ADDR PORT    answers each datagram with "pid=P peer=<recvfrom>", from
@@ -55,6 +56,9 @@ def main():
     if mode == "inherit":  # the --exec-child's child: the socket is descriptor `port`
         s = socket.socket(fileno=port)
         print(f"child listening {fmt(s.getsockname())}", flush=True)
+        os.closerange(3, port)  # as a daemon does: nothing but its socket
+        os.closerange(port + 1, 1 << 16)
+        print("child closed the others", flush=True)
         serve_tcp(s)
     if mode == "udp":
         s = bound(addr, port, socket.SOCK_DGRAM)

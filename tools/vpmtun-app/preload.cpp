@@ -23,8 +23,10 @@
 // close(), close_range(), closefrom(), dup2() and dup3() leave the
 // registration descriptors alone (a dup2 onto one moves it first), so a
 // program that closes "all other descriptors" does not end its own
-// registration.
+// registration; a program exec'd with registrations finds them by their
+// abstract socket names when it starts.
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -37,6 +39,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -112,6 +115,32 @@ void mark(int fd, bool on) {
     ours[fd / 64].fetch_or(bit);
   else
     ours[fd / 64].fetch_and(~bit);
+}
+
+// Registration connections are bound to an abstract name with this prefix,
+// so that a program exec'd with them recognises them as its own (adopt()).
+constexpr char kRegistrationName[] = "vpmtun-registration/";
+
+bool is_registration(int fd) {
+  sockaddr_un a{};
+  socklen_t len = sizeof a;
+  constexpr size_t n = sizeof kRegistrationName - 1;
+  return ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0 &&
+         a.sun_family == AF_UNIX && len > offsetof(sockaddr_un, sun_path) + n &&
+         a.sun_path[0] == '\0' && std::memcmp(a.sun_path + 1, kRegistrationName, n) == 0;
+}
+
+// At start: the registrations this process inherited across exec.
+__attribute__((constructor)) void adopt() {
+  if (!std::getenv("VPMTUN_APP")) return;
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (!dir) return;
+  int own = ::dirfd(dir);
+  while (dirent* e = ::readdir(dir)) {
+    int fd = std::atoi(e->d_name);
+    if (fd > 2 && fd != own && is_registration(fd)) mark(fd, true);
+  }
+  ::closedir(dir);
 }
 
 // A high descriptor number for `fd`, away from the ones programs count on,
@@ -195,7 +224,17 @@ int hello(std::string* why, int* err) {
     *err = EADDRNOTAVAIL;
     return -1;
   }
+  // A name that says what this connection is (adopt()); pid and a count
+  // make it unique, and without it the registration works all the same.
+  static std::atomic<unsigned> count{0};
   sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::string name = kRegistrationName + std::to_string(::getpid()) + "/" +
+                     std::to_string(count.fetch_add(1));
+  std::memcpy(a.sun_path + 1, name.data(), name.size());
+  ::bind(conn, reinterpret_cast<sockaddr*>(&a),
+         static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size()));
+  a = {};
   a.sun_family = AF_UNIX;
   if (s.socket_path.size() >= sizeof a.sun_path) {
     *why = "VPMTUN_SOCKET is longer than a socket path may be";
