@@ -197,7 +197,7 @@ check "redis CLIENT LIST: addr is the client, laddr vip:6379" has "$(redis "$c1"
 check "redis INFO says tcp_port 6379" has "$(redis "$c1" INFO server)" "tcp_port:6379"
 stop "$pid_redis_blue" "$pid_redis_green"
 
-echo "== nginx: master and two pre-forked workers"
+echo "== nginx: master and two pre-forked workers, an SO_REUSEPORT group (a socket per worker)"
 mkdir -p "$work/nginx/logs" "$work/nginx/html"
 echo "nginx blue" >"$work/nginx/html/index.html"
 cat >"$work/nginx/nginx.conf" <<NGINX
@@ -207,19 +207,22 @@ pid $work/nginx/nginx.pid;
 error_log $work/nginx/logs/error.log;
 events { worker_connections 64; }
 http {
-  access_log $work/nginx/logs/access.log;
+  log_format who '\$remote_addr worker \$pid';
+  access_log $work/nginx/logs/access.log who;
   client_body_temp_path $work/nginx/body; proxy_temp_path $work/nginx/proxy;
   fastcgi_temp_path $work/nginx/fcgi; uwsgi_temp_path $work/nginx/uwsgi; scgi_temp_path $work/nginx/scgi;
-  server { listen 9000; listen [::]:9000; root $work/nginx/html; }
+  server { listen 9000 reuseport; listen [::]:9000; root $work/nginx/html; }
 }
 NGINX
 instance nginx blue nginx -p "$work/nginx" -c "$work/nginx/nginx.conf"
-check "nginx registered both its listens" registered blue 2
+check "nginx registered its listens (IPv4: one per worker)" registered blue 3
 ok=0
 for _ in $(seq 10); do in_ns "$c1" curl -s -m 5 http://10.99.0.10:9000/ | grep -q "nginx blue" && ok=$((ok + 1)); done
 check "10 of 10 requests to nginx answered" test "$ok" = 10
 check "over IPv6 too" has "$(in_ns "$c1" curl -s -m 5 -g 'http://[fd00:99::10]:9000/')" "nginx blue"
 check "nginx's access log names the client" has "$(cat "$work/nginx/logs/access.log")" "10.200.1.5" "fd00:200:1::5"
+check "both workers' SO_REUSEPORT sockets took connections" \
+  test "$(grep '^10.200.1.5 ' "$work/nginx/logs/access.log" | awk '{ print $3 }' | sort -u | wc -l)" = 2
 check "c2 does not reach blue's nginx (no green instance: refused)" \
   sh -c "! ip netns exec $c2 curl -s -m 3 http://10.99.0.10:9000/"
 stop "$pid_nginx"
