@@ -107,7 +107,10 @@ void InstanceRegistry::accept_peers() {
     if (fd < 0) return;
     ucred cred{};
     socklen_t len = sizeof cred;
-    if (peers_.size() >= kMaxPeers || ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+    size_t waiting = 0;
+    bool known = ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
+    for (auto& [other, p] : peers_) waiting += !p->registered && p->uid == cred.uid;
+    if (!known || peers_.size() >= kMaxPeers || waiting >= kMaxUnregisteredPerUser) {
       ++counters_.peers_dropped;
       ::close(fd);
       continue;

@@ -22,9 +22,10 @@
 // refuses kSettleMs after it registered is closed and dropped (a process
 // exec'd without the socket may hold its registration open).
 //
-// Bounds: kMaxPeers library connections; one that has not registered
-// within kHelloMs is closed; every malformed message closes its connection
-// and is counted.
+// Bounds: kMaxPeers library connections, of which at most
+// kMaxUnregisteredPerUser per uid have not registered yet; one that has not
+// registered within kHelloMs is closed; every malformed message closes its
+// connection and is counted.
 #pragma once
 
 #include <sys/types.h>
@@ -67,6 +68,7 @@ struct InstanceInfo {
 class InstanceRegistry : public stack::Instances {
  public:
   static constexpr size_t kMaxPeers = 4096;
+  static constexpr size_t kMaxUnregisteredPerUser = 64;  // so no one user fills kMaxPeers
   static constexpr uint64_t kHelloMs = 10000;
   static constexpr uint64_t kSettleMs = 5000;  // a registered port may refuse this long
 
