@@ -160,6 +160,12 @@ check "a child exec'd with the socket sees the client and 9000" has "$r" "peer=1
 check "its getsockname of the inherited socket says 0.0.0.0:9000" has "$(cat "$work/child.log")" "child listening 0.0.0.0:9000"
 stop "$pid_child"
 
+instance vbind blue "$py" "$probe" tcp 10.99.0.10 9000
+registered blue 1 >/dev/null
+check "bind to the virtual address itself (not an address of this host)" has \
+  "$(ask "$c1" TCP 10.99.0.10 9000)" "peer=10.200.1.5:" "listening=10.99.0.10:9000"
+stop "$pid_vbind"
+
 echo "== UDP: recvfrom/recvmsg show the client, replies reach it"
 instance udp-blue blue "$py" "$probe" udp :: 9000
 instance udp-green green "$py" "$probe" udp 0.0.0.0 9000
