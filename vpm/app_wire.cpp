@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "vpm/wire_io.hpp"
+
 namespace vpm::appwire {
 
 const char* status_name(Status s) {
@@ -28,64 +30,9 @@ const char* status_name(Status s) {
 
 namespace {
 
-class Writer {
- public:
-  void u8(uint8_t v) { out.push_back(v); }
-  void u16(uint16_t v) {
-    u8(static_cast<uint8_t>(v >> 8));
-    u8(static_cast<uint8_t>(v));
-  }
-  void addr(const IpAddr& a) { out.insert(out.end(), a.bytes.begin(), a.bytes.end()); }
-  void str(std::string_view s, size_t bound) {
-    s = s.substr(0, bound);
-    u16(static_cast<uint16_t>(s.size()));
-    out.insert(out.end(), s.begin(), s.end());
-  }
-  std::vector<uint8_t> out;
-};
-
-// Reads fields in order; the first that does not fit sets `bad`, and every
-// read after that yields zeros.
-class Reader {
- public:
-  explicit Reader(std::span<const uint8_t> b) : b_(b) {}
-  uint8_t u8() {
-    if (pos_ + 1 > b_.size()) return fail(), 0;
-    return b_[pos_++];
-  }
-  uint16_t u16() {
-    uint16_t hi = u8();
-    return static_cast<uint16_t>(hi << 8 | u8());
-  }
-  IpAddr addr() {
-    IpAddr a;
-    if (pos_ + 16 > b_.size()) return fail(), a;
-    std::memcpy(a.bytes.data(), b_.data() + pos_, 16);
-    pos_ += 16;
-    return a;
-  }
-  std::string str(size_t bound) {
-    size_t n = u16();
-    if (n > bound || pos_ + n > b_.size()) return fail(), std::string();
-    std::string s(reinterpret_cast<const char*>(b_.data() + pos_), n);
-    pos_ += n;
-    return s;
-  }
-  bool done() const { return !bad_ && pos_ == b_.size(); }
-  bool bad() const { return bad_; }
-
- private:
-  void fail() { bad_ = true, pos_ = b_.size(); }
-  std::span<const uint8_t> b_;
-  size_t pos_ = 0;
-  bool bad_ = false;
-};
-
-std::optional<Proto> proto_of(uint8_t v) {
-  if (v == static_cast<uint8_t>(Proto::tcp)) return Proto::tcp;
-  if (v == static_cast<uint8_t>(Proto::udp)) return Proto::udp;
-  return std::nullopt;
-}
+using wire::proto_of;
+using wire::Reader;
+using wire::Writer;
 
 std::optional<Status> status_of(uint8_t v) {
   if (v > static_cast<uint8_t>(Status::full)) return std::nullopt;
