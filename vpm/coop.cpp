@@ -1,0 +1,126 @@
+// Cooperative negotiation state machines (coop.hpp).
+#include "vpm/coop.hpp"
+
+#include <algorithm>
+
+namespace vpm::coop {
+
+const char* outcome_name(Outcome o) {
+  switch (o) {
+    case Outcome::offered:
+      return "offered";
+    case Outcome::negotiated:
+      return "negotiated";
+    case Outcome::not_cooperative:
+      return "not_cooperative";
+    case Outcome::no_app:
+      return "no_app";
+    case Outcome::busy:
+      return "busy";
+    case Outcome::unknown_offer:
+      return "unknown_offer";
+    case Outcome::mismatch:
+      return "mismatch";
+    case Outcome::aid_mismatch:
+      return "aid_mismatch";
+    case Outcome::admitted:
+      return "admitted";
+    case Outcome::not_negotiated:
+      return "not_negotiated";
+    case Outcome::window_passed:
+      return "window_passed";
+  }
+  return "?";
+}
+
+namespace {
+
+Reply refuse(Outcome why, Reason reason, const Nonce& about, Header fresh) {
+  return {why, Refuse{fresh, about, reason}};
+}
+
+}  // namespace
+
+Reply Negotiations::on_ask(const Ask& ask, uint64_t now_ms) {
+  Header h = fresh_(now_ms);
+  int vaddr = rules_.find_vaddr(ask.server.addr);
+  const Listen* l = vaddr < 0 ? nullptr : rules_.find_listen(vaddr, ask.server.port, ask.proto);
+  if (!l) return refuse(Outcome::not_cooperative, Reason::not_cooperative, ask.h.nonce, h);
+  uint16_t app = rules_.classify(*l, ask.client.addr, ask.client.port);
+  if (app == kNoApp) return refuse(Outcome::no_app, Reason::no_app, ask.h.nonce, h);
+  // The client's rules chose an app that is not cooperative: its clients
+  // come without a VPM of their own.
+  if (app >= cooperative_.size() || !cooperative_[app])
+    return refuse(Outcome::not_cooperative, Reason::not_cooperative, ask.h.nonce, h);
+  expire(now_ms);
+  if (offers_.size() >= kMaxPending) return refuse(Outcome::busy, Reason::busy, ask.h.nonce, h);
+  Offer offer{h,
+              ask.h.nonce,
+              ask.client,
+              ask.server,
+              ask.proto,
+              l->p2_of_app[app],
+              {rules_.config().apps[app].aid}};
+  offer.h.expiry_ms = std::min(offer.h.expiry_ms, now_ms + kOfferMs);
+  offers_[offer.h.nonce] = {offer, app};
+  return {Outcome::offered, offer};
+}
+
+Reply Negotiations::on_ack(const Ack& ack, uint64_t now_ms) {
+  Header h = fresh_(now_ms);
+  expire(now_ms);
+  auto it = offers_.find(ack.in_reply_to);
+  if (it == offers_.end())
+    return refuse(Outcome::unknown_offer, Reason::bad_message, ack.h.nonce, h);
+  Pending p = std::move(it->second);
+  offers_.erase(it);  // one Ack per offer: another is a replay
+  const Offer& o = p.offer;
+  bool offered_aid = std::find(o.aids.begin(), o.aids.end(), ack.aid) != o.aids.end();
+  if (ack.client != o.client || ack.server != o.server || ack.p2 != o.p2)
+    return refuse(Outcome::mismatch, Reason::bad_message, ack.h.nonce, h);
+  if (!offered_aid) return refuse(Outcome::aid_mismatch, Reason::aid_mismatch, ack.h.nonce, h);
+  if (translations_.size() >= kMaxNegotiated)
+    return refuse(Outcome::busy, Reason::busy, ack.h.nonce, h);
+  translations_[{o.client, o.server.addr, o.p2, o.proto}] = {ack.aid, p.app, now_ms + kWindowMs};
+  return {Outcome::negotiated, std::nullopt};
+}
+
+void Negotiations::on_refuse(const Refuse& refuse) { offers_.erase(refuse.in_reply_to); }
+
+Outcome Negotiations::admit(const Endpoint& client, const IpAddr& vaddr, uint16_t p2, Proto proto,
+                            uint64_t now_ms) {
+  auto it = translations_.find({client, vaddr, p2, proto});
+  if (it == translations_.end()) return Outcome::not_negotiated;
+  bool in_time = now_ms <= it->second.until_ms;
+  translations_.erase(it);  // used once
+  return in_time ? Outcome::admitted : Outcome::window_passed;
+}
+
+void Negotiations::expire(uint64_t now_ms) {
+  std::erase_if(offers_, [&](const auto& o) { return o.second.offer.h.expiry_ms < now_ms; });
+  // A translation past its window is kept one more window, so a client
+  // that comes late is told so (window_passed), not "never negotiated".
+  std::erase_if(translations_,
+                [&](const auto& t) { return t.second.until_ms + kWindowMs < now_ms; });
+}
+
+Reply answer(const Ask& ours, const Message& theirs, uint32_t our_aid, Header fresh) {
+  if (const auto* r = std::get_if<Refuse>(&theirs)) {
+    if (r->in_reply_to != ours.h.nonce) return {Outcome::mismatch, std::nullopt};
+    Outcome o = r->reason == Reason::no_app            ? Outcome::no_app
+                : r->reason == Reason::not_cooperative ? Outcome::not_cooperative
+                : r->reason == Reason::busy            ? Outcome::busy
+                                                       : Outcome::mismatch;
+    return {o, std::nullopt};
+  }
+  const auto* o = std::get_if<Offer>(&theirs);
+  // Not an answer to what we asked: say so, and the program is refused.
+  if (!o || o->in_reply_to != ours.h.nonce || o->client != ours.client ||
+      o->server != ours.server || o->proto != ours.proto || o->p2 == 0)
+    return refuse(Outcome::mismatch, Reason::bad_message, o ? o->h.nonce : Nonce{}, fresh);
+  if (std::find(o->aids.begin(), o->aids.end(), our_aid) == o->aids.end())
+    return refuse(Outcome::aid_mismatch, Reason::aid_mismatch, o->h.nonce, fresh);
+  return {Outcome::negotiated, Ack{fresh, o->h.nonce, o->client, o->server, o->p2, our_aid}};
+}
+
+}  // namespace vpm::coop

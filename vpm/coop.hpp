@@ -1,0 +1,111 @@
+// Cooperative mode's negotiation, both sides, as pure state machines
+// (DESIGN.md "Cooperative mode"; the messages are vpm/coop_wire.hpp).
+//
+// Theory of operation.
+//
+// Server side (VPM a), one Negotiations per daemon:
+//   Ask      -> Offer, and the offer is remembered (pending) until its expiry:
+//               the AID of the app the client's rules choose on vaddr:p1 and
+//               that app's p2. Refuse when vaddr:p1 is not cooperative, or no
+//               app takes the client.
+//   Ack      -> the translation is recorded (negotiated) for exactly that
+//               client address:port, vaddr, p2 and AID, for kWindowMs. Refused
+//               (and the offer forgotten): an Ack for no pending offer (never
+//               made, expired, or already acknowledged: a replay), or one whose
+//               client, server, p2 or AID differ from the offer's.
+//   Refuse   -> the offer is forgotten (the client's VPM declined it).
+//   admit()  -> a SYN (or first datagram) to vaddr:p2 from client address:port
+//               is let in only if negotiated and within its window; the
+//               translation is used once. Everything else on a p2 is refused
+//               (window_passed for one up to a window late).
+// Both tables are bounded (kMaxPending, kMaxNegotiated): when full, an Ask is
+// refused as busy, never an earlier negotiation forgotten.
+//
+// Client side (VPM b): answer() turns the server's reply to our Ask into our
+// Ack (the AID is among those offered, and the offer answers our Ask for our
+// client and server) or a Refuse to send, with the outcome for the program.
+//
+// Every message is opened (MAC, expiry) and its nonce taken once
+// (coop::NonceCache) before it reaches these.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <tuple>
+
+#include "vpm/coop_wire.hpp"
+#include "vpm/rules.hpp"
+
+namespace vpm::coop {
+
+inline constexpr uint64_t kWindowMs = 5000;  // from Ack to the client's connection on p2
+inline constexpr uint64_t kOfferMs = 5000;   // from Offer to its Ack
+inline constexpr size_t kMaxPending = 4096;
+inline constexpr size_t kMaxNegotiated = 16384;
+
+// How a negotiation ended, for counters and logs.
+enum class Outcome : uint8_t {
+  offered,
+  negotiated,
+  not_cooperative,  // Ask for a vaddr:p1 no cooperative app listens on
+  no_app,           // no app takes the client
+  busy,
+  unknown_offer,  // Ack for no pending offer: never made, expired, or replayed
+  mismatch,       // Ack that does not repeat its offer
+  aid_mismatch,   // the client's AID was not offered (client side), or declined
+  admitted,
+  not_negotiated,  // a connection to a p2 nobody negotiated for that client
+  window_passed,   // negotiated, but the client came too late
+};
+const char* outcome_name(Outcome o);
+
+struct Reply {
+  Outcome outcome;
+  std::optional<Message> send;  // what to answer, if anything
+};
+
+// `fresh` makes the nonce and expiry of every message sent: the caller's
+// randomness and clock (wall clock, Unix ms).
+using Fresh = Header (*)(uint64_t now_ms);
+
+class Negotiations {
+ public:
+  // `cooperative`: which apps (by index) have cooperative = true.
+  Negotiations(const Ruleset& rules, std::vector<bool> cooperative, Fresh fresh)
+      : rules_(rules), cooperative_(std::move(cooperative)), fresh_(fresh) {}
+
+  Reply on_ask(const Ask& ask, uint64_t now_ms);
+  Reply on_ack(const Ack& ack, uint64_t now_ms);
+  void on_refuse(const Refuse& refuse);
+  Outcome admit(const Endpoint& client, const IpAddr& vaddr, uint16_t p2, Proto proto,
+                uint64_t now_ms);
+  void expire(uint64_t now_ms);
+
+  size_t pending() const { return offers_.size(); }
+  size_t negotiated() const { return translations_.size(); }
+
+ private:
+  struct Pending {
+    Offer offer;
+    uint16_t app;
+  };
+  struct Translation {
+    uint32_t aid;
+    uint16_t app;
+    uint64_t until_ms;
+  };
+  // (client, vaddr, p2, proto)
+  using Key = std::tuple<Endpoint, IpAddr, uint16_t, Proto>;
+
+  const Ruleset& rules_;
+  std::vector<bool> cooperative_;
+  Fresh fresh_;
+  std::map<Nonce, Pending> offers_;
+  std::map<Key, Translation> translations_;
+};
+
+// Client side: our Ask's answer (an Offer or a Refuse) and our client's AID.
+Reply answer(const Ask& ours, const Message& theirs, uint32_t our_aid, Header fresh);
+
+}  // namespace vpm::coop
