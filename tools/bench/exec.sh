@@ -116,32 +116,45 @@ sleep 1
 
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-rps() {  # rps URL: requests per second, a new connection each, 32 in flight
-  for _ in $(seq "$runs"); do
-    in_c ab -q -c 32 -t "$secs" -n 10000000 "$1" 2>/dev/null |
-      awk '/^Requests per second/ { print $4 } /^Failed requests/ && $3 > 0 { print "failed " $3 > "/dev/stderr" }'
-  done | median
+rps() {  # rps URL: requests per second, a new connection each, 32 in flight; one run
+  in_c ab -q -c 32 -t "$secs" -n 10000000 "$1" 2>/dev/null |
+    awk '/^Requests per second/ { print $4 } /^Failed requests/ && $3 > 0 { print "failed " $3 > "/dev/stderr" }'
 }
-gbps() {  # gbps HOST PORT [-R]: iperf3 receiver Gbit/s
-  for _ in $(seq "$runs"); do
-    in_c iperf3 -c "$1" -p "$2" -t "$secs" -J "${@:3}" |
-      /usr/bin/python3 -c 'import json,sys; r = json.load(sys.stdin); print(r["end"]["sum_received"]["bits_per_second"] / 1e9 if "sum_received" in r.get("end", {}) else sys.exit("iperf3: " + r.get("error", "no result")))'
-  done | median
+gbps() {  # gbps HOST PORT [-R]: iperf3 receiver Gbit/s, one run
+  in_c iperf3 -c "$1" -p "$2" -t "$secs" -J "${@:3}" |
+    /usr/bin/python3 -c 'import json,sys; r = json.load(sys.stdin); print(r["end"]["sum_received"]["bits_per_second"] / 1e9 if "sum_received" in r.get("end", {}) else sys.exit("iperf3: " + r.get("error", "no result")))'
 }
 
 echo "exec bench: $(nproc) cores, $(date -u +%FT%TZ), median of $runs runs of $secs s"
-direct=$(rps http://10.201.0.1:8081/) forward=$(rps http://10.99.0.10:8081/) exec=$(rps http://10.99.0.10:9000/)
+# Each run measures the three in turn, in a rotating order, so that the
+# machine's drift (2 shared cores) falls on all of them alike.
+pages=("direct http://10.201.0.1:8081/" "forward http://10.99.0.10:8081/" "exec http://10.99.0.10:9000/")
+for run in $(seq "$runs"); do
+  for i in 0 1 2; do
+    set -- ${pages[$(( (i + run) % 3 ))]}
+    echo "$1 $(rps "$2")" >>"$work/rps"
+  done
+done
+of() { awk -v k="$2" '$1 == k { print $2 }' "$1" | median; }
+direct=$(of "$work/rps" direct) forward=$(of "$work/rps" forward) exec=$(of "$work/rps" exec)
 printf "%-40s %10s %10s %10s\n" "nginx, a new connection per request" "req/s" "vs direct" "vs forward"
 printf "%-40s %10.0f %10s %10s\n" "direct (the kernel)" "$direct" "1.00" "$(ratio "$direct" "$forward")"
 printf "%-40s %10.0f %10s %10s\n" "vpmtun forward" "$forward" "$(ratio "$forward" "$direct")" "1.00"
 printf "%-40s %10.0f %10s %10s\n" "vpmtun exec (application library)" "$exec" "$(ratio "$exec" "$direct")" "$(ratio "$exec" "$forward")"
 echo
 printf "%-40s %10s %10s %10s\n" "iperf3, one stream" "up Gbit/s" "down" "vs forward"
+targets=("direct 10.201.0.1 5202" "forward 10.99.0.10 5202" "exec 10.99.0.10 5201")
+for run in $(seq "$runs"); do
+  for i in 0 1 2; do
+    set -- ${targets[$(( (i + run) % 3 ))]}
+    echo "$1 up $(gbps "$2" "$3")" >>"$work/iperf"
+    echo "$1 down $(gbps "$2" "$3" -R)" >>"$work/iperf"
+  done
+done
 declare -A up down
-for k in "direct 10.201.0.1 5202" "forward 10.99.0.10 5202" "exec 10.99.0.10 5201"; do
-  set -- $k
-  up[$1]=$(gbps "$2" "$3")
-  down[$1]=$(gbps "$2" "$3" -R)
+for k in direct forward exec; do
+  up[$k]=$(awk -v k="$k" '$1 == k && $2 == "up" { print $3 }' "$work/iperf" | median)
+  down[$k]=$(awk -v k="$k" '$1 == k && $2 == "down" { print $3 }' "$work/iperf" | median)
 done
 for k in direct forward exec; do
   printf "%-40s %10.2f %10.2f %4s/%-4s\n" "$k" "${up[$k]}" "${down[$k]}" \
