@@ -154,9 +154,10 @@ void InstanceRegistry::serve(int fd) {
     // A message out of its turn, malformed, or with the wrong descriptors:
     // the library never sends those.
     ++counters_.bad_messages;
-    spdlog::info("library socket: pid {} uid {}: {}; closed", p.pid, p.uid,
-                 !m ? "malformed message (" + (why.empty() ? "truncated" : why) + ")"
-                    : "unexpected message");
+    if (may_log())
+      spdlog::info("library socket: pid {} uid {}: {}; closed", p.pid, p.uid,
+                   !m ? "malformed message (" + (why.empty() ? "truncated" : why) + ")"
+                      : "unexpected message");
     close_fds();
     drop(fd);
     return;
@@ -193,7 +194,8 @@ void InstanceRegistry::hello(Peer& p, const Hello& h) {
     w = {Status::full, "the daemon could not make the app's peer table", {}};
   if (w.status != Status::ok) {
     ++counters_.refused;
-    spdlog::info("library socket: pid {} uid {} refused: {}", p.pid, p.uid, w.reason);
+    if (may_log())
+      spdlog::info("library socket: pid {} uid {} refused: {}", p.pid, p.uid, w.reason);
     send(p, w);
     drop(p.fd);
     return;
@@ -240,7 +242,8 @@ void InstanceRegistry::bind(Peer& p, const Bind& b, int sock) {
   }
   ::close(sock);
   if (answer.status != Status::ok) {
-    spdlog::info("library socket: pid {} ({}) bind refused: {}", p.pid, p.command, answer.reason);
+    if (may_log())
+      spdlog::info("library socket: pid {} ({}) bind refused: {}", p.pid, p.command, answer.reason);
     send(p, answer);
     drop(p.fd);
     return;
@@ -299,6 +302,17 @@ InstanceRegistry::AppTable* InstanceRegistry::table_for(const std::string& app) 
   t->table = PeerTable({static_cast<uint8_t*>(t->map), PeerTable::kTableBytes});
   slot = std::move(t);
   return slot.get();
+}
+
+bool InstanceRegistry::may_log() {
+  uint64_t second = monotonic_ms() / 1000;
+  if (second != log_second_) {
+    if (suppressed_)
+      spdlog::info("library socket: {} more refusals not logged in the last second", suppressed_);
+    log_second_ = second, logged_ = 0, suppressed_ = 0;
+  }
+  if (logged_ < kLogPerSecond) return ++logged_, true;
+  return ++suppressed_, false;
 }
 
 bool InstanceRegistry::allowed(const vpm::AppConfig& app, uid_t uid) const {

@@ -114,6 +114,10 @@ class InstanceRegistry : public stack::Instances {
   bool send(Peer& p, const vpm::appwire::Message& m, int fd_to_pass = -1);
   AppTable* table_for(const std::string& app);
   bool allowed(const vpm::AppConfig& app, uid_t uid) const;
+  // Refusals are logged at most kLogPerSecond a second (anyone may connect).
+  bool may_log();
+  static constexpr uint64_t kLogPerSecond = 10;
+  uint64_t log_second_ = 0, logged_ = 0, suppressed_ = 0;
 
   std::string path_;
   stack::IoLoop& io_;
