@@ -165,10 +165,21 @@ void InstanceRegistry::serve(int fd) {
   close_fds();
 }
 
-void InstanceRegistry::hello(Peer& p, const Hello& h) {
-  const vpm::AppConfig* app = nullptr;
+const vpm::AppConfig* InstanceRegistry::live_app(const std::string& name) const {
   for (const auto& a : rules_.config().apps)
-    if (a.name == h.app && !a.draining) app = &a;
+    if (a.name == name && !a.draining) return &a;
+  return nullptr;
+}
+
+std::vector<ListenPort> InstanceRegistry::listens_of(const vpm::AppConfig* app) {
+  std::vector<ListenPort> out;
+  if (app)
+    for (auto& l : app->listen) out.push_back({l.proto, l.at.addr, l.at.port});
+  return out;
+}
+
+void InstanceRegistry::hello(Peer& p, const Hello& h) {
+  const vpm::AppConfig* app = live_app(h.app);
   Welcome w;
   if (!app) {
     w = {Status::unknown_app, "no app '" + h.app + "' in " + rules_.config().file, {}};
@@ -200,7 +211,7 @@ void InstanceRegistry::hello(Peer& p, const Hello& h) {
     drop(p.fd);
     return;
   }
-  for (auto& l : app->listen) w.listens.push_back({l.proto, l.at.addr, l.at.port});
+  w.listens = listens_of(app);
   p.app = app->name;
   p.command = printable(h.command);
   p.table = table;
@@ -224,12 +235,8 @@ void InstanceRegistry::bind(Peer& p, const Bind& b, int sock) {
               (ipv6 ? IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<sockaddr_in6&>(ss).sin6_addr)
                     : reinterpret_cast<sockaddr_in&>(ss).sin_addr.s_addr == htonl(INADDR_LOOPBACK));
   Bound answer;
-  const vpm::AppConfig* app = nullptr;
-  for (const auto& a : rules_.config().apps)
-    if (a.name == p.app && !a.draining) app = &a;
-  std::vector<ListenPort> listens;
-  if (app)
-    for (auto& l : app->listen) listens.push_back({l.proto, l.at.addr, l.at.port});
+  const vpm::AppConfig* app = live_app(p.app);
+  std::vector<ListenPort> listens = listens_of(app);
   if (!named || !loop || (type != SOCK_STREAM && type != SOCK_DGRAM) || ipv6 != b.ipv6 ||
       proto != b.proto || port_of(ss) != b.real_port || b.real_port == 0) {
     answer = {Status::bad_message, "the socket passed is not the loopback socket the Bind names"};

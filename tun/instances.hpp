@@ -114,6 +114,9 @@ class InstanceRegistry : public stack::Instances {
   bool send(Peer& p, const vpm::appwire::Message& m, int fd_to_pass = -1);
   AppTable* table_for(const std::string& app);
   bool allowed(const vpm::AppConfig& app, uid_t uid) const;
+  // The app of that name that takes new instances (not draining), or nullptr.
+  const vpm::AppConfig* live_app(const std::string& name) const;
+  static std::vector<vpm::appwire::ListenPort> listens_of(const vpm::AppConfig* app);
   // Refusals are logged at most kLogPerSecond a second (anyone may connect).
   bool may_log();
   static constexpr uint64_t kLogPerSecond = 10;
