@@ -259,7 +259,8 @@ std::vector<std::pair<std::string, const toml::node*>> strings(Checker& c, const
 
 void parse_app(Checker& c, const toml::table& t, const std::string& where, AppConfig& app) {
   c.only_keys(t, where,
-              {"name", "aid", "listen", "clients", "serve", "forward", "proxy_protocol", "users"});
+              {"name", "aid", "listen", "clients", "serve", "forward", "proxy_protocol", "users",
+               "cooperative", "remote"});
   app.line = static_cast<int>(t.source().begin.line);
   if (auto s = c.string(t, "name", where + ".name")) app.name = *s;
   if (app.name.empty()) c.fail_line(app.line, where + ".name", "every app needs a non-empty name");
@@ -268,10 +269,25 @@ void parse_app(Checker& c, const toml::table& t, const std::string& where, AppCo
   else if (!t.get("aid"))
     c.fail_line(app.line, where + ".aid", "every app needs an aid (application identifier)");
 
+  for (auto& [text, node] : strings(c, t, "remote", where + ".remote")) {
+    std::string why;
+    std::string_view body = text;
+    if (body.ends_with("/tcp")) body.remove_suffix(4);
+    auto ep = body.ends_with("/udp") ? std::nullopt : Endpoint::parse(body, &why);
+    if (body.ends_with("/udp"))
+      c.fail(node, where + ".remote", "'" + text + "': cooperative mode covers TCP only");
+    else if (!ep)
+      c.fail(node, where + ".remote", why + " (form: \"10.99.0.10:9000\")");
+    else
+      app.remote.push_back(*ep);
+  }
+  bool client_only = !app.remote.empty() && !t.get("listen");
+
   auto listens = strings(c, t, "listen", where + ".listen");
-  if (listens.empty() && !t.get("listen"))
+  if (listens.empty() && !t.get("listen") && !client_only)
     c.fail_line(app.line, where + ".listen",
-                "every app needs at least one listen address, like \"10.99.0.10:9000\"");
+                "every app needs at least one listen address, like \"10.99.0.10:9000\", or "
+                "remote servers it reaches cooperatively");
   for (size_t i = 0; i < listens.size(); ++i) {
     auto& [text, node] = listens[i];
     std::string key = where + ".listen[" + std::to_string(i) + "]";
@@ -337,7 +353,10 @@ void parse_app(Checker& c, const toml::table& t, const std::string& where, AppCo
   }
   if (t.get("serve") && t.get("forward"))
     c.fail(t.get("forward"), where, "set either serve or forward, not both");
-  else if (!t.get("serve") && !t.get("forward"))
+  else if (client_only && (t.get("serve") || t.get("forward")))
+    c.fail(t.get("serve") ? t.get("serve") : t.get("forward"), where,
+           "serve and forward need a listen; an app with only remote servers serves nothing");
+  else if (!t.get("serve") && !t.get("forward") && !client_only)
     c.fail_line(app.line, where,
                 "needs serve = \"echo|discard|http-info|exec\" or forward = \"host:port\"");
   if (auto s = c.string(t, "proxy_protocol", where + ".proxy_protocol")) {
@@ -349,9 +368,20 @@ void parse_app(Checker& c, const toml::table& t, const std::string& where, AppCo
     else
       app.proxy_protocol_v2 = true;
   }
+  if (auto b = c.boolean(t, "cooperative", where + ".cooperative")) {
+    app.cooperative = *b;
+    if (*b && client_only)
+      c.fail(t.get("cooperative"), where + ".cooperative",
+             "applies to an app that listens (the server side)");
+    for (auto& l : app.listen)
+      if (*b && l.proto == Proto::udp)
+        c.fail(t.get("cooperative"), where + ".cooperative",
+               "cooperative mode covers TCP only; listen " + l.at.str() +
+                   "/udp belongs in an app of its own");
+  }
   for (auto& [user, node] : strings(c, t, "users", where + ".users")) {
-    if (app.serve != "exec")
-      c.fail(node, where + ".users", "only applies to serve = \"exec\"");
+    if (!runs_programs(app))
+      c.fail(node, where + ".users", "only applies to serve = \"exec\" or an app with remote");
     else if (user.empty())
       c.fail(node, where + ".users", "a user name or a numeric uid, not an empty string");
     else
@@ -404,6 +434,30 @@ void cross_check(Checker& c, const toml::table& root, Config& cfg) {
     }
   }
 
+  // One AID on one listen is one p2: its apps are all cooperative or none is.
+  std::map<std::pair<std::string, uint32_t>, const AppConfig*> streams;
+  for (size_t i = 0; i < cfg.apps.size(); ++i) {
+    auto& app = cfg.apps[i];
+    for (auto& l : app.listen) {
+      auto [it, fresh] = streams.emplace(std::make_pair(listen_str(l), app.aid), &app);
+      if (!fresh && it->second->cooperative != app.cooperative)
+        c.fail_line(app.line, "app[" + std::to_string(i) + "].cooperative",
+                    "app '" + it->second->name + "' shares aid " + std::to_string(app.aid) +
+                        " on " + listen_str(l) + " and is " +
+                        (it->second->cooperative ? "" : "not ") +
+                        "cooperative; one stream is cooperative or not as a whole");
+    }
+  }
+  bool cooperates = uses_cooperation(cfg);
+  for (size_t i = 0; i < cfg.apps.size(); ++i)
+    if (cfg.apps[i].cooperative && cfg.vpm.allocation != Allocation::per_app)
+      c.fail_line(cfg.apps[i].line, "app[" + std::to_string(i) + "].cooperative",
+                  "needs allocation = \"per-app\": a negotiated p2 must be the app's own");
+  if (cooperates && cfg.cooperative.key_file.empty())
+    c.fail_line(0, "cooperative.key_file",
+                "cooperative mode (cooperative = true, or remote) needs [cooperative] key_file, "
+                "a secret of at least 32 bytes that both VPMs share");
+
   // Capacity of the hidden range per virtual address.
   size_t range = size_t{cfg.vpm.range_hi} - cfg.vpm.range_lo + 1;
   std::map<IpAddr, std::set<std::pair<uint16_t, uint32_t>>> keys;
@@ -421,6 +475,13 @@ void cross_check(Checker& c, const toml::table& root, Config& cfg) {
 }
 
 }  // namespace
+
+bool runs_programs(const AppConfig& app) { return app.serve == "exec" || !app.remote.empty(); }
+
+bool uses_cooperation(const Config& cfg) {
+  return std::any_of(cfg.apps.begin(), cfg.apps.end(),
+                     [](const AppConfig& a) { return a.cooperative || !a.remote.empty(); });
+}
 
 std::string app_socket_path(const VpmConfig& vpm) {
   if (!vpm.app_socket.empty()) return vpm.app_socket;
@@ -440,8 +501,16 @@ ConfigResult parse_config(std::string_view text, const std::string& file) {
   }
   Config cfg;
   cfg.file = file;
-  c.only_keys(root, "", {"tun", "vpm", "timeouts", "metrics", "daemon", "app"});
+  c.only_keys(root, "", {"tun", "vpm", "timeouts", "metrics", "daemon", "cooperative", "app"});
   if (auto t = c.section(root, "tun")) parse_tun(c, *t, cfg.tun);
+  cfg.tun.present = root.get("tun") != nullptr;
+  if (auto t = c.section(root, "cooperative")) {
+    c.only_keys(*t, "cooperative", {"key_file"});
+    if (auto s = c.string(*t, "key_file", "cooperative.key_file")) {
+      if (s->empty()) c.fail(t->get("key_file"), "cooperative.key_file", "must name a file");
+      cfg.cooperative.key_file = *s;
+    }
+  }
   if (auto t = c.section(root, "vpm")) parse_vpm(c, *t, cfg.vpm);
   if (auto t = c.section(root, "timeouts")) parse_timeouts(c, *t, cfg.timeouts);
   if (auto t = c.section(root, "metrics")) {

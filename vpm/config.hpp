@@ -19,6 +19,9 @@ namespace vpm {
 enum class Allocation : uint8_t { per_app, per_connection };
 
 struct TunConfig {
+  // False when the file has no [tun] section: the daemon then runs only the
+  // client side of cooperative mode (the library socket and negotiation).
+  bool present = true;
   std::string name = "tun0";
   uint32_t mtu = 65520;
   std::optional<Prefix> address;  // kernel side of the TUN, e.g. 10.99.0.1/24
@@ -86,6 +89,12 @@ struct AppConfig {
   // exec: who may run instances (user names or numeric uids); empty: the
   // daemon's user and root.
   std::vector<std::string> users;
+  // Cooperative mode (DESIGN.md). Server side: clients come only through
+  // their own VPM's negotiation on p1, and their data on p2.
+  bool cooperative = false;
+  // Client side: the servers the app's programs reach cooperatively
+  // (vaddr:p1, TCP); `aid` is their identity there.
+  std::vector<Endpoint> remote;
   int line = 0;  // where [[app]] starts, for later messages
   // Set by a reload for an app the new file removed or changed while it had
   // flows: it serves those until they end, and no client rule leads to it.
@@ -100,6 +109,10 @@ struct DaemonConfig {
   std::string user;  // drop to this user once set up; empty: stay root
 };
 
+struct CoopConfig {
+  std::string key_file;  // the secret both VPMs share (tun/coop_key.hpp reads it)
+};
+
 struct Config {
   std::string file;
   TunConfig tun;
@@ -107,9 +120,15 @@ struct Config {
   Timeouts timeouts;
   MetricsConfig metrics;
   DaemonConfig daemon;
+  CoopConfig cooperative;
   std::vector<AppConfig> apps;
   std::map<std::string, int> lines;  // the line of each key set in the file, e.g. "tun.mtu"
 };
+
+// Whether an app is run by programs under `vpmtun exec`: it serves through
+// them (serve = "exec") or its programs reach servers cooperatively.
+bool runs_programs(const AppConfig& app);
+bool uses_cooperation(const Config& cfg);
 
 // The application library's socket: [vpm] app_socket, or the control
 // socket's path with "-app" before its ".sock" ("/run/vpmtun-app.sock").

@@ -29,6 +29,8 @@ const char* outcome_name(Outcome o) {
       return "not_negotiated";
     case Outcome::window_passed:
       return "window_passed";
+    case Outcome::pending:
+      return "pending";
   }
   return "?";
 }
@@ -50,7 +52,7 @@ Reply Negotiations::on_ask(const Ask& ask, uint64_t now_ms) {
   if (app == kNoApp) return refuse(Outcome::no_app, Reason::no_app, ask.h.nonce, h);
   // The client's rules chose an app that is not cooperative: its clients
   // come without a VPM of their own.
-  if (app >= cooperative_.size() || !cooperative_[app])
+  if (!rules_.config().apps[app].cooperative)
     return refuse(Outcome::not_cooperative, Reason::not_cooperative, ask.h.nonce, h);
   expire(now_ms);
   if (offers_.size() >= kMaxPending) return refuse(Outcome::busy, Reason::busy, ask.h.nonce, h);
@@ -62,6 +64,7 @@ Reply Negotiations::on_ask(const Ask& ask, uint64_t now_ms) {
               l->p2_of_app[app],
               {rules_.config().apps[app].aid}};
   offer.h.expiry_ms = std::min(offer.h.expiry_ms, now_ms + kOfferMs);
+  offered_[{offer.client, offer.server.addr, offer.p2, offer.proto}] = offer.h.nonce;
   offers_[offer.h.nonce] = {offer, app};
   return {Outcome::offered, offer};
 }
@@ -73,7 +76,7 @@ Reply Negotiations::on_ack(const Ack& ack, uint64_t now_ms) {
   if (it == offers_.end())
     return refuse(Outcome::unknown_offer, Reason::bad_message, ack.h.nonce, h);
   Pending p = std::move(it->second);
-  offers_.erase(it);  // one Ack per offer: another is a replay
+  forget(it);  // one Ack per offer: another is a replay
   const Offer& o = p.offer;
   bool offered_aid = std::find(o.aids.begin(), o.aids.end(), ack.aid) != o.aids.end();
   if (ack.client != o.client || ack.server != o.server || ack.p2 != o.p2)
@@ -81,27 +84,61 @@ Reply Negotiations::on_ack(const Ack& ack, uint64_t now_ms) {
   if (!offered_aid) return refuse(Outcome::aid_mismatch, Reason::aid_mismatch, ack.h.nonce, h);
   if (translations_.size() >= kMaxNegotiated)
     return refuse(Outcome::busy, Reason::busy, ack.h.nonce, h);
-  translations_[{o.client, o.server.addr, o.p2, o.proto}] = {ack.aid, p.app, now_ms + kWindowMs};
+  translations_[{o.client, o.server.addr, o.p2, o.proto}] = {ack.aid, p.app, now_ms + kWindowMs,
+                                                             o.server.port};
   return {Outcome::negotiated, std::nullopt};
 }
 
-void Negotiations::on_refuse(const Refuse& refuse) { offers_.erase(refuse.in_reply_to); }
+void Negotiations::on_refuse(const Refuse& refuse) {
+  if (auto it = offers_.find(refuse.in_reply_to); it != offers_.end()) forget(it);
+}
+
+void Negotiations::forget(std::map<Nonce, Pending>::iterator offer) {
+  const Offer& o = offer->second.offer;
+  auto by_key = offered_.find({o.client, o.server.addr, o.p2, o.proto});
+  if (by_key != offered_.end() && by_key->second == offer->first) offered_.erase(by_key);
+  offers_.erase(offer);
+}
 
 Outcome Negotiations::admit(const Endpoint& client, const IpAddr& vaddr, uint16_t p2, Proto proto,
                             uint64_t now_ms) {
   auto it = translations_.find({client, vaddr, p2, proto});
-  if (it == translations_.end()) return Outcome::not_negotiated;
+  if (it == translations_.end()) {
+    auto offered = offered_.find({client, vaddr, p2, proto});
+    bool waiting = offered != offered_.end() && offers_.count(offered->second) &&
+                   offers_.at(offered->second).offer.h.expiry_ms >= now_ms;
+    return waiting ? Outcome::pending : Outcome::not_negotiated;
+  }
   bool in_time = now_ms <= it->second.until_ms;
   translations_.erase(it);  // used once
   return in_time ? Outcome::admitted : Outcome::window_passed;
 }
 
 void Negotiations::expire(uint64_t now_ms) {
-  std::erase_if(offers_, [&](const auto& o) { return o.second.offer.h.expiry_ms < now_ms; });
+  for (auto it = offers_.begin(); it != offers_.end();) {
+    auto next = std::next(it);
+    if (it->second.offer.h.expiry_ms < now_ms) forget(it);
+    it = next;
+  }
   // A translation past its window is kept one more window, so a client
   // that comes late is told so (window_passed), not "never negotiated".
   std::erase_if(translations_,
                 [&](const auto& t) { return t.second.until_ms + kWindowMs < now_ms; });
+}
+
+std::vector<Negotiations::Entry> Negotiations::entries(uint64_t now_ms) const {
+  std::vector<Entry> out;
+  for (const auto& [nonce, p] : offers_) {
+    const Offer& o = p.offer;
+    out.push_back({"pending", o.client, o.server, o.p2, o.aids.empty() ? 0 : o.aids[0], p.app,
+                   o.h.expiry_ms});
+  }
+  for (const auto& [key, t] : translations_) {
+    const auto& [client, vaddr, p2, proto] = key;
+    out.push_back({now_ms <= t.until_ms ? "negotiated" : "expired", client, {vaddr, t.p1}, p2,
+                   t.aid, t.app, t.until_ms});
+  }
+  return out;
 }
 
 Reply answer(const Ask& ours, const Message& theirs, uint32_t our_aid, Header fresh) {

@@ -14,10 +14,11 @@
 //               made, expired, or already acknowledged: a replay), or one whose
 //               client, server, p2 or AID differ from the offer's.
 //   Refuse   -> the offer is forgotten (the client's VPM declined it).
-//   admit()  -> a SYN (or first datagram) to vaddr:p2 from client address:port
-//               is let in only if negotiated and within its window; the
-//               translation is used once. Everything else on a p2 is refused
-//               (window_passed for one up to a window late).
+//   admit()  -> a SYN to vaddr:p2 from client address:port is let in only
+//               if negotiated and within its window; the translation is
+//               used once. Everything else on a p2 is refused (window_passed
+//               for one up to a window late), except a SYN for a pending
+//               offer (pending: its Ack is on its way, the SYN came first).
 // Both tables are bounded (kMaxPending, kMaxNegotiated): when full, an Ask is
 // refused as busy, never an earlier negotiation forgotten.
 //
@@ -57,6 +58,7 @@ enum class Outcome : uint8_t {
   admitted,
   not_negotiated,  // a connection to a p2 nobody negotiated for that client
   window_passed,   // negotiated, but the client came too late
+  pending,         // offered, the client's Ack not in yet (its SYN overtook it)
 };
 const char* outcome_name(Outcome o);
 
@@ -71,9 +73,8 @@ using Fresh = Header (*)(uint64_t now_ms);
 
 class Negotiations {
  public:
-  // `cooperative`: which apps (by index) have cooperative = true.
-  Negotiations(const Ruleset& rules, std::vector<bool> cooperative, Fresh fresh)
-      : rules_(rules), cooperative_(std::move(cooperative)), fresh_(fresh) {}
+  // `rules` are kept by reference: a reload's new rules apply to new Asks.
+  Negotiations(const Ruleset& rules, Fresh fresh) : rules_(rules), fresh_(fresh) {}
 
   Reply on_ask(const Ask& ask, uint64_t now_ms);
   Reply on_ack(const Ack& ack, uint64_t now_ms);
@@ -81,6 +82,18 @@ class Negotiations {
   Outcome admit(const Endpoint& client, const IpAddr& vaddr, uint16_t p2, Proto proto,
                 uint64_t now_ms);
   void expire(uint64_t now_ms);
+
+  // For `vpmtun table`: every offer and translation held.
+  struct Entry {
+    const char* state;  // pending (offered), negotiated (in its window), expired (kept to say so)
+    Endpoint client;
+    Endpoint server;  // vaddr:p1
+    uint16_t p2;
+    uint32_t aid;
+    uint16_t app;
+    uint64_t until_ms;  // the offer's expiry, or the end of the window
+  };
+  std::vector<Entry> entries(uint64_t now_ms) const;
 
   size_t pending() const { return offers_.size(); }
   size_t negotiated() const { return translations_.size(); }
@@ -94,14 +107,17 @@ class Negotiations {
     uint32_t aid;
     uint16_t app;
     uint64_t until_ms;
+    uint16_t p1;
   };
   // (client, vaddr, p2, proto)
   using Key = std::tuple<Endpoint, IpAddr, uint16_t, Proto>;
 
+  void forget(std::map<Nonce, Pending>::iterator offer);
+
   const Ruleset& rules_;
-  std::vector<bool> cooperative_;
   Fresh fresh_;
   std::map<Nonce, Pending> offers_;
+  std::map<Key, Nonce> offered_;  // the same offers, by what they are for
   std::map<Key, Translation> translations_;
 };
 

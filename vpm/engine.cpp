@@ -182,9 +182,20 @@ Result Engine::stack_l4(const PacketView& v, uint64_t now) {
   Ends e = ends(v);
   if (e.vaddr < 0) return kPass;
   const Listen* l = rules_.find_listen(e.vaddr, e.vport, proto);
-  // Hidden ports are reachable only through translation.
-  if (!l) return rules_.hidden(e.vport) ? drop(Drop::hidden_port) : kPass;
   uint8_t flags = tcp_flags(v);
+  if (!l) {
+    if (!rules_.hidden(e.vport)) return kPass;
+    uint16_t coop = proto == Proto::tcp && rules_.cooperative() ? rules_.coop_app(e.vaddr, e.vport)
+                                                                : kNoApp;
+    if (coop != kNoApp) return coop_data(e, flags, v, coop, now);
+    return drop(Drop::hidden_port);  // reachable only through translation
+  }
+  if (l->negotiator_app != kNoApp) {
+    // Negotiation on p1, for every client no plain app takes.
+    uint16_t app = rules_.classify(*l, e.client, e.client_port);
+    if (app == kNoApp || rules_.config().apps[app].cooperative)
+      return {Verdict::passed, Drop::none, l->negotiator_app};
+  }
   Mapping m = flow_p2(e.key(e.vport, proto), *l, e.inbound, flags, now);
   if (m.port == 0) return m.result;
   track(*m.flow, proto, flags, e.inbound, v.bytes.size(), now);
@@ -199,7 +210,15 @@ Result Engine::tun_l4(const PacketView& v, uint64_t now) {
   Ends e = ends(v);
   if (e.vaddr < 0) return kPass;
   Mapping m = reverse_p1(e.vaddr, proto, e.vport);
-  if (m.port == 0) return m.result;
+  if (m.port == 0) {
+    // A cooperative connection's packets keep their port, and its flow its counters.
+    if (m.result.verdict == Verdict::passed && rules_.cooperative())
+      if (Flow* f = flows_.find(e.key(e.vport, proto))) {
+        track(*f, proto, tcp_flags(v), e.inbound, v.bytes.size(), now);
+        return {Verdict::passed, Drop::none, f->app, f->mss};
+      }
+    return m.result;
+  }
   Result r = kTranslated;
   if (Flow* f = flows_.find(e.key(m.port, proto))) {
     track(*f, proto, tcp_flags(v), e.inbound, v.bytes.size(), now);
@@ -213,9 +232,13 @@ Result Engine::tun_l4(const PacketView& v, uint64_t now) {
 
 Engine::Mapping Engine::reverse_p1(int vi, Proto proto, uint16_t port) {
   // The stack must speak from p2s only; p1 on the stack side would not survive
-  // the round trip (it would be translated again on the way in).
-  if (rules_.find_listen(vi, port, proto)) return {0, drop(Drop::stack_used_p1), nullptr};
+  // the round trip (it would be translated again on the way in). Except
+  // where VPMs negotiate, and on a cooperative p2: both pass untranslated.
+  if (const Listen* l = rules_.find_listen(vi, port, proto))
+    return {0, l->negotiator_app != kNoApp ? kPass : drop(Drop::stack_used_p1), nullptr};
   if (!rules_.hidden(port)) return {0, kPass, nullptr};
+  if (proto == Proto::tcp && rules_.cooperative() && rules_.coop_app(vi, port) != kNoApp)
+    return {0, kPass, nullptr};
   uint16_t p1 = rules_.p1_of(vi, proto, port);
   if (p1 == 0) return {0, drop(Drop::unassigned_p2), nullptr};
   return {p1, kTranslated, nullptr};
@@ -241,7 +264,10 @@ Result Engine::icmp_error(const PacketView& v, Side side) {
   Mapping m;
   if (side == to_stack_side) {
     const Listen* l = rules_.find_listen(vi, vport, proto);
+    if (!l && proto == Proto::tcp && rules_.cooperative() && rules_.coop_app(vi, vport) != kNoApp)
+      return kPass;  // a cooperative p2 keeps its number
     if (!l) return rules_.hidden(vport) ? drop(Drop::hidden_port) : kPass;
+    if (l->negotiator_app != kNoApp) return kPass;  // negotiation, or a plain client: see quoted_p2
     FlowKey key = quoted_dst ? make_key(inner.src(), inner.src_port(), vaddr, vport, proto)
                              : make_key(inner.dst(), inner.dst_port(), vaddr, vport, proto);
     m = quoted_p2(key, *l);
@@ -258,6 +284,44 @@ Result Engine::icmp_error(const PacketView& v, Side side) {
   for (int i = 0; i < n; ++i) sum = update16(sum, edits[i].before, edits[i].after);
   store16(icmp + 2, sum);
   return kTranslated;
+}
+
+// A packet to or from a cooperative app's p2, TUN side. A new connection
+// is let in when the negotiation admits it; its flow is keyed by p2, which
+// both sides use on the wire.
+Result Engine::coop_data(const Ends& e, uint8_t flags, const PacketView& v, uint16_t app,
+                         uint64_t now) {
+  FlowKey key = e.key(e.vport, Proto::tcp);
+  bool new_syn = e.inbound && (flags & (tcpflag::syn | tcpflag::ack)) == tcpflag::syn;
+  Flow* f = flows_.find(key);
+  if (f && ((now >= f->last_ms && now - f->last_ms >= timeout_ms(*f)) ||
+            (f->state == FlowState::closed && new_syn))) {
+    end_flow(*f);
+    f = nullptr;
+  }
+  if (!f) {
+    if (!new_syn) return drop(Drop::no_flow);
+    coop::Outcome o = admit_ ? admit_({e.client, e.client_port}, e.vip, e.vport)
+                             : coop::Outcome::not_negotiated;
+    if (o == coop::Outcome::pending) return drop(Drop::coop_pending);
+    if (o == coop::Outcome::window_passed) return refuse(Drop::coop_late);
+    if (o != coop::Outcome::admitted) return refuse(Drop::coop_not_negotiated);
+    f = insert_flow(key);
+    if (!f) return refuse(Drop::table_full);
+    ++counters_.flows_created;
+    ++app_counters_[app].flows;
+    flows_.stats(*f).created_ms = now;
+    f->last_ms = now;
+    uint16_t p1 = rules_.p1_of(e.vaddr, Proto::tcp, e.vport);
+    const Listen* l = rules_.find_listen(e.vaddr, p1, Proto::tcp);
+    f->listen = l ? static_cast<uint16_t>(l - rules_.listens().data()) : 0;
+    f->app = app;
+    f->p2 = e.vport;
+    start_flow(*f, flags, e.inbound);
+  }
+  track(*f, Proto::tcp, flags, e.inbound, v.bytes.size(), now);
+  if (new_syn) f->mss = announced_mss(v);
+  return {Verdict::passed, Drop::none, f->app};
 }
 
 Engine::Mapping Engine::quoted_p2(const FlowKey& key, const Listen& l) {

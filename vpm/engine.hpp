@@ -33,16 +33,26 @@
 // translated like the packet they quote (RFC 5508), including the quoted
 // TCP/UDP checksum when it was quoted, and the ICMP checksum fixed.
 //
+// Cooperative mode (vpm/coop.hpp). On a listen where a cooperative app
+// listens, p1 is where the client's VPM negotiates: the packets of a client
+// that no plain (non-cooperative) app takes pass untranslated to the
+// stack's negotiation endpoint on p1. A cooperative app's p2 is reachable
+// from the TUN only by the connections the negotiation admitted (admit(),
+// set by the daemon): their packets pass untranslated both ways, tracked as
+// flows keyed by p2. Everything else on that p2 is refused.
+//
 // The packet path never throws or allocates except when the flow table grows.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
 #include <vector>
 
 #include "vpm/config.hpp"
+#include "vpm/coop.hpp"
 #include "vpm/flow_table.hpp"
 #include "vpm/packet.hpp"
 #include "vpm/port_pool.hpp"
@@ -91,6 +101,10 @@ struct AppCounters {
   uint64_t refused = 0;     // refused after waiting queue_timeout_ms for a p2
 };
 
+// Whether a new connection from `client` to vaddr:p2 was negotiated (Negotiations::admit).
+using Admission =
+    std::function<coop::Outcome(const Endpoint& client, const IpAddr& vaddr, uint16_t p2)>;
+
 class Engine {
  public:
   // `cfg` must have come back from parse_config.
@@ -111,6 +125,9 @@ class Engine {
   // app to its index in `cfg`; the closed flows of an app mapped to kNoApp
   // end (an app with open flows must be kept).
   void reload(const Config& cfg, const std::vector<uint16_t>& app_of);
+  // Cooperative mode: who decides on connections to cooperative p2s
+  // (unset: nobody negotiated, every one is refused).
+  void admit_with(Admission admit) { admit_ = std::move(admit); }
   // Flows not yet closed, per app: what merge_reload must keep.
   std::vector<size_t> flows_per_app() const;
 
@@ -137,6 +154,8 @@ class Engine {
                   uint64_t now);
   Mapping quoted_p2(const FlowKey& key, const Listen& l);
   Mapping reverse_p1(int vaddr, Proto proto, uint16_t port);
+  Result coop_data(const Ends& e, uint8_t tcp_flags, const PacketView& v, uint16_t app,
+                   uint64_t now);
   Flow* insert_flow(const FlowKey& key);
   std::optional<uint16_t> port_for(const FlowKey& key, uint16_t listen);
   void start_flow(Flow& f, uint8_t tcp_flags, bool inbound);
@@ -153,6 +172,7 @@ class Engine {
   std::vector<PortPool> pools_;  // per listen, per-connection allocation only
   Counters counters_;
   std::vector<AppCounters> app_counters_;
+  Admission admit_;
 };
 
 }  // namespace vpm

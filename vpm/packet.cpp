@@ -33,6 +33,9 @@ constexpr DropInfo kDrops[kDropCount] = {
     {"port_wait", "new connection waiting for a free hidden port"},
     {"port_wait_timeout", "no hidden port became free within queue_timeout_ms"},
     {"table_full", "flow table is full (max_flows)"},
+    {"coop_not_negotiated", "connection to a cooperative p2 that was not negotiated for it"},
+    {"coop_late", "connection to a cooperative p2 after its negotiation's window"},
+    {"coop_pending", "connection to a cooperative p2 whose acknowledgement is not in yet"},
 };
 
 // Minimum upper-layer bytes that must be present to translate: TCP needs its

@@ -39,6 +39,9 @@ enum class Drop : uint8_t {
   port_wait,           // new connection waiting for a free p2; the client retransmits
   port_wait_timeout,   // no p2 became free within queue_timeout_ms
   table_full,          // the flow table is at max_flows
+  coop_not_negotiated,  // a connection to a cooperative p2 nobody negotiated for that client
+  coop_late,            // negotiated, but the connection came after its window
+  coop_pending,         // negotiated, the acknowledgement not yet in: the client retransmits
   count_,
 };
 inline constexpr size_t kDropCount = static_cast<size_t>(Drop::count_);

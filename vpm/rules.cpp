@@ -77,6 +77,7 @@ Ruleset::Ruleset(const Config& cfg, const Ruleset* previous)
     l.p2_of_app.assign(cfg.apps.size(), 0);
     for (uint16_t a : apps) {
       if (a == fallback) l.fallback_app = a;
+      if (cfg.apps[a].cooperative && l.negotiator_app == kNoApp) l.negotiator_app = a;
       if (cfg.apps[a].draining) continue;  // it keeps its flows, and gets no new ones
       for (auto& r : cfg.apps[a].clients) {
         if (r.exact)
@@ -123,6 +124,10 @@ Ruleset::Ruleset(const Config& cfg, const Ruleset* previous)
           uint16_t p2 = p2_of[{l.p1, cfg.apps[a].aid}];
           l.p2_of_app[a] = p2;
           v.p1_of_p2[l.proto == Proto::udp][p2 - lo_] = l.p1;
+          if (cfg.apps[a].cooperative && l.proto == Proto::tcp) {
+            v.coop_app_of_p2.emplace(p2, a);
+            cooperative_ = true;
+          }
         }
       }
     } else {

@@ -36,6 +36,10 @@ struct Listen {
   // per-connection: this listen's slice of the hidden range.
   uint16_t slice_lo = 0, slice_hi = 0;
   uint16_t fallback_app = kNoApp;  // vpm.unmatched, if that app listens here
+  // Cooperative mode: a cooperative app listens here, so p1 itself is
+  // where VPMs negotiate (for every client no plain app takes); this is
+  // the first such app, for counters.
+  uint16_t negotiator_app = kNoApp;
 
   struct PrefixRule {
     Prefix prefix;
@@ -55,6 +59,7 @@ struct VirtualAddr {
   std::vector<uint16_t> p1_of_p2[2];
   std::vector<uint32_t> listens;      // indices into Ruleset::listens, sorted by (p1, proto)
   std::vector<uint32_t> listen_keys;  // p1 << 8 | proto of each of `listens`, scanned per packet
+  std::unordered_map<uint16_t, uint16_t> coop_app_of_p2;  // TCP p2 of a cooperative app -> app
 };
 
 struct IpAddrHash {
@@ -100,11 +105,21 @@ class Ruleset {
   // The app a client belongs to on this listen, or kNoApp (refuse).
   uint16_t classify(const Listen& l, const IpAddr& client, uint16_t port) const;
 
+  // Cooperative mode: whether any app is cooperative, and the cooperative
+  // app whose (TCP) p2 this is on this vaddr, or kNoApp.
+  bool cooperative() const { return cooperative_; }
+  uint16_t coop_app(int vaddr, uint16_t p2) const {
+    const auto& m = vaddrs_[static_cast<size_t>(vaddr)].coop_app_of_p2;
+    auto it = m.find(p2);
+    return it == m.end() ? kNoApp : it->second;
+  }
+
  private:
   std::map<std::pair<uint16_t, uint32_t>, uint16_t> p2s_on(const IpAddr& addr) const;
 
   Config cfg_;
   uint16_t lo_, hi_;
+  bool cooperative_ = false;
   std::vector<Listen> listens_;
   std::vector<VirtualAddr> vaddrs_;
   std::vector<IpAddr> vaddr_addrs_;  // the same addresses, packed for the per-packet scan

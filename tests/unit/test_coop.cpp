@@ -11,12 +11,15 @@ using namespace vpm::coop;
 namespace {
 
 const char* kConfig = R"(
+[cooperative]
+key_file = "/k"
 [[app]]
 name = "blue"
 aid = 101
 listen = ["192.0.2.10:9000"]
 clients = ["198.51.100.0/24"]
 serve = "echo"
+cooperative = true
 [[app]]
 name = "green"
 aid = 102
@@ -70,8 +73,16 @@ TEST_CASE("the server side of a negotiation, message by message") {
         {Do::connect, Outcome::admitted},
         {Do::connect, Outcome::not_negotiated}}},
       {"a p2 nobody negotiated", {{Do::connect, Outcome::not_negotiated}}},
-      {"offered, not yet acknowledged: no connection",
-       {{Do::ask, Outcome::offered}, {Do::connect, Outcome::not_negotiated}}},
+      {"offered, not yet acknowledged: the SYN waits for the Ack",
+       {{Do::ask, Outcome::offered},
+        {Do::connect, Outcome::pending},
+        {Do::connect, Outcome::not_negotiated, "198.51.100.7:40001"},
+        {Do::ack, Outcome::negotiated},
+        {Do::connect, Outcome::admitted}}},
+      {"offered, never acknowledged: no connection once the offer expired",
+       {{Do::ask, Outcome::offered},
+        {Do::wait, Outcome::offered, "", kOfferMs + 1},
+        {Do::connect, Outcome::not_negotiated}}},
       {"another client port than negotiated",
        {{Do::ask, Outcome::offered},
         {Do::ack, Outcome::negotiated},
@@ -116,7 +127,7 @@ TEST_CASE("the server side of a negotiation, message by message") {
   vpm::Ruleset rules(cfg);
   for (const auto& k : cases) {
     INFO(k.what);
-    Negotiations server(rules, {true, false}, fresh);
+    Negotiations server(rules, fresh);
     uint64_t now = kT0;
     Ask ask;
     Offer offer;
