@@ -140,7 +140,8 @@ void Stack::Impl::arrive(std::span<uint8_t> packet, uint16_t flow_app, bool veri
         uint16_t app = take_turn(ep);
         if (app == vpm::kNoApp) return;
         std::vector<uint8_t> copy(packet.begin(), packet.end());
-        if (relayed(service_of(app))) return hold_syn(std::move(copy), {}, key, app, ep->p1);
+        if (relayed(service_at(ep, app)))
+          return hold_syn(std::move(copy), {}, key, app, ep->p1);
         admitted[key] = Held{{}, -1, app, now_ms(), {}};
       }
     } else if (v.proto == vpm::ipproto::tcp && last_cookie_ms &&
@@ -190,7 +191,7 @@ bool Stack::Impl::cookie_segment(const vpm::PacketView& v, std::span<uint8_t> pa
   ++counters.syn_cookies_accepted;
   ++apps[app].syn_cookies;
   std::vector<uint8_t> ack(packet.begin(), packet.end());
-  if (relayed(service_of(app))) {
+  if (relayed(service_at(ep, app))) {
     hold_syn(std::move(syn), std::move(ack), key, app, ep->p1);
   } else {
     admitted[key] = Held{{}, -1, app, now, {}};

@@ -107,6 +107,8 @@ err_t on_tcp_recv(void* arg, tcp_pcb* pcb, pbuf* p, err_t err) {
     return ERR_MEM;
   }
   switch (c->service) {
+    case Service::negotiate:
+      return s->negotiate(c, p) ? ERR_OK : ERR_ABRT;
     case Service::forward:
     case Service::exec:
       s->hold(c, p);

@@ -36,7 +36,7 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
   c->pcb = pcb;
   c->app = held->second.app;
   c->sock = held->second.sock;
-  c->service = s->service_of(c->app);
+  c->service = s->service_at(ep, c->app);
   s->admitted.erase(held);
   const auto& app = s->rules.config().apps[c->app];
   if (app.proxy_protocol_v2)
@@ -58,6 +58,11 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
   tcp_sent(pcb, on_tcp_sent);
   tcp_err(pcb, on_tcp_err);
   tcp_nagle_disable(pcb);
+  if (c->service == Service::negotiate) {
+    c->last_ms = now_ms();
+    ++s->counters.negotiation_connections;
+    tcp_poll(pcb, on_negotiation_idle, 10);  // every 5 s
+  }
   if (s->large_mss) pcb->mss = s->large_mss;  // the device cuts them to the client's MSS
   // The PROXY header, and start watching the backend.
   if (relayed(c->service) && !s->to_backend(c)) return ERR_ABRT;
@@ -190,6 +195,8 @@ std::string Stack::Impl::sync_endpoints() {
       (configured[a].draining ? ep->draining : ep->apps).push_back(static_cast<uint16_t>(a));
     }
   }
+  for (const auto& l : rules.listens())
+    if (l.negotiator_app != vpm::kNoApp) bind_negotiation(l, kept, failed);
   std::vector<Endpoint*> gone;
   for (auto& ep : endpoints)
     if (!kept.count(ep.get())) gone.push_back(ep.get());

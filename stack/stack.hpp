@@ -31,6 +31,11 @@
 //        proxy_protocol = "v2" sends the client's address first.
 //   UDP  one connected socket per client address:port, idle-expired after
 //        [timeouts] udp.
+// Cooperative listens also have an endpoint on p1 itself, where the
+// client's VPM negotiates: its bytes go to the Negotiator, at most
+// kMaxNegotiationBytes unanswered; a connection silent for
+// kNegotiationIdleMs is reset. The data connections it admits reach the
+// app's p2 endpoint like any other.
 // lwIP is one global instance: at most one Stack exists at a time, and all
 // calls come from one thread.
 #pragma once
@@ -75,6 +80,21 @@ class Instances {
   virtual void closing(int fd) = 0;
 };
 
+// Cooperative mode: what the negotiation endpoint on p1 of a cooperative
+// listen hears (tun/coop_server.hpp speaks the protocol; the stack only
+// carries bytes).
+class Negotiator {
+ public:
+  virtual ~Negotiator() = default;
+  enum class End : uint8_t { keep, close, reset };
+  // `stream`: what arrived from `peer` on one negotiation connection and
+  // was not taken yet. Takes whole messages (returns the bytes taken) and
+  // appends the answers to `reply`; `end` says whether the connection goes
+  // on, closes after the reply, or is reset.
+  virtual size_t heard(std::span<const uint8_t> stream, const vpm::Endpoint& peer,
+                       const vpm::Endpoint& local, std::vector<uint8_t>& reply, End& end) = 0;
+};
+
 struct StackCounters {
   uint64_t packets_in = 0;
   uint64_t packets_out = 0;
@@ -89,6 +109,8 @@ struct StackCounters {
   uint64_t syn_cookies_sent = 0;      // SYNs answered with a cookie (too many handshakes pending)
   uint64_t syn_cookies_accepted = 0;  // ACKs that completed a cookie handshake
   uint64_t memory_deferrals = 0;  // data left with lwIP: memory short, the connection held enough
+  uint64_t negotiation_connections = 0;  // accepted on a cooperative p1
+  uint64_t negotiation_idle = 0;         // of those, closed for saying nothing
 };
 
 // Per app (index into Config::apps).
@@ -137,6 +159,10 @@ class Stack {
   std::string reload(const std::vector<uint16_t>& app_of);
   // Connections open, or waiting for their backend, per app (for merge_reload).
   std::vector<size_t> connections_per_app() const;
+
+  // Cooperative mode: who answers on the negotiation endpoints (unset:
+  // their connections are reset).
+  void negotiate_with(Negotiator* negotiator);
 
   // Stops taking new connections (a SYN now gets a RST; UDP still flows);
   // those already open go on. For a graceful stop.

@@ -8,6 +8,7 @@
 //   services.cpp   the built-in services (echo, discard, http-info) and the
 //                  lwIP callbacks of accepted connections
 //   relay.cpp      the relay to a host socket: forward's TCP and UDP
+//   negotiation.cpp  cooperative mode's endpoint on p1
 // See stack.hpp for the theory of operation.
 #pragma once
 
@@ -21,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -40,7 +42,7 @@
 
 namespace stack {
 
-enum class Service { echo, discard, http_info, forward, exec };
+enum class Service { echo, discard, http_info, forward, exec, negotiate };
 // Spliced to a host socket (relay.cpp): a forward backend or an exec'd instance.
 inline bool relayed(Service s) { return s == Service::forward || s == Service::exec; }
 
@@ -101,6 +103,8 @@ std::string proxy_v2(bool tcp, const vpm::IpAddr& client, uint16_t cport, const 
                      uint16_t p1);
 
 constexpr size_t kMaxRequest = 16 * 1024;  // http-info reads at most this much of a request
+constexpr size_t kMaxNegotiationBytes = 4096;   // unanswered on a negotiation connection
+constexpr uint64_t kNegotiationIdleMs = 30000;  // then a silent one is reset
 
 inline ip_addr_t to_lwip(const vpm::IpAddr& a) {
   ip_addr_t out;
@@ -125,6 +129,7 @@ struct Endpoint {
   size_t turn = 0;                 // next app to take a connection
   tcp_pcb* listener = nullptr;
   udp_pcb* udp = nullptr;
+  bool negotiates = false;  // cooperative mode's endpoint on p1 (negotiation.cpp)
 };
 
 // One accepted TCP connection.
@@ -137,7 +142,8 @@ struct Conn {
   tcp_pcb* pcb = nullptr;
   pbuf* pending = nullptr;  // echo: read, not yet queued back; forward: not yet sent to the backend
   size_t pending_bytes = 0;
-  std::string request;  // http-info
+  std::string request;  // http-info; negotiate: bytes not taken yet
+  uint64_t last_ms = 0;  // negotiate: when the peer last said something
   bool fin_seen = false;
   bool answered = false;
   // forward
@@ -179,6 +185,7 @@ struct Stack::Impl {
   PacketSink sink;
   IoLoop* io = nullptr;
   Instances* instances = nullptr;
+  Negotiator* negotiator = nullptr;
   std::map<Tuple, Held> connecting;  // SYNs held for their backend
   std::map<Tuple, Held> admitted;    // SYNs lwIP has, with their app, until it accepts
   std::map<Tuple, UdpSession> udp_sessions;
@@ -217,6 +224,10 @@ struct Stack::Impl {
     if (a.serve == "echo") return Service::echo;
     if (a.serve == "http-info") return Service::http_info;
     return Service::discard;
+  }
+
+  Service service_at(const Endpoint* ep, uint16_t app) const {
+    return ep->negotiates ? Service::negotiate : service_of(app);
   }
 
   std::string info_json(uint16_t p1, uint16_t p2, uint16_t app, const ip_addr_t* client,
@@ -354,7 +365,15 @@ struct Stack::Impl {
   // Echo: queue back what was read, as far as the send buffer allows, and
   // acknowledge only that much (the client's window is our back-pressure).
   void pump(Conn* c);
+
+  // Cooperative mode's endpoint on p1: `p` to the Negotiator, its answer
+  // back. False when it reset the connection (negotiation.cpp).
+  bool negotiate(Conn* c, pbuf* p);
+  // Binds the endpoint on p1 of each cooperative listen (negotiation.cpp).
+  void bind_negotiation(const vpm::Listen& l, std::set<Endpoint*>& kept, std::string& failed);
 };
+
+err_t on_negotiation_idle(void* arg, tcp_pcb* pcb);
 
 // lwIP's callbacks for an accepted connection (services.cpp).
 err_t on_tcp_recv(void* arg, tcp_pcb* pcb, pbuf* p, err_t err);

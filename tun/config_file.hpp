@@ -2,6 +2,7 @@
 // the daemon's reload, so both report a bad file the same way.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -17,5 +18,11 @@ vpm::ConfigResult read_config(const std::string& path);
 std::vector<std::string> error_report(const std::string& path,
                                       const std::vector<vpm::ConfigError>& errors,
                                       const std::string& outcome);
+
+// Cooperative mode's shared secret: the content of [cooperative] key_file
+// (relative to the configuration file's directory), a trailing newline
+// ignored, at least vpm::coop::kMinKeyBytes. Throws std::runtime_error
+// naming the file and what is wrong; *warning says whether others may read it.
+std::vector<uint8_t> read_coop_key(const vpm::Config& cfg, std::string* warning);
 
 }  // namespace tun

@@ -16,6 +16,7 @@
 
 #include "tun/config_file.hpp"
 #include "tun/control.hpp"
+#include "tun/coop.hpp"
 #include "tun/instances.hpp"
 #include "tun/metrics.hpp"
 #include "tun/report.hpp"
@@ -69,15 +70,24 @@ Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions
   if (!opt.capture_stack.empty()) capture_stack_ = std::make_unique<Capture>(opt.capture_stack);
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
   if (epoll_fd_ < 0) throw std::runtime_error(std::string("epoll: ") + std::strerror(errno));
-  bool exec_apps = std::any_of(cfg.apps.begin(), cfg.apps.end(),
-                               [](const vpm::AppConfig& a) { return a.serve == "exec"; });
-  if (exec_apps)
+  if (std::any_of(cfg.apps.begin(), cfg.apps.end(), vpm::runs_programs))
     instances_ =
         std::make_unique<InstanceRegistry>(vpm::app_socket_path(cfg.vpm), *this, engine_.rules());
   stack_ = std::make_unique<stack::Stack>(
       engine_.rules(), device.mtu(), [this](std::span<uint8_t> p) { from_stack(p); }, this,
       instances_.get());
   if (device.segments()) stack_->send_large_segments();
+  if (vpm::uses_cooperation(cfg)) {
+    if (opt.coop_key.empty()) throw std::runtime_error("cooperative mode needs its key");
+    coop_server_ = std::make_unique<CoopServer>(engine_.rules(), opt.coop_key);
+    engine_.admit_with([s = coop_server_.get()](const vpm::Endpoint& client,
+                                                const vpm::IpAddr& vaddr, uint16_t p2) {
+      return s->admit(client, vaddr, p2);
+    });
+    stack_->negotiate_with(coop_server_.get());
+    coop_client_ = std::make_unique<CoopClient>(*this, opt.coop_key);
+    if (instances_) instances_->dial_with(coop_client_.get());
+  }
 }
 
 Daemon::~Daemon() {
@@ -86,6 +96,7 @@ Daemon::~Daemon() {
   control_.reset();
   stack_.reset();
   instances_.reset();
+  coop_client_.reset();
   ::close(epoll_fd_);
 }
 
@@ -206,6 +217,7 @@ void Daemon::tick(uint64_t now_ms) {
   now_ms_ = now_ms;
   stack_->poll();
   if (instances_) instances_->expire(now_ms);
+  if (coop_client_) coop_client_->expire(now_ms);
   engine_.expire(now_ms, 4096);
   end_log_second(now_ms);
   if (now_ms - drained_check_ms_ >= 1000) {
@@ -340,7 +352,7 @@ int Daemon::run() {
     e.data.u64 = static_cast<uint32_t>(fd);  // generation 0: never closed while running
     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
   };
-  add(device_.fd());
+  if (device_.fd() >= 0) add(device_.fd());
   add(sfd);
   add(tfd);
 

@@ -11,8 +11,9 @@
 // --capture-tun what crosses the device,
 // --capture-stack what crosses the stack's netifs.
 // The same loop serves the control socket (tun/control.hpp), the library
-// socket of `vpmtun exec` when an app is served by programs
-// (tun/instances.hpp), and hands the
+// socket of `vpmtun exec` when an app is run by programs
+// (tun/instances.hpp), cooperative mode's negotiation both ways
+// (tun/coop.hpp), and hands the
 // metrics server (tun/metrics.hpp) its snapshots, so no lock guards the data
 // path; refusals and drops are logged at info, at most 10 lines a second.
 #pragma once
@@ -35,6 +36,8 @@
 namespace tun {
 
 class ControlServer;
+class CoopClient;
+class CoopServer;
 class InstanceRegistry;
 class MetricsServer;
 
@@ -42,6 +45,7 @@ struct DaemonOptions {
   std::string capture_tun;    // pcap of the TUN side, or empty
   std::string capture_stack;  // pcap of the stack side, or empty
   uint64_t drain_ms = 5000;   // how long SIGTERM waits for open connections
+  std::vector<uint8_t> coop_key;  // cooperative mode's shared secret (tun::read_coop_key)
 };
 
 struct DaemonCounters {
@@ -90,6 +94,9 @@ class Daemon : public stack::IoLoop {
   const PacketDevice& device() const { return device_; }
   // The library socket and its instances: set when an app has serve = "exec".
   const InstanceRegistry* instances() const { return instances_.get(); }
+  // Cooperative mode: set when something cooperates ([cooperative] key_file).
+  const CoopServer* coop_server() const { return coop_server_.get(); }
+  const CoopClient* coop_client() const { return coop_client_.get(); }
 
   // stack::IoLoop: backend sockets join the epoll set.
   void watch(int fd, uint32_t epoll_events, std::function<void(uint32_t)> ready) override;
@@ -100,6 +107,8 @@ class Daemon : public stack::IoLoop {
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<MetricsServer> metrics_;
   std::unique_ptr<InstanceRegistry> instances_;
+  std::unique_ptr<CoopServer> coop_server_;
+  std::unique_ptr<CoopClient> coop_client_;
   void from_device(std::span<uint8_t> packet, bool verified, uint64_t now_ms);
   void from_stack(std::span<uint8_t> packet);
   void send(std::span<uint8_t> packet, uint16_t mss = 0);

@@ -72,6 +72,16 @@ class TunDevice : public PacketDevice {
   bool vnet_ = false;
 };
 
+// No device: a daemon without [tun] (cooperative mode's client side only).
+class NoDevice : public PacketDevice {
+ public:
+  size_t read(std::span<uint8_t>, bool&) override { return 0; }
+  bool write(std::span<uint8_t>, uint16_t) override { return false; }
+  int fd() const override { return -1; }
+  uint32_t mtu() const override { return 65520; }
+  bool segments() const override { return false; }
+};
+
 // Queues in both directions: tests push what "clients" send and look at
 // what the daemon wrote.
 class FakeDevice : public PacketDevice {

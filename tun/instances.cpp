@@ -18,6 +18,7 @@
 #include <stdexcept>
 
 #include "tun/control.hpp"
+#include "tun/coop.hpp"
 #include "tun/fd_passing.hpp"
 
 namespace tun {
@@ -44,6 +45,8 @@ struct InstanceRegistry::Peer {
   std::string app;  // set by a Hello taken
   std::string command;
   AppTable* table = nullptr;
+  uint64_t id = 0;          // tells a peer from a later one on the same fd
+  bool dialing = false;     // a Dial taken: the answer ends the connection
   bool registered = false;  // a Bind taken
   uint64_t registered_ms = 0;
   bool dead = false;  // its port refused long after it registered: dropped at the next expire()
@@ -68,6 +71,18 @@ socklen_t loopback(bool ipv6, uint16_t port, sockaddr_storage& ss) {
   a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   a->sin_port = htons(port);
   return sizeof *a;
+}
+
+vpm::Endpoint endpoint_of(const sockaddr_storage& ss) {
+  if (ss.ss_family == AF_INET6) {
+    auto& a = reinterpret_cast<const sockaddr_in6&>(ss);
+    auto addr = vpm::IpAddr::v6(a.sin6_addr.s6_addr);
+    // A dual-stack socket bound for IPv4 says so with a mapped address.
+    if (IN6_IS_ADDR_V4MAPPED(&a.sin6_addr)) addr = vpm::IpAddr::v4(a.sin6_addr.s6_addr + 12);
+    return {addr, ntohs(a.sin6_port)};
+  }
+  auto& a = reinterpret_cast<const sockaddr_in&>(ss);
+  return {vpm::IpAddr::v4(reinterpret_cast<const uint8_t*>(&a.sin_addr)), ntohs(a.sin_port)};
 }
 
 uint16_t port_of(const sockaddr_storage& ss) {
@@ -120,6 +135,7 @@ void InstanceRegistry::accept_peers() {
     p->pid = cred.pid;
     p->uid = cred.uid;
     p->since_ms = monotonic_ms();
+    p->id = ++next_peer_;
     peers_[fd] = std::move(p);
     io_.watch(fd, EPOLLIN, [this, fd](uint32_t) { serve(fd); });
   }
@@ -146,15 +162,19 @@ void InstanceRegistry::serve(int fd) {
   auto m = cut ? std::nullopt : decode({buf, static_cast<size_t>(n)}, &why);
   const auto* h = m ? std::get_if<Hello>(&*m) : nullptr;
   const auto* b = m ? std::get_if<Bind>(&*m) : nullptr;
+  const auto* d = m ? std::get_if<Dial>(&*m) : nullptr;
+  bool turn = p.table && !p.registered && !p.dialing && fds.size() == 1;
   if (h && p.app.empty() && fds.empty()) {
     hello(p, *h);
-  } else if (b && p.table && !p.registered && fds.size() == 1) {
+  } else if (b && turn) {
     bind(p, *b, fds[0]);
+  } else if (d && turn) {
+    dial(p, *d, fds[0]);
   } else {
     // A message out of its turn, malformed, or with the wrong descriptors:
     // the library never sends those.
     ++counters_.bad_messages;
-    if (may_log())
+    if (log_.take())
       spdlog::info("library socket: pid {} uid {}: {}; closed", p.pid, p.uid,
                    !m ? "malformed message (" + (why.empty() ? "truncated" : why) + ")"
                       : "unexpected message");
@@ -183,9 +203,9 @@ void InstanceRegistry::hello(Peer& p, const Hello& h) {
   Welcome w;
   if (!app) {
     w = {Status::unknown_app, "no app '" + h.app + "' in " + rules_.config().file, {}};
-  } else if (app->serve != "exec") {
+  } else if (!vpm::runs_programs(*app)) {
     w = {Status::not_exec,
-         "app '" + h.app + "' is not served by programs (set serve = \"exec\" in " +
+         "app '" + h.app + "' is not run by programs (set serve = \"exec\", or remote, in " +
              rules_.config().file + ")",
          {}};
   } else if (!allowed(*app, p.uid)) {
@@ -205,13 +225,14 @@ void InstanceRegistry::hello(Peer& p, const Hello& h) {
     w = {Status::full, "the daemon could not make the app's peer table", {}};
   if (w.status != Status::ok) {
     ++counters_.refused;
-    if (may_log())
+    if (log_.take())
       spdlog::info("library socket: pid {} uid {} refused: {}", p.pid, p.uid, w.reason);
     send(p, w);
     drop(p.fd);
     return;
   }
   w.listens = listens_of(app);
+  for (auto& r : app->remote) w.remotes.push_back({vpm::Proto::tcp, r.addr, r.port});
   p.app = app->name;
   p.command = printable(h.command);
   p.table = table;
@@ -249,7 +270,7 @@ void InstanceRegistry::bind(Peer& p, const Bind& b, int sock) {
   }
   ::close(sock);
   if (answer.status != Status::ok) {
-    if (may_log())
+    if (log_.take())
       spdlog::info("library socket: pid {} ({}) bind refused: {}", p.pid, p.command, answer.reason);
     send(p, answer);
     drop(p.fd);
@@ -266,6 +287,40 @@ void InstanceRegistry::bind(Peer& p, const Bind& b, int sock) {
   spdlog::info("app {}: instance pid {} ({}) on {}/{} (real port {})", p.app, p.pid, p.command,
                vpm::Endpoint{b.requested, b.p1}.str(), vpm::proto_name(b.proto), b.real_port);
   if (!send(p, Bound{})) drop(p.fd);
+}
+
+void InstanceRegistry::dial(Peer& p, const Dial& d, int sock) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  bool named = ::getsockname(sock, reinterpret_cast<sockaddr*>(&ss), &len) == 0;
+  ::close(sock);
+  const vpm::AppConfig* app = live_app(p.app);
+  Dialed answer;
+  if (!named || endpoint_of(ss) != d.client) {
+    answer = {Status::bad_message, "the socket passed is not bound to the Dial's client", 0};
+    ++counters_.bad_messages;
+  } else if (!app || !coop_ ||
+             std::find(app->remote.begin(), app->remote.end(), d.server) == app->remote.end()) {
+    answer = {Status::not_remote, d.server.str() + " is not a remote of app '" + p.app + "'", 0};
+    ++counters_.refused;
+  }
+  if (answer.status != Status::ok) {
+    if (log_.take())
+      spdlog::info("library socket: pid {} ({}) connect refused: {}", p.pid, p.command,
+                   answer.reason);
+    send(p, answer);
+    drop(p.fd);
+    return;
+  }
+  p.dialing = true;
+  coop_->dial(d.client, d.server, app->aid, [this, fd = p.fd, id = p.id](const DialResult& r) {
+    auto it = peers_.find(fd);
+    if (it == peers_.end() || it->second->id != id) return;  // the program gave up
+    static constexpr Status kStatus[] = {Status::ok, Status::refused, Status::unreachable,
+                                         Status::timed_out};
+    send(*it->second, Dialed{kStatus[r.status], r.reason, r.p2});
+    drop(fd);
+  });
 }
 
 bool InstanceRegistry::send(Peer& p, const Message& m, int fd_to_pass) {
@@ -309,17 +364,6 @@ InstanceRegistry::AppTable* InstanceRegistry::table_for(const std::string& app) 
   t->table = PeerTable({static_cast<uint8_t*>(t->map), PeerTable::kTableBytes});
   slot = std::move(t);
   return slot.get();
-}
-
-bool InstanceRegistry::may_log() {
-  uint64_t second = monotonic_ms() / 1000;
-  if (second != log_second_) {
-    if (suppressed_)
-      spdlog::info("library socket: {} more refusals not logged in the last second", suppressed_);
-    log_second_ = second, logged_ = 0, suppressed_ = 0;
-  }
-  if (logged_ < kLogPerSecond) return ++logged_, true;
-  return ++suppressed_, false;
 }
 
 bool InstanceRegistry::allowed(const vpm::AppConfig& app, uid_t uid) const {

@@ -5,7 +5,7 @@
 // a SOCK_SEQPACKET Unix socket anyone may connect to (mode 0666): who may
 // register is decided per app from the peer's SO_PEERCRED uid ([[app]]
 // users; default the daemon's user and root), and the socket answers
-// nothing but Hello and Bind. Each library connection registers at most one
+// nothing but Hello, Bind and Dial. Each library connection registers at most one
 // socket of one process: its Bind carries the socket itself (SCM_RIGHTS),
 // so the daemon reads the real port, family and protocol from the kernel
 // rather than trusting the program, and closes its copy at once. The
@@ -21,6 +21,10 @@
 // not have called listen() yet) and the next one is tried; one that still
 // refuses kSettleMs after it registered is closed and dropped (a process
 // exec'd without the socket may hold its registration open).
+//
+// A Dial (cooperative mode) carries the program's socket too, so the client
+// address:port negotiated for is the one the kernel gave it; CoopClient
+// negotiates, and the answer ends the connection.
 //
 // Bounds: kMaxPeers library connections, of which at most
 // kMaxUnregisteredPerUser per uid have not registered yet; one that has not
@@ -38,6 +42,7 @@
 #include <vector>
 
 #include "stack/stack.hpp"
+#include "tun/log_budget.hpp"
 #include "vpm/app_wire.hpp"
 #include "vpm/rules.hpp"
 
@@ -65,6 +70,8 @@ struct InstanceInfo {
   uint64_t refusals = 0;
 };
 
+class CoopClient;
+
 class InstanceRegistry : public stack::Instances {
  public:
   static constexpr size_t kMaxPeers = 4096;
@@ -79,6 +86,8 @@ class InstanceRegistry : public stack::Instances {
   InstanceRegistry& operator=(const InstanceRegistry&) = delete;
 
   const std::string& path() const { return path_; }
+  // Cooperative mode: who negotiates the Dials of client apps' programs.
+  void dial_with(CoopClient* coop) { coop_ = coop; }
 
   int open(uint16_t app, vpm::Proto proto, const vpm::IpAddr& client, uint16_t cport,
            const vpm::IpAddr& vaddr, uint16_t p1) override;
@@ -111,16 +120,15 @@ class InstanceRegistry : public stack::Instances {
   void drop(int fd);
   void hello(Peer& p, const vpm::appwire::Hello& h);
   void bind(Peer& p, const vpm::appwire::Bind& b, int sock);
+  void dial(Peer& p, const vpm::appwire::Dial& d, int sock);
   bool send(Peer& p, const vpm::appwire::Message& m, int fd_to_pass = -1);
   AppTable* table_for(const std::string& app);
   bool allowed(const vpm::AppConfig& app, uid_t uid) const;
   // The app of that name that takes new instances (not draining), or nullptr.
   const vpm::AppConfig* live_app(const std::string& name) const;
   static std::vector<vpm::appwire::ListenPort> listens_of(const vpm::AppConfig* app);
-  // Refusals are logged at most kLogPerSecond a second (anyone may connect).
-  bool may_log();
-  static constexpr uint64_t kLogPerSecond = 10;
-  uint64_t log_second_ = 0, logged_ = 0, suppressed_ = 0;
+  // Refusals are logged at most 10 a second (anyone may connect).
+  LogBudget log_{"library socket", 10};
 
   std::string path_;
   stack::IoLoop& io_;
@@ -132,6 +140,8 @@ class InstanceRegistry : public stack::Instances {
   std::map<std::string, uint64_t> turn_;   // per app: the next instance to try
   InstanceCounters counters_;
   uid_t daemon_uid_;
+  CoopClient* coop_ = nullptr;
+  uint64_t next_peer_ = 0;
 };
 
 }  // namespace tun

@@ -24,6 +24,14 @@ const char* status_name(Status s) {
       return "bad message";
     case Status::full:
       return "daemon full";
+    case Status::not_remote:
+      return "not a remote of the app";
+    case Status::refused:
+      return "refused";
+    case Status::unreachable:
+      return "unreachable";
+    case Status::timed_out:
+      return "timed out";
   }
   return "?";
 }
@@ -35,8 +43,46 @@ using wire::Reader;
 using wire::Writer;
 
 std::optional<Status> status_of(uint8_t v) {
-  if (v > static_cast<uint8_t>(Status::full)) return std::nullopt;
+  if (v > static_cast<uint8_t>(Status::timed_out)) return std::nullopt;
   return static_cast<Status>(v);
+}
+
+void put_ports(Writer& w, const std::vector<ListenPort>& ports) {
+  size_t n = std::min(ports.size(), kMaxListens);
+  w.u8(static_cast<uint8_t>(n));
+  for (size_t i = 0; i < n; ++i) {
+    w.u8(static_cast<uint8_t>(ports[i].proto));
+    w.addr(ports[i].vaddr);
+    w.u16(ports[i].p1);
+  }
+}
+
+// False for more than kMaxListens or an unknown protocol.
+bool get_ports(Reader& r, std::vector<ListenPort>& out) {
+  size_t n = r.u8();
+  if (n > kMaxListens) return false;
+  for (size_t i = 0; i < n && !r.bad(); ++i) {
+    auto proto = proto_of(r.u8());
+    ListenPort l;
+    l.vaddr = r.addr();
+    l.p1 = r.u16();
+    if (!proto) return false;
+    l.proto = *proto;
+    out.push_back(l);
+  }
+  return true;
+}
+
+void put_endpoint(Writer& w, const Endpoint& e) {
+  w.addr(e.addr);
+  w.u16(e.port);
+}
+
+Endpoint get_endpoint(Reader& r) {
+  Endpoint e;
+  e.addr = r.addr();
+  e.port = r.u16();
+  return e;
 }
 
 }  // namespace
@@ -52,13 +98,8 @@ std::vector<uint8_t> encode(const Message& m) {
   } else if (auto* wl = std::get_if<Welcome>(&m)) {
     w.u8(static_cast<uint8_t>(wl->status));
     w.str(wl->reason, kMaxReason);
-    size_t n = std::min(wl->listens.size(), kMaxListens);
-    w.u8(static_cast<uint8_t>(n));
-    for (size_t i = 0; i < n; ++i) {
-      w.u8(static_cast<uint8_t>(wl->listens[i].proto));
-      w.addr(wl->listens[i].vaddr);
-      w.u16(wl->listens[i].p1);
-    }
+    put_ports(w, wl->listens);
+    put_ports(w, wl->remotes);
   } else if (auto* b = std::get_if<Bind>(&m)) {
     w.u8(static_cast<uint8_t>(b->proto));
     w.u8(static_cast<uint8_t>((b->ipv6 ? 1 : 0) | (b->v6only ? 2 : 0)));
@@ -68,6 +109,13 @@ std::vector<uint8_t> encode(const Message& m) {
   } else if (auto* bd = std::get_if<Bound>(&m)) {
     w.u8(static_cast<uint8_t>(bd->status));
     w.str(bd->reason, kMaxReason);
+  } else if (auto* d = std::get_if<Dial>(&m)) {
+    put_endpoint(w, d->client);
+    put_endpoint(w, d->server);
+  } else if (auto* dd = std::get_if<Dialed>(&m)) {
+    w.u8(static_cast<uint8_t>(dd->status));
+    w.str(dd->reason, kMaxReason);
+    w.u16(dd->p2);
   }
   size_t body = w.out.size() - 4;
   w.out[2] = static_cast<uint8_t>(body >> 8);
@@ -100,17 +148,8 @@ std::optional<Message> decode(std::span<const uint8_t> bytes, std::string* why) 
       Welcome w;
       auto st = status_of(r.u8());
       w.reason = r.str(kMaxReason);
-      size_t n = r.u8();
-      if (n > kMaxListens) return bad("too many listens");
-      for (size_t i = 0; i < n && !r.bad(); ++i) {
-        auto proto = proto_of(r.u8());
-        ListenPort l;
-        l.vaddr = r.addr();
-        l.p1 = r.u16();
-        if (!proto) return bad("unknown protocol");
-        l.proto = *proto;
-        w.listens.push_back(l);
-      }
+      if (!get_ports(r, w.listens) || !get_ports(r, w.remotes))
+        return bad("too many ports, or an unknown protocol");
       if (!st) return bad("unknown status");
       w.status = *st;
       m = w;
@@ -138,6 +177,23 @@ std::optional<Message> decode(std::span<const uint8_t> bytes, std::string* why) 
       if (!st) return bad("unknown status");
       b.status = *st;
       m = b;
+      break;
+    }
+    case Type::dial: {
+      Dial d;
+      d.client = get_endpoint(r);
+      d.server = get_endpoint(r);
+      m = d;
+      break;
+    }
+    case Type::dialed: {
+      Dialed d;
+      auto st = status_of(r.u8());
+      d.reason = r.str(kMaxReason);
+      d.p2 = r.u16();
+      if (!st) return bad("unknown status");
+      d.status = *st;
+      m = d;
       break;
     }
     default:

@@ -19,11 +19,17 @@
 //        requested address, p1, R} ->
 //                              <-    Bound{status, reason}
 //
+// Cooperative mode: a program's connect() to one of the app's remotes
+// (Welcome lists them) opens its own connection to the daemon:
+//   Hello{app, command}        ->   <- Welcome
+//   Dial{client, server}       ->    the daemon negotiates (tun/coop.hpp)
+//                              <-    Dialed{status, reason, p2}
+//
 // The registration lives as long as that connection: the library keeps its
 // descriptor open beside the socket (inherited by forks and execs, as the
 // socket is), so it ends when the last process holding the socket is gone.
-// A library connection may send one Hello and then one Bind; anything else
-// closes it. Every message is one datagram of at most kMaxMessage bytes:
+// A library connection may send one Hello and then one Bind or one Dial;
+// anything else closes it. Every message is one datagram of at most kMaxMessage bytes:
 //   u8 version (kVersion), u8 type, u16 body length, body.
 //
 // The peer table (PeerTable) is how the library turns what the kernel says
@@ -58,7 +64,7 @@ inline constexpr size_t kMaxCommand = 256;  // the command line, for `vpmtun app
 inline constexpr size_t kMaxReason = 256;
 inline constexpr size_t kMaxListens = 64;
 
-enum class Type : uint8_t { hello = 1, welcome = 2, bind = 3, bound = 4 };
+enum class Type : uint8_t { hello = 1, welcome = 2, bind = 3, bound = 4, dial = 5, dialed = 6 };
 
 enum class Status : uint8_t {
   ok = 0,
@@ -68,6 +74,11 @@ enum class Status : uint8_t {
   not_listened = 4,  // the app does not listen on that port and address
   bad_message = 5,
   full = 6,  // the daemon holds as many registrations as it takes
+  // Dial (cooperative mode):
+  not_remote = 7,   // not one of the app's remote servers
+  refused = 8,      // the negotiation refused it (AID, rules, key)
+  unreachable = 9,  // the server's VPM cannot be reached
+  timed_out = 10,   // no answer from it in time
 };
 const char* status_name(Status s);
 
@@ -87,6 +98,7 @@ struct Welcome {
   Status status = Status::ok;
   std::string reason;
   std::vector<ListenPort> listens;
+  std::vector<ListenPort> remotes;  // cooperative mode: the servers its connects negotiate for
   bool operator==(const Welcome&) const = default;
 };
 struct Bind {
@@ -104,7 +116,21 @@ struct Bound {
   bool operator==(const Bound&) const = default;
 };
 
-using Message = std::variant<Hello, Welcome, Bind, Bound>;
+// Cooperative mode: the program's socket, bound to `client`, is about to
+// connect to `server` (one of the app's remotes); the daemon negotiates.
+struct Dial {
+  Endpoint client;
+  Endpoint server;
+  bool operator==(const Dial&) const = default;
+};
+struct Dialed {
+  Status status = Status::ok;
+  std::string reason;
+  uint16_t p2 = 0;  // where to connect instead of the server's p1
+  bool operator==(const Dialed&) const = default;
+};
+
+using Message = std::variant<Hello, Welcome, Bind, Bound, Dial, Dialed>;
 
 // Longer strings are cut to their bounds, more listens to kMaxListens.
 std::vector<uint8_t> encode(const Message& m);

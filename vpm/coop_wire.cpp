@@ -173,6 +173,16 @@ std::optional<Message> open(std::span<const uint8_t> bytes, std::span<const uint
   return m;
 }
 
+size_t frame_size(std::span<const uint8_t> stream) {
+  if (!stream.empty() && stream[0] != kVersion) return kNotOurs;
+  if (stream.size() > 1 && (stream[1] < static_cast<uint8_t>(Type::ask) ||
+                            stream[1] > static_cast<uint8_t>(Type::refuse)))
+    return kNotOurs;
+  if (stream.size() < 4) return 0;
+  size_t size = 4 + (size_t{stream[2]} << 8 | stream[3]);
+  return size > kMaxMessage || size < 4 + kMacBytes ? kNotOurs : size;
+}
+
 bool NonceCache::first_use(const Nonce& n, uint64_t expiry_ms, uint64_t now_ms) {
   forget_expired(now_ms);
   if (by_nonce_.count(n) || by_nonce_.size() >= max_) return false;

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -105,6 +106,14 @@ std::optional<Message> open(std::span<const uint8_t> bytes, std::span<const uint
                             uint64_t now_ms, std::string* why);
 
 const Header& header_of(const Message& m);
+
+// The size of the message a byte stream starts with (messages follow each
+// other on a negotiation connection): 0 while its header is incomplete;
+// kNotOurs when the stream does not start with one of ours (another
+// protocol: a plain client, or a message too long to be one). The size
+// may exceed what the stream holds yet.
+inline constexpr size_t kNotOurs = SIZE_MAX;
+size_t frame_size(std::span<const uint8_t> stream);
 
 // Nonces seen and not yet expired.
 class NonceCache {

@@ -70,14 +70,19 @@ std::vector<ConfigError> reload_errors(const Config& running, const Config& next
   fixed("vpm.port_range", range(a.vpm), range(b.vpm));
   fixed("vpm.allocation", mode(a.vpm), mode(b.vpm));
   fixed("vpm.control_socket", a.vpm.control_socket, b.vpm.control_socket);
-  // The library socket exists while an app has serve = "exec": its path,
-  // and whether there is one, are set at start.
+  // The library socket exists while an app is run by programs (serve =
+  // "exec", or remote): its path, and whether there is one, are set at start.
   auto exec_socket = [](const Config& c) {
-    bool any = std::any_of(c.apps.begin(), c.apps.end(),
-                           [](const AppConfig& app) { return app.serve == "exec"; });
-    return any ? app_socket_path(c.vpm) : std::string("none (no app has serve = \"exec\")");
+    bool any = std::any_of(c.apps.begin(), c.apps.end(), runs_programs);
+    return any ? app_socket_path(c.vpm)
+                : std::string("none (no app has serve = \"exec\" or remote)");
   };
   fixed("vpm.app_socket", exec_socket(a), exec_socket(b));
+  // The cooperative key is read at start, and only when something cooperates.
+  auto key = [](const Config& c) {
+    return uses_cooperation(c) ? c.cooperative.key_file : std::string("none (nothing cooperates)");
+  };
+  fixed("cooperative.key_file", key(a), key(b));
   fixed("vpm.max_flows", std::to_string(a.vpm.max_flows), std::to_string(b.vpm.max_flows));
   fixed("metrics.listen", shown(a.metrics.listen), shown(b.metrics.listen));
   fixed("daemon.user", a.daemon.user, b.daemon.user);

@@ -12,7 +12,8 @@ TEST_CASE("library messages survive encode and decode") {
   Bind v6{Proto::udp, true, true, addr("2001:db8::10"), 9000, 41234};
   Welcome w{Status::ok,
             "",
-            {{Proto::tcp, addr("192.0.2.10"), 9000}, {Proto::udp, addr("2001:db8::10"), 53}}};
+            {{Proto::tcp, addr("192.0.2.10"), 9000}, {Proto::udp, addr("2001:db8::10"), 53}},
+            {{Proto::tcp, addr("198.51.100.10"), 6379}}};
   Message cases[] = {
       Hello{"blue", "redis-server --port 9000"},
       Hello{"", ""},
@@ -22,6 +23,10 @@ TEST_CASE("library messages survive encode and decode") {
       v6,
       Bound{Status::ok, ""},
       Bound{Status::not_listened, "app 'blue' does not listen on udp 9001"},
+      Dial{*vpm::Endpoint::parse("10.1.0.2:40000", nullptr),
+           *vpm::Endpoint::parse("[2001:db8::10]:9000", nullptr)},
+      Dialed{Status::ok, "", 21034},
+      Dialed{Status::refused, "aid 7 is not among those offered", 0},
   };
   for (const auto& m : cases) {
     std::string why;
@@ -48,6 +53,7 @@ TEST_CASE("malformed library messages are refused with a reason") {
       {"header only, cut", {1, 1}, "shorter than its 4-byte header"},
       {"another version", with(hello, 0, 2), "unknown version"},
       {"unknown type", with(hello, 1, 9), "unknown message type"},
+      {"unknown status", with(encode(Dialed{Status::ok, "", 1}), 4, 11), "unknown status"},
       {"body length too long", with(hello, 3, 200), "body length disagrees with the message"},
       {"cut inside a string", cut(with(hello, 3, 7), 11), "fields do not fill the body"},
       {"a string past its bound", long_name, "fields do not fill the body"},

@@ -6,6 +6,7 @@
 #include <dlfcn.h>
 #include <sys/socket.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,7 @@ struct Settings {
   bool valid = false;   // VPMTUN_LISTEN parsed
   std::string app, socket_path;
   std::vector<vpm::appwire::ListenPort> listens;
+  std::vector<vpm::appwire::ListenPort> remotes;  // VPMTUN_REMOTE: cooperative servers
 };
 const Settings& settings();
 // A line on the program's stderr, naming the program.
@@ -44,6 +46,14 @@ vpm::appwire::PeerTable table();
 // that inherited sockets). Retried at most once a second.
 vpm::appwire::PeerTable table_or_ask();
 
+// A connection to the daemon that has said Hello (and mapped the peer
+// table); -1 with *why and *err (the errno for the program).
+int hello(std::string* why, int* err);
+// Sends `m` (with `fd_to_pass`) on `conn` and reads the answer (a passed
+// descriptor into *fd_back). False with *why when the daemon did not answer.
+bool exchange(int conn, const vpm::appwire::Message& m, int fd_to_pass,
+              std::optional<vpm::appwire::Message>& answer, int* fd_back, std::string* why);
+
 // ---- preload.cpp: socket addresses ----
 
 struct Inet {
@@ -59,10 +69,22 @@ Inet parse(const sockaddr* sa, socklen_t len);
 // full size. False when the address does not fit the family.
 bool store(bool ipv6, const vpm::IpAddr& addr, uint16_t port, sockaddr* out, socklen_t* len);
 
+// The socket's protocol; *ok false for anything but TCP and UDP.
+vpm::Proto proto_of_socket(int fd, bool* ok);
+
 // ---- registration.cpp ----
 
 // bind() of a port the app listens on: an anonymous loopback port instead,
 // registered with the daemon; -1 with errno (and a line on stderr) if not.
 int take_bind(int fd, vpm::Proto proto, const Inet& asked, bool family6);
+
+// ---- dial.cpp: cooperative mode ----
+
+// connect() of a TCP socket to one of the app's remotes: the daemon
+// negotiates, then the socket connects to the p2 it got; -1 with errno
+// (ECONNREFUSED for a refusal, and a line on stderr) if not.
+int dial(int fd, const Inet& server, const sockaddr* addr, socklen_t len);
+// A peer the kernel returned: a remote's p2 this process dialled becomes its p1.
+void translate_dialed(sockaddr* addr, socklen_t* len, socklen_t given);
 
 }  // namespace vpmtun_app

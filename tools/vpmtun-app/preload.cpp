@@ -16,6 +16,9 @@
 // (sendto, sendmsg, sendmmsg). So the answers hold across fork, exec, dup
 // and threads.
 //
+// Cooperative mode: connect() to one of the app's remotes is negotiated
+// first (dial.cpp).
+//
 // Never fail open: when the daemon cannot be reached or refuses, bind()
 // fails (EACCES when the user is not allowed, EADDRNOTAVAIL otherwise) and
 // a line on stderr names the reason; the real p1 is never bound.
@@ -199,6 +202,7 @@ int getpeername(int fd, sockaddr* addr, socklen_t* len) {
     bool ok = false;
     vpm::Proto proto = proto_of_socket(fd, &ok);
     if (ok) translate_peer(fd, proto, addr, len, given);
+    if (ok && proto == vpm::Proto::tcp) translate_dialed(addr, len, given);
   }
   return r;
 }

@@ -34,6 +34,7 @@ const Settings& settings() {
     const char* app = std::getenv("VPMTUN_APP");
     const char* sock = std::getenv("VPMTUN_SOCKET");
     const char* listen = std::getenv("VPMTUN_LISTEN");
+    const char* remote = std::getenv("VPMTUN_REMOTE");
     if (!app || !sock) return out;
     out.active = true;
     out.app = app;
@@ -42,6 +43,7 @@ const Settings& settings() {
       out.listens = *l;
       out.valid = true;
     }
+    if (auto r = remote ? parse_listens(remote) : std::nullopt) out.remotes = *r;
     return out;
   }();
   return s;
@@ -133,8 +135,6 @@ void map_table(int memfd) {
   table_ready.store(true, std::memory_order_release);
 }
 
-// Sends `m` (with `fd_to_pass`) and reads the answer (taking a passed
-// descriptor into *fd_back). False with *why when the daemon did not answer.
 bool exchange(int conn, const Message& m, int fd_to_pass, std::optional<Message>& answer,
               int* fd_back, std::string* why) {
   if (!tun::send_with_fd(conn, encode(m), fd_to_pass, 0)) {
@@ -172,7 +172,6 @@ std::string command_line() {
   return cmd;
 }
 
-// A connection to the daemon that has said Hello; -1 with *why and *err.
 int hello(std::string* why, int* err) {
   const Settings& s = settings();
   int conn = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);

@@ -107,8 +107,8 @@ std::optional<fs::path> find_library() {
   return std::nullopt;
 }
 
-// The daemon's answer to a Hello for `app`: its listens, or what was wrong.
-std::variant<std::vector<ListenPort>, std::string> ask_app(const std::string& socket,
+// The daemon's answer to a Hello for `app`: its Welcome, or what was wrong.
+std::variant<Welcome, std::string> ask_app(const std::string& socket,
                                                            const std::string& app,
                                                            const std::string& command) {
   int fd = tun::connect_to(socket, SOCK_SEQPACKET);
@@ -116,7 +116,8 @@ std::variant<std::vector<ListenPort>, std::string> ask_app(const std::string& so
     return socket + ": " +
            (errno == ENOENT || errno == ECONNREFUSED
                 ? std::string("no vpmtun daemon is serving exec apps here (start one with an app "
-                              "of serve = \"exec\", or give its library socket with -s)")
+                              "of serve = \"exec\" or remote, or give its library socket with "
+                              "-s)")
                 : std::strerror(errno));
   timeval tv{5, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -132,7 +133,7 @@ std::variant<std::vector<ListenPort>, std::string> ask_app(const std::string& so
   const auto* w = m ? std::get_if<Welcome>(&*m) : nullptr;
   if (!w) return socket + ": the daemon's answer is not a Welcome (" + why + ")";
   if (w->status != Status::ok) return w->reason;
-  return w->listens;
+  return *w;
 }
 
 // A sanitizer build of the library needs the sanitizer's runtime first in
@@ -171,7 +172,7 @@ int exec_program(const ExecOptions& opt) {
   auto answer = ask_app(socket, opt.app, command);
   if (auto* why = std::get_if<std::string>(&answer))
     return fail(kFailed, "app '" + opt.app + "': " + *why);
-  const auto& listens = std::get<std::vector<ListenPort>>(answer);
+  const auto& welcome = std::get<Welcome>(answer);
 
   std::string preload = library->string();
   if (auto rt = sanitizer_runtime(); !rt.empty()) {
@@ -182,7 +183,8 @@ int exec_program(const ExecOptions& opt) {
   ::setenv("LD_PRELOAD", preload.c_str(), 1);
   ::setenv("VPMTUN_APP", opt.app.c_str(), 1);
   ::setenv("VPMTUN_SOCKET", socket.c_str(), 1);
-  ::setenv("VPMTUN_LISTEN", format_listens(listens).c_str(), 1);
+  ::setenv("VPMTUN_LISTEN", format_listens(welcome.listens).c_str(), 1);
+  ::setenv("VPMTUN_REMOTE", format_listens(welcome.remotes).c_str(), 1);
 
   std::vector<char*> argv;
   for (const auto& word : opt.command) argv.push_back(const_cast<char*>(word.c_str()));

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "tun/config_file.hpp"
 #include "tun/daemon.hpp"
 #include "tun/device.hpp"
 #include "tun/instances.hpp"
@@ -58,9 +59,28 @@ void notify_systemd(const char* state) {
 
 }  // namespace
 
-int run_daemon(const vpm::Config& cfg, const tun::DaemonOptions& opt) {
+int run_daemon(const vpm::Config& cfg, tun::DaemonOptions opt) {
   try {
-    tun::TunDevice device(cfg.tun);
+    bool listens = std::any_of(cfg.apps.begin(), cfg.apps.end(),
+                               [](const vpm::AppConfig& a) { return !a.listen.empty(); });
+    if (!cfg.tun.present && listens)
+      throw std::runtime_error(cfg.file +
+                               ": apps listen, but there is no [tun] section to serve them "
+                               "(a daemon without [tun] only negotiates for its programs' "
+                               "cooperative connections)");
+    if (vpm::uses_cooperation(cfg)) {
+      std::string warning;
+      opt.coop_key = tun::read_coop_key(cfg, &warning);
+      if (!warning.empty()) spdlog::warn("{}", warning);
+    }
+    std::unique_ptr<tun::PacketDevice> made;
+    if (cfg.tun.present)
+      made = std::make_unique<tun::TunDevice>(cfg.tun);
+    else
+      made = std::make_unique<tun::NoDevice>();
+    tun::PacketDevice& device = *made;
+    std::string device_name =
+        cfg.tun.present ? static_cast<tun::TunDevice&>(device).name() : std::string("no device");
     tun::Daemon daemon(cfg, device, opt);
     if (!cfg.vpm.control_socket.empty()) daemon.serve_control(cfg.vpm.control_socket);
     if (cfg.metrics.listen) daemon.serve_metrics(*cfg.metrics.listen);
@@ -74,9 +94,13 @@ int run_daemon(const vpm::Config& cfg, const tun::DaemonOptions& opt) {
     std::string addrs;
     if (cfg.tun.address) addrs += " " + cfg.tun.address->str();
     if (cfg.tun.address6) addrs += " " + cfg.tun.address6->str();
+    if (!cfg.tun.present)
+      spdlog::info("no [tun]: cooperative client side only");
+    else
+      spdlog::info("{} up (mtu {}{}{})", device_name, cfg.tun.mtu,
+                   cfg.tun.configure ? "," : ", not configured by vpmtun", addrs);
     spdlog::info(
-        "{} up (mtu {}{}{}), {} listens, {} apps; control socket {}{}{}{}", device.name(),
-        cfg.tun.mtu, cfg.tun.configure ? "," : ", not configured by vpmtun", addrs,
+        "{} listens, {} apps; control socket {}{}{}{}",
         daemon.engine().rules().listens().size(), cfg.apps.size(),
         cfg.vpm.control_socket.empty() ? "none" : cfg.vpm.control_socket,
         daemon.instances() ? "; library socket " + daemon.instances()->path() : "",
@@ -90,7 +114,7 @@ int run_daemon(const vpm::Config& cfg, const tun::DaemonOptions& opt) {
         "stopped: {} packets in, {} out, {} translated, {} dropped, {} refused; "
         "{} removed with the device",
         c.packets[vpm::to_stack_side], c.packets[vpm::to_tun_side], c.translated, c.dropped,
-        c.refused, device.name());
+        c.refused, device_name);
     return code;
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
