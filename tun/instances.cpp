@@ -150,6 +150,7 @@ void InstanceRegistry::serve(int fd) {
   bool cut = false;
   ssize_t n = recv_with_fds(fd, buf, fds, MSG_DONTWAIT, &cut);
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  // Descriptors passed are closed here only (bind() and dial() read them).
   auto close_fds = [&] {
     for (int f : fds) ::close(f);
   };
@@ -268,7 +269,6 @@ void InstanceRegistry::bind(Peer& p, const Bind& b, int sock) {
                                         vpm::proto_name(b.proto)};
     ++counters_.refused;
   }
-  ::close(sock);
   if (answer.status != Status::ok) {
     if (log_.take())
       spdlog::info("library socket: pid {} ({}) bind refused: {}", p.pid, p.command, answer.reason);
@@ -293,7 +293,6 @@ void InstanceRegistry::dial(Peer& p, const Dial& d, int sock) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
   bool named = ::getsockname(sock, reinterpret_cast<sockaddr*>(&ss), &len) == 0;
-  ::close(sock);
   const vpm::AppConfig* app = live_app(p.app);
   Dialed answer;
   if (!named || endpoint_of(ss) != d.client) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "stack/stack_memory.hpp"
+#include "tun/coop.hpp"
 #include "tun/daemon.hpp"
 #include "tun/instances.hpp"
 #include "vpm/flow_table.hpp"
@@ -156,6 +157,34 @@ std::vector<Counter> counters_of(const Daemon& d) {
                                 {"library", "instance_refusals", ic.instance_refusals},
                             });
   }
+  if (const auto* cs = d.coop_server()) {
+    for (size_t o = 0; o < kOutcomes; ++o)
+      list.push_back({"cooperative", vpm::coop::outcome_name(static_cast<vpm::coop::Outcome>(o)),
+                      cs->outcomes()[o]});
+    const auto& w = cs->wire();
+    list.insert(list.end(), {
+                                {"cooperative", "plain_clients", w.plain_clients},
+                                {"cooperative", "bad_mac", w.bad_mac},
+                                {"cooperative", "expired", w.expired},
+                                {"cooperative", "replayed", w.replayed},
+                                {"cooperative", "malformed", w.malformed},
+                                {"cooperative", "negotiation_connections", s.negotiation_connections},
+                                {"cooperative", "negotiation_idle", s.negotiation_idle},
+                            });
+  }
+  if (const auto* cc = d.coop_client()) {
+    const auto& c = cc->counters();
+    list.insert(list.end(), {
+                                {"cooperative_client", "dials", c.dials},
+                                {"cooperative_client", "negotiated", c.negotiated},
+                                {"cooperative_client", "refused", c.refused},
+                                {"cooperative_client", "unreachable", c.unreachable},
+                                {"cooperative_client", "timed_out", c.timed_out},
+                                {"cooperative_client", "in_flight", cc->in_flight()},
+                                {"cooperative_client", "links", cc->links()},
+                                {"cooperative_client", "links_opened", c.links_opened},
+                            });
+  }
   for (size_t r = 1; r < vpm::kDropCount; ++r)
     list.push_back({"drops", vpm::drop_name(static_cast<vpm::Drop>(r)), e.by_reason[r]});
   return list;
@@ -241,8 +270,41 @@ std::string render_table(const Daemon& d, const TableFilter& filter, bool json) 
           fmt::format("{}/{}", st.bytes[0], st.bytes[1]));
     }
   });
+  // Cooperative translations: offered, negotiated and waiting for their
+  // connection, or past their window (kept a while to say so).
+  size_t coop_rows = 0;
+  if (const auto* cs = d.coop_server()) {
+    int64_t wall = static_cast<int64_t>(wall_ms());
+    for (const auto& e : cs->entries()) {
+      const auto& app = cfg.apps[e.app];
+      if (!filter.app.empty() && app.name != filter.app) continue;
+      if (filter.client && !filter.client->contains(e.client.addr)) continue;
+      if (coop_rows++ == 0 && !json)
+        text += fmt::format("cooperative translations:\n{:<11} {:<41} {:<41} {:<12} {:>6} {:>5} {:>10}\n",
+                            "state", "client", "virtual", "app", "aid", "p2", "until s");
+      double until = static_cast<double>(static_cast<int64_t>(e.until_ms) - wall) / 1000;
+      if (json)
+        j.open('{')
+            .field("proto", "tcp")
+            .field("cooperative", true)
+            .field("client", e.client.str())
+            .field("virtual", e.server.str())
+            .field("app", app.name)
+            .field("aid", uint64_t{e.aid})
+            .field("p2", uint64_t{e.p2})
+            .field("state", e.state)
+            .field("until_s", until)
+            .close('}');
+      else
+        text += fmt::format("{:<11} {:<41} {:<41} {:<12} {:>6} {:>5} {:>10.1f}\n", e.state,
+                            e.client.str(), e.server.str(), app.name, e.aid, e.p2, until);
+    }
+  }
   if (json) return j.close(']').take();
-  return text + fmt::format("{} flow{}\n", rows, rows == 1 ? "" : "s");
+  std::string coop = d.coop_server() ? fmt::format(", {} cooperative translation{}", coop_rows,
+                                                   coop_rows == 1 ? "" : "s")
+                                     : "";
+  return text + fmt::format("{} flow{}{}\n", rows, rows == 1 ? "" : "s", coop);
 }
 
 std::string render_apps(const Daemon& d, bool json) {

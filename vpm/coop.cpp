@@ -109,8 +109,9 @@ Outcome Negotiations::admit(const Endpoint& client, const IpAddr& vaddr, uint16_
                    offers_.at(offered->second).offer.h.expiry_ms >= now_ms;
     return waiting ? Outcome::pending : Outcome::not_negotiated;
   }
+  if (it->second.used) return Outcome::not_negotiated;  // used once
   bool in_time = now_ms <= it->second.until_ms;
-  translations_.erase(it);  // used once
+  it->second.used = true;  // kept, to be shown, until it would have expired
   return in_time ? Outcome::admitted : Outcome::window_passed;
 }
 
@@ -135,8 +136,8 @@ std::vector<Negotiations::Entry> Negotiations::entries(uint64_t now_ms) const {
   }
   for (const auto& [key, t] : translations_) {
     const auto& [client, vaddr, p2, proto] = key;
-    out.push_back({now_ms <= t.until_ms ? "negotiated" : "expired", client, {vaddr, t.p1}, p2,
-                   t.aid, t.app, t.until_ms});
+    const char* state = t.used ? "connected" : now_ms <= t.until_ms ? "negotiated" : "expired";
+    out.push_back({state, client, {vaddr, t.p1}, p2, t.aid, t.app, t.until_ms});
   }
   return out;
 }

@@ -16,7 +16,7 @@
 //   Refuse   -> the offer is forgotten (the client's VPM declined it).
 //   admit()  -> a SYN to vaddr:p2 from client address:port is let in only
 //               if negotiated and within its window; the translation is
-//               used once. Everything else on a p2 is refused (window_passed
+//               used once (and shown as connected until it would expire). Everything else on a p2 is refused (window_passed
 //               for one up to a window late), except a SYN for a pending
 //               offer (pending: its Ack is on its way, the SYN came first).
 // Both tables are bounded (kMaxPending, kMaxNegotiated): when full, an Ask is
@@ -43,7 +43,7 @@ namespace vpm::coop {
 inline constexpr uint64_t kWindowMs = 5000;  // from Ack to the client's connection on p2
 inline constexpr uint64_t kOfferMs = 5000;   // from Offer to its Ack
 inline constexpr size_t kMaxPending = 4096;
-inline constexpr size_t kMaxNegotiated = 16384;
+inline constexpr size_t kMaxNegotiated = 65536;  // held two windows each: 6500 a second
 
 // How a negotiation ended, for counters and logs.
 enum class Outcome : uint8_t {
@@ -85,7 +85,9 @@ class Negotiations {
 
   // For `vpmtun table`: every offer and translation held.
   struct Entry {
-    const char* state;  // pending (offered), negotiated (in its window), expired (kept to say so)
+    // pending (offered), negotiated (in its window), connected (admitted),
+    // expired (never came; kept a window to say so)
+    const char* state;
     Endpoint client;
     Endpoint server;  // vaddr:p1
     uint16_t p2;
@@ -108,6 +110,7 @@ class Negotiations {
     uint16_t app;
     uint64_t until_ms;
     uint16_t p1;
+    bool used = false;  // admitted its connection
   };
   // (client, vaddr, p2, proto)
   using Key = std::tuple<Endpoint, IpAddr, uint16_t, Proto>;
