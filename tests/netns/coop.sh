@@ -177,6 +177,19 @@ refused_before=$(stat_of aid_mismatch || echo 0)
 check "a client app of another AID is refused (ECONNREFUSED)" \
   bash -c "! timeout 20 ip netns exec $c1 $vpmtun exec --app wrong -s $work/c1-app.sock -- curl -sS -m 5 http://10.99.0.10:9000/ 2>$work/wrong.err &&
            grep -q 'Connection refused\|Failed to connect' $work/wrong.err"
+nonblocking='
+import errno, select, socket
+s = socket.socket()
+s.setblocking(False)
+r = s.connect_ex(("10.99.0.10", 9000))
+select.select([], [s], [], 5)
+e = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+print(errno.errorcode.get(r, r), errno.errorcode.get(e, e), s.getpeername()[1] if e == 0 else "-")
+'
+check "non-blocking connect: EINPROGRESS, then SO_ERROR 0 and p1 in getpeername" \
+  bash -c "[ \"\$(timeout 20 ip netns exec $c1 $vpmtun exec --app good -s $work/c1-app.sock -- $py -c '$nonblocking' 2>&1)\" = 'EINPROGRESS 0 9000' ]"
+check "non-blocking connect of another AID: EINPROGRESS, then SO_ERROR ECONNREFUSED" \
+  bash -c "timeout 20 ip netns exec $c1 $vpmtun exec --app wrong -s $work/c1-app.sock -- $py -c '$nonblocking' 2>&1 | grep -qx 'EINPROGRESS ECONNREFUSED -'"
 check "the server counted the AID mismatch" bash -c "[ \"\$(stats | awk '\$1 == \"aid_mismatch\" {print \$2; exit}')\" -gt ${refused_before:-0} ]"
 
 check "a plain client on p1 is refused" \

@@ -3,6 +3,7 @@
 
 #include "packets.hpp"
 #include "vpm/config.hpp"
+#include "vpm/rules.hpp"
 
 namespace {
 
@@ -118,6 +119,31 @@ TEST_CASE("apps of one aid may repeat each other's client rules; exec apps name 
   CHECK(vpm::app_socket_path(cfg->vpm) == "/tmp/lib.sock");
 }
 
+TEST_CASE("cooperative mode: a server app, a client-only app, a file without [tun]") {
+  std::string text =
+      "[cooperative]\nkey_file = \"coop.key\"\n"
+      "[[app]]\nname = \"store\"\naid = 101\nlisten = [\"192.0.2.10:6379\"]\n"
+      "clients = [\"198.51.100.0/24\"]\nserve = \"exec\"\ncooperative = true\n"
+      "[[app]]\nname = \"client\"\naid = 101\nremote = [\"192.0.2.10:6379\", "
+      "\"[2001:db8::10]:9000/tcp\"]\n";
+  auto r = vpm::parse_config(text, "t.toml");
+  auto* cfg = std::get_if<vpm::Config>(&r);
+  if (!cfg) FAIL(std::get<1>(r).front().str());
+  CHECK_FALSE(cfg->tun.present);
+  CHECK(cfg->cooperative.key_file == "coop.key");
+  CHECK(cfg->apps[0].cooperative);
+  CHECK(cfg->apps[1].listen.empty());
+  CHECK(cfg->apps[1].remote.size() == 2);
+  CHECK(vpm::runs_programs(cfg->apps[1]));
+  CHECK(vpm::uses_cooperation(*cfg));
+  vpm::Ruleset rules(*cfg);
+  REQUIRE(rules.cooperative());
+  CHECK(rules.listens()[0].negotiator_app == 0);
+  CHECK(rules.coop_app(0, rules.listens()[0].p2_of_app[0]) == 0);
+  CHECK(std::get<vpm::Config>(vpm::parse_config(std::string("[tun]\n") + kApp, "t.toml"))
+            .tun.present);
+}
+
 TEST_CASE("configuration errors name line and key") {
   std::vector<ErrorCase> cases = {
       {"TOML syntax", "[vpm\n", 1, "", ""},
@@ -169,7 +195,33 @@ TEST_CASE("configuration errors name line and key") {
       {"users on a built-in service",
        "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nserve = "
        "\"echo\"\nusers = [\"www-data\"]\n",
-       6, "app[0].users", "serve = \"exec\""},
+       6, "app[0].users", "serve = \"exec\" or an app with remote"},
+      {"cooperative without a key",
+       "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nserve = "
+       "\"echo\"\ncooperative = true\n",
+       0, "cooperative.key_file", "at least 32 bytes"},
+      {"cooperative over UDP",
+       "[cooperative]\nkey_file = \"k\"\n[[app]]\nname = \"a\"\naid = 1\nlisten = "
+       "[\"192.0.2.1:9000/udp\"]\nserve = \"echo\"\ncooperative = true\n",
+       8, "app[0].cooperative", "TCP only"},
+      {"a UDP remote",
+       "[cooperative]\nkey_file = \"k\"\n[[app]]\nname = \"a\"\naid = 1\nremote = "
+       "[\"192.0.2.1:9000/udp\"]\n",
+       6, "app[0].remote", "TCP only"},
+      {"a client-only app that serves",
+       "[cooperative]\nkey_file = \"k\"\n[[app]]\nname = \"a\"\naid = 1\nremote = "
+       "[\"192.0.2.1:9000\"]\nserve = \"echo\"\n",
+       7, "app[0]", "need a listen"},
+      {"cooperative and per-connection",
+       "[vpm]\nallocation = \"per-connection\"\n[cooperative]\nkey_file = \"k\"\n[[app]]\n"
+       "name = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nserve = \"echo\"\n"
+       "cooperative = true\n",
+       5, "app[0].cooperative", "per-app"},
+      {"one stream, cooperative and not",
+       "[cooperative]\nkey_file = \"k\"\n[[app]]\nname = \"a\"\naid = 1\nlisten = "
+       "[\"192.0.2.1:9000\"]\nserve = \"echo\"\ncooperative = true\n[[app]]\nname = \"b\"\n"
+       "aid = 1\nlisten = [\"192.0.2.1:9000\"]\nserve = \"echo\"\n",
+       9, "app[1].cooperative", "as a whole"},
       {"unmatched names no app", std::string("[vpm]\nunmatched = \"nobody\"\n") + kApp, 2,
        "vpm.unmatched", "neither"},
       {"bad metrics address", std::string("[metrics]\nlisten = \"localhost\"\n") + kApp, 2,

@@ -8,12 +8,14 @@
 // connect() goes to the server's p2, in the program's own mode: a
 // non-blocking socket returns EINPROGRESS as always (the negotiation, one
 // round trip to the server's VPM, has happened inside the call). A refusal
-// is ECONNREFUSED, a silent server ETIMEDOUT; the program never reaches
-// p1 without its negotiation.
+// is ECONNREFUSED (for a non-blocking socket, through SO_ERROR after
+// EINPROGRESS, as any refusal), a silent server ETIMEDOUT; the program
+// never reaches p1 without its negotiation.
 //
 // getpeername() says vaddr:p1: the few (vaddr, p2) -> p1 this process has
 // dialled are kept (a p2 stands for one p1 of one server, whatever the
 // client port).
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -73,16 +75,49 @@ bool local_end(int fd, const sockaddr* addr, socklen_t len, bool family6, vpm::E
   return true;
 }
 
+// A non-blocking socket learns of a refusal as of any other: EINPROGRESS,
+// then writability and SO_ERROR. So it connects to a loopback port that is
+// bound but not listening, which the kernel refuses at once. -1 (errno
+// left for the caller) if that cannot be arranged.
+int refuse_later(int fd, bool family6, const vpm::IpAddr& local) {
+  REAL(bind);
+  REAL(connect);
+  REAL(close);
+  REAL(getsockname);
+  bool v6 = family6 && !local.is_v4();
+  const char* lo = v6 ? "::1" : "127.0.0.1";
+  int closed = ::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_storage ss{};
+  socklen_t slen = sizeof ss;
+  store(v6, *vpm::IpAddr::parse(lo), 0, reinterpret_cast<sockaddr*>(&ss), &slen);
+  bool ready = closed >= 0 && real_bind(closed, reinterpret_cast<sockaddr*>(&ss), slen) == 0 &&
+               real_getsockname(closed, reinterpret_cast<sockaddr*>(&ss), &slen) == 0;
+  int r = -1;
+  if (ready) {
+    Inet port = parse(reinterpret_cast<sockaddr*>(&ss), slen);
+    sockaddr_storage to{};
+    socklen_t tlen = sizeof to;
+    store(family6, *vpm::IpAddr::parse(lo), port.port, reinterpret_cast<sockaddr*>(&to), &tlen);
+    r = real_connect(fd, reinterpret_cast<sockaddr*>(&to), tlen);
+  }
+  if (closed >= 0) real_close(closed);
+  return r < 0 && errno == EINPROGRESS ? 0 : -1;
+}
+
 }  // namespace
 
 int dial(int fd, const Inet& server, const sockaddr* addr, socklen_t len) {
   vpm::Endpoint to{server.addr, server.port};
+  vpm::Endpoint client;
   auto fail = [&](int err, const std::string& why) {
     complain("connect " + to.str() + " refused: " + why);
+    bool nonblocking = ::fcntl(fd, F_GETFL) & O_NONBLOCK;
+    if (err == ECONNREFUSED && nonblocking && client.port != 0 &&
+        refuse_later(fd, server.ipv6, client.addr) == 0)
+      err = EINPROGRESS;
     errno = err;
     return -1;
   };
-  vpm::Endpoint client;
   if (!local_end(fd, addr, len, server.ipv6, client))
     return fail(errno ? errno : EADDRNOTAVAIL, std::string("no local address towards it: ") +
                                                    std::strerror(errno));

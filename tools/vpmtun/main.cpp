@@ -248,7 +248,7 @@ int main(int argc, char** argv) {
   vpmtun::ExecOptions eopt;
   std::string exec_socket, exec_config;
   auto* exec = app.add_subcommand(
-      "exec", "Run an unmodified program as an instance of an app with serve = \"exec\"");
+      "exec", "Run an unmodified program as an instance of an app (serve = \"exec\", or remote)");
   exec->add_option("--app", eopt.app, "The app (its name in the daemon's configuration)")
       ->required();
   exec->add_option("-s,--socket", exec_socket,
@@ -266,6 +266,10 @@ int main(int argc, char** argv) {
       "getsockname, and each client's own address and port in accept, getpeername and\n"
       "recvfrom. Other binds are left alone. Several instances (or pre-fork workers) of\n"
       "one app take its connections in turn; `vpmtun apps` lists them.\n\n"
+      "Cooperative mode: for an app with remote = [\"vaddr:p1\", ...], the program's\n"
+      "connect() to one of those is negotiated by the daemon with the server's VPM first\n"
+      "(the AIDs must match), then goes to the p2 it got; getpeername still says p1, and\n"
+      "a refusal is ECONNREFUSED.\n\n"
       "It never fails open: if the daemon is down, does not know the app, or refuses the\n"
       "user ([[app]] users), or the program is statically linked or set-user-ID, the\n"
       "program is not run (exit 125/126) or its bind fails; p1 itself is never bound.\n"
@@ -273,7 +277,8 @@ int main(int argc, char** argv) {
       "Examples:\n"
       "  vpmtun exec --app blue -- redis-server --port 9000\n"
       "  vpmtun exec --app web -c /etc/vpmtun/vpm.toml -- python3 -m http.server 9000\n"
-      "  vpmtun exec --app web -- nginx -g 'daemon off;'");
+      "  vpmtun exec --app web -- nginx -g 'daemon off;'\n"
+      "  vpmtun exec --app store-client -- redis-cli -h 10.99.0.10 -p 6379 ping");
 
   // `vpmtun exec ... -- PROGRAM ...`: what follows "--" is the program's,
   // whatever it looks like; CLI11 sees what comes before.
