@@ -253,7 +253,8 @@ void CoopClient::expire(uint64_t now_ms) {
       it = l->dials.erase(it);
       finish(d, {DialResult::timed_out, 0, "no answer from " + server.str() + " in time"});
     }
-    if (l->dials.empty() && now_ms - l->last_ms > kLinkIdleMs) idle.push_back(server);
+    // last_ms may be later than now_ms: used after the loop read its clock.
+    if (l->dials.empty() && now_ms > l->last_ms + kLinkIdleMs) idle.push_back(server);
   }
   for (auto& server : idle) {
     io_.unwatch(links_[server]->fd);

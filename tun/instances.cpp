@@ -46,7 +46,7 @@ struct InstanceRegistry::Peer {
   std::string command;
   AppTable* table = nullptr;
   uint64_t id = 0;          // tells a peer from a later one on the same fd
-  bool dialing = false;     // a Dial taken: the answer ends the connection
+  bool dialing = false;     // a Dial taken: its answer ends the connection
   bool registered = false;  // a Bind taken
   uint64_t registered_ms = 0;
   bool dead = false;  // its port refused long after it registered: dropped at the next expire()
@@ -127,6 +127,12 @@ void InstanceRegistry::accept_peers() {
     for (auto& [other, p] : peers_) waiting += !p->registered && p->uid == cred.uid;
     if (!known || peers_.size() >= kMaxPeers || waiting >= kMaxUnregisteredPerUser) {
       ++counters_.peers_dropped;
+      if (log_.take())
+        spdlog::info("library socket: pid {} uid {} turned away: {}", cred.pid, cred.uid,
+                     !known                         ? "no peer credentials"
+                     : peers_.size() >= kMaxPeers ? "as many connections as it takes"
+                                                  : std::to_string(waiting) +
+                                                        " connections of that uid not registered");
       ::close(fd);
       continue;
     }
@@ -164,12 +170,11 @@ void InstanceRegistry::serve(int fd) {
   const auto* h = m ? std::get_if<Hello>(&*m) : nullptr;
   const auto* b = m ? std::get_if<Bind>(&*m) : nullptr;
   const auto* d = m ? std::get_if<Dial>(&*m) : nullptr;
-  bool turn = p.table && !p.registered && !p.dialing && fds.size() == 1;
   if (h && p.app.empty() && fds.empty()) {
     hello(p, *h);
-  } else if (b && turn) {
+  } else if (b && p.table && !p.registered && fds.size() == 1) {
     bind(p, *b, fds[0]);
-  } else if (d && turn) {
+  } else if (d && p.app.empty() && fds.size() == 1) {
     dial(p, *d, fds[0]);
   } else {
     // A message out of its turn, malformed, or with the wrong descriptors:
@@ -199,31 +204,33 @@ std::vector<ListenPort> InstanceRegistry::listens_of(const vpm::AppConfig* app) 
   return out;
 }
 
-void InstanceRegistry::hello(Peer& p, const Hello& h) {
-  const vpm::AppConfig* app = live_app(h.app);
-  Welcome w;
+// The app a program under `vpmtun exec` names, if its peer's uid may run it.
+const vpm::AppConfig* InstanceRegistry::app_for(const Peer& p, const std::string& name,
+                                                Status& status, std::string& reason) const {
+  const vpm::AppConfig* app = live_app(name);
+  status = Status::ok;
   if (!app) {
-    w = {Status::unknown_app, "no app '" + h.app + "' in " + rules_.config().file, {}};
+    status = Status::unknown_app;
+    reason = "no app '" + name + "' in " + rules_.config().file;
   } else if (!vpm::runs_programs(*app)) {
-    w = {Status::not_exec,
-         "app '" + h.app + "' is not run by programs (set serve = \"exec\", or remote, in " +
-             rules_.config().file + ")",
-         {}};
+    status = Status::not_exec;
+    reason = "app '" + name + "' is not run by programs (set serve = \"exec\", or remote, in " +
+             rules_.config().file + ")";
   } else if (!allowed(*app, p.uid)) {
-    w = {Status::not_allowed,
-         "uid " + std::to_string(p.uid) + " may not run instances of app '" + h.app +
-             "' (its users are " +
-             (app->users.empty() ? std::string("the daemon's user and root") : [&] {
-               std::string list;
-               for (auto& u : app->users) list += (list.empty() ? "" : ", ") + u;
-               return list;
-             }()) +
-             ")",
-         {}};
+    std::string list;
+    for (auto& u : app->users) list += (list.empty() ? "" : ", ") + u;
+    status = Status::not_allowed;
+    reason = "uid " + std::to_string(p.uid) + " may not run instances of app '" + name +
+             "' (its users are " + (list.empty() ? "the daemon's user and root" : list) + ")";
   }
-  AppTable* table = w.status == Status::ok ? table_for(app->name) : nullptr;
-  if (w.status == Status::ok && !table)
-    w = {Status::full, "the daemon could not make the app's peer table", {}};
+  return status == Status::ok ? app : nullptr;
+}
+
+void InstanceRegistry::hello(Peer& p, const Hello& h) {
+  Welcome w;
+  const vpm::AppConfig* app = app_for(p, h.app, w.status, w.reason);
+  AppTable* table = app ? table_for(app->name) : nullptr;
+  if (app && !table) w = {Status::full, "the daemon could not make the app's peer table", {}, {}};
   if (w.status != Status::ok) {
     ++counters_.refused;
     if (log_.take())
@@ -293,14 +300,16 @@ void InstanceRegistry::dial(Peer& p, const Dial& d, int sock) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
   bool named = ::getsockname(sock, reinterpret_cast<sockaddr*>(&ss), &len) == 0;
-  const vpm::AppConfig* app = live_app(p.app);
   Dialed answer;
-  if (!named || endpoint_of(ss) != d.client) {
+  const vpm::AppConfig* app = app_for(p, d.app, answer.status, answer.reason);
+  if (!app) {
+    ++counters_.refused;
+  } else if (!named || endpoint_of(ss) != d.client) {
     answer = {Status::bad_message, "the socket passed is not bound to the Dial's client", 0};
     ++counters_.bad_messages;
   } else if (!app || !coop_ ||
              std::find(app->remote.begin(), app->remote.end(), d.server) == app->remote.end()) {
-    answer = {Status::not_remote, d.server.str() + " is not a remote of app '" + p.app + "'", 0};
+    answer = {Status::not_remote, d.server.str() + " is not a remote of app '" + d.app + "'", 0};
     ++counters_.refused;
   }
   if (answer.status != Status::ok) {
@@ -311,6 +320,7 @@ void InstanceRegistry::dial(Peer& p, const Dial& d, int sock) {
     drop(p.fd);
     return;
   }
+  p.app = app->name;
   p.dialing = true;
   coop_->dial(d.client, d.server, app->aid, [this, fd = p.fd, id = p.id](const DialResult& r) {
     auto it = peers_.find(fd);
@@ -457,7 +467,8 @@ void InstanceRegistry::closing(int fd) {
 void InstanceRegistry::expire(uint64_t now_ms) {
   std::vector<int> gone;
   for (auto& [fd, p] : peers_)
-    if (p->dead || (!p->registered && now_ms - p->since_ms > kHelloMs)) gone.push_back(fd);
+    // since_ms may be later than now_ms: accepted after the loop read its clock.
+    if (p->dead || (!p->registered && now_ms > p->since_ms + kHelloMs)) gone.push_back(fd);
   for (int fd : gone) {
     ++counters_.peers_dropped;
     drop(fd);

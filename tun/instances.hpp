@@ -124,6 +124,8 @@ class InstanceRegistry : public stack::Instances {
   bool send(Peer& p, const vpm::appwire::Message& m, int fd_to_pass = -1);
   AppTable* table_for(const std::string& app);
   bool allowed(const vpm::AppConfig& app, uid_t uid) const;
+  const vpm::AppConfig* app_for(const Peer& p, const std::string& name,
+                                vpm::appwire::Status& status, std::string& reason) const;
   // The app of that name that takes new instances (not draining), or nullptr.
   const vpm::AppConfig* live_app(const std::string& name) const;
   static std::vector<vpm::appwire::ListenPort> listens_of(const vpm::AppConfig* app);

@@ -110,6 +110,7 @@ std::vector<uint8_t> encode(const Message& m) {
     w.u8(static_cast<uint8_t>(bd->status));
     w.str(bd->reason, kMaxReason);
   } else if (auto* d = std::get_if<Dial>(&m)) {
+    w.str(d->app, kMaxName);
     put_endpoint(w, d->client);
     put_endpoint(w, d->server);
   } else if (auto* dd = std::get_if<Dialed>(&m)) {
@@ -181,6 +182,7 @@ std::optional<Message> decode(std::span<const uint8_t> bytes, std::string* why) 
     }
     case Type::dial: {
       Dial d;
+      d.app = r.str(kMaxName);
       d.client = get_endpoint(r);
       d.server = get_endpoint(r);
       m = d;

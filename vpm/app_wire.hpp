@@ -20,15 +20,16 @@
 //                              <-    Bound{status, reason}
 //
 // Cooperative mode: a program's connect() to one of the app's remotes
-// (Welcome lists them) opens its own connection to the daemon:
-//   Hello{app, command}        ->   <- Welcome
-//   Dial{client, server}       ->    the daemon negotiates (tun/coop.hpp)
+// (Welcome lists them) opens its own connection to the daemon, with its
+// socket (SCM_RIGHTS) and no Hello:
+//   Dial{app, client, server}  ->    checks app and uid as for Hello, then
+//                                    negotiates (tun/coop.hpp)
 //                              <-    Dialed{status, reason, p2}
 //
 // The registration lives as long as that connection: the library keeps its
 // descriptor open beside the socket (inherited by forks and execs, as the
 // socket is), so it ends when the last process holding the socket is gone.
-// A library connection may send one Hello and then one Bind or one Dial;
+// A library connection may send one Hello and then one Bind, or one Dial;
 // anything else closes it. Every message is one datagram of at most kMaxMessage bytes:
 //   u8 version (kVersion), u8 type, u16 body length, body.
 //
@@ -118,7 +119,9 @@ struct Bound {
 
 // Cooperative mode: the program's socket, bound to `client`, is about to
 // connect to `server` (one of the app's remotes); the daemon negotiates.
+// A connection's first and only message.
 struct Dial {
+  std::string app;
   Endpoint client;
   Endpoint server;
   bool operator==(const Dial&) const = default;

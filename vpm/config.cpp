@@ -281,7 +281,7 @@ void parse_app(Checker& c, const toml::table& t, const std::string& where, AppCo
     else
       app.remote.push_back(*ep);
   }
-  bool client_only = !app.remote.empty() && !t.get("listen");
+  bool client_only = t.get("remote") && !t.get("listen");
 
   auto listens = strings(c, t, "listen", where + ".listen");
   if (listens.empty() && !t.get("listen") && !client_only)

@@ -23,7 +23,7 @@ TEST_CASE("library messages survive encode and decode") {
       v6,
       Bound{Status::ok, ""},
       Bound{Status::not_listened, "app 'blue' does not listen on udp 9001"},
-      Dial{*vpm::Endpoint::parse("10.1.0.2:40000", nullptr),
+      Dial{"blue-client", *vpm::Endpoint::parse("10.1.0.2:40000", nullptr),
            *vpm::Endpoint::parse("[2001:db8::10]:9000", nullptr)},
       Dialed{Status::ok, "", 21034},
       Dialed{Status::refused, "aid 7 is not among those offered", 0},

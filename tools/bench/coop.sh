@@ -11,19 +11,22 @@
 #      vpmtun exec --app cli --            8000 forward -> 127.0.0.1:19000 (aid 2, plain)
 #        vpmtun-bench connect ...         vpmtun-bench serve 127.0.0.1:19000
 #
-#   tools/bench/coop.sh [BUILD_DIR] [SECONDS] [RUNS] [PARALLEL]   (defaults: build-bench, 5, 5, 16)
+#   tools/bench/coop.sh [BUILD_DIR] [SECONDS] [RUNS] [CLIENTS]   (defaults: build-bench, 5, 5, 16)
 #
-# The client is the same program under `vpmtun exec` both times (a
-# connection to 8000 is not one of its remotes: the library passes it
-# through). Each connection: connect, read "ok", close. The extra cost of a
-# cooperative one is one round trip to the server's VPM (Ask, Offer) and
-# the Ack, over a link the client's VPM keeps open; figures are medians.
+# CLIENTS programs at once, each making one connection after another
+# (connect, read "ok", close): the same program under `vpmtun exec` both
+# times (a connection to 8000 is not one of its app's remotes: the library
+# passes it through). A cooperative connect() negotiates before it returns,
+# so each program has one negotiation in flight at most, as a program with
+# blocking connects has. The extra cost of a cooperative connection is one
+# round trip to the server's VPM (Ask, Offer), the Ack, and the program's
+# exchange with its own daemon; figures are medians.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 build="${1:-$root/build-bench}"
 secs="${2:-5}"
 runs="${3:-5}"
-parallel="${4:-16}"
+clients="${4:-16}"
 [ "$(id -u)" -eq 0 ] || { echo "coop.sh: needs root (network namespaces)" >&2; exit 1; }
 if [ ! -x "$build/tools/vpmtun" ] || [ ! -e "$build/tools/vpmtun-app/libvpmtun-app.so" ] ||
    [ ! -x "$build/tools/bench/vpmtun-bench" ]; then
@@ -44,6 +47,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+[ -n "${COOP_KEEP:-}" ] && trap "cp $work/*.log /tmp/; cleanup" EXIT
 
 ip netns add "$c"; ip netns add "$s"
 ip -n "$c" link set lo up; ip -n "$s" link set lo up
@@ -98,12 +102,20 @@ done
 sleep 0.5
 
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-rate() {  # rate PORT: connections per second, one run
-  ip netns exec "$c" "$vpmtun" exec --app cli -s "$work/client-app.sock" -- \
-    "$bench" connect "10.99.0.10:$1" "$secs" "$parallel" 2>&1 | awk '{ print $1; if ($(NF-1) > 0) print "failed " $(NF-1) > "/dev/stderr" }' || true
+rate() {  # rate PORT: connections per second of $clients programs, each with one in flight
+  local i pids=()
+  for i in $(seq "$clients"); do
+    ip netns exec "$c" "$vpmtun" exec --app cli -s "$work/client-app.sock" -- \
+      "$bench" connect "10.99.0.10:$1" "$secs" 1 >"$work/out.$i" 2>&1 &
+    pids+=($!)
+  done
+  wait "${pids[@]}" || true
+  cat "$work"/out.* | awk '{ sum += $1; failed += $(NF-1) } END { print sum; if (failed) print "port " port ": " failed " connections failed" > "/dev/stderr" }' port="$1"
+  grep -h "vpmtun exec" "$work"/out.* | sed 's/\[[0-9]*\]//; s/[0-9.]*:[0-9]* >/ADDR >/' | sort | uniq -c | head -3 >&2 || true
+  rm -f "$work"/out.*
 }
 
-echo "coop bench: $(nproc) cores, $(date -u +%FT%TZ), median of $runs runs of $secs s, $parallel in flight"
+echo "coop bench: $(nproc) cores, $(date -u +%FT%TZ), median of $runs runs of $secs s, $clients programs"
 for run in $(seq "$runs"); do
   if [ $((run % 2)) -eq 0 ]; then order="plain coop"; else order="coop plain"; fi
   for kind in $order; do
@@ -118,4 +130,9 @@ printf "%-44s %12s\n" "short connections through one server daemon" "conn/s"
 printf "%-44s %12s\n" "  non-cooperative (8000)" "$plain"
 printf "%-44s %12s\n" "  cooperative (9000, negotiated first)" "$coop"
 awk -v a="$coop" -v b="$plain" 'BEGIN { printf "cooperative / non-cooperative: %.2f\n", a / b }'
-ip netns exec "$s" "$vpmtun" stats -s "$work/server.sock" | grep -E '^  (offered|negotiated|admitted|not_negotiated|pending) '
+echo "the server's VPM:"
+ip netns exec "$s" "$vpmtun" stats -s "$work/server.sock" |
+  awk '/^[a-z_]+:$/ { g = $1 } g == "cooperative:" && $2 > 0 || g == "drops:" { print }'
+echo "the client's VPM:"
+ip netns exec "$c" "$vpmtun" stats -s "$work/client.sock" |
+  awk '/^[a-z_]+:$/ { g = $1 } (g == "cooperative_client:" || g == "library:") && $2 > 0 { print }'

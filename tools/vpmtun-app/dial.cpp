@@ -123,10 +123,10 @@ int dial(int fd, const Inet& server, const sockaddr* addr, socklen_t len) {
                                                    std::strerror(errno));
   std::string why;
   int err = 0;
-  int conn = hello(&why, &err);
+  int conn = open_daemon(false, &why, &err);
   if (conn < 0) return fail(ECONNREFUSED, why);
   std::optional<Message> answer;
-  bool answered = exchange(conn, Dial{client, to}, fd, answer, nullptr, &why);
+  bool answered = exchange(conn, Dial{settings().app, client, to}, fd, answer, nullptr, &why);
   REAL(close);
   real_close(conn);
   if (!answered) return fail(ECONNREFUSED, why);

@@ -46,8 +46,10 @@ vpm::appwire::PeerTable table();
 // that inherited sockets). Retried at most once a second.
 vpm::appwire::PeerTable table_or_ask();
 
-// A connection to the daemon that has said Hello (and mapped the peer
-// table); -1 with *why and *err (the errno for the program).
+// A connection to the daemon's library socket (one that may register:
+// named for adopt()); -1 with *why and *err (the errno for the program).
+int open_daemon(bool registration, std::string* why, int* err);
+// The same, having said Hello (and mapped the peer table).
 int hello(std::string* why, int* err);
 // Sends `m` (with `fd_to_pass`) on `conn` and reads the answer (a passed
 // descriptor into *fd_back). False with *why when the daemon did not answer.

@@ -172,7 +172,7 @@ std::string command_line() {
   return cmd;
 }
 
-int hello(std::string* why, int* err) {
+int open_daemon(bool registration, std::string* why, int* err) {
   const Settings& s = settings();
   int conn = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (conn < 0) {
@@ -180,16 +180,18 @@ int hello(std::string* why, int* err) {
     *err = EADDRNOTAVAIL;
     return -1;
   }
-  // A name that says what this connection is (adopt()); pid and a count
-  // make it unique, and without it the registration works all the same.
-  static std::atomic<unsigned> count{0};
   sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::string name =
-      kRegistrationName + std::to_string(::getpid()) + "/" + std::to_string(count.fetch_add(1));
-  std::memcpy(a.sun_path + 1, name.data(), name.size());
-  ::bind(conn, reinterpret_cast<sockaddr*>(&a),
-         static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size()));
+  if (registration) {
+    // A name that says what this connection is (adopt()); pid and a count
+    // make it unique, and without it the registration works all the same.
+    static std::atomic<unsigned> count{0};
+    a.sun_family = AF_UNIX;
+    std::string name =
+        kRegistrationName + std::to_string(::getpid()) + "/" + std::to_string(count.fetch_add(1));
+    std::memcpy(a.sun_path + 1, name.data(), name.size());
+    ::bind(conn, reinterpret_cast<sockaddr*>(&a),
+           static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size()));
+  }
   a = {};
   a.sun_family = AF_UNIX;
   if (s.socket_path.size() >= sizeof a.sun_path) {
@@ -209,9 +211,16 @@ int hello(std::string* why, int* err) {
     real_close(conn);
     return -1;
   }
+  return conn;
+}
+
+int hello(std::string* why, int* err) {
+  int conn = open_daemon(true, why, err);
+  if (conn < 0) return -1;
+  REAL(close);
   std::optional<Message> answer;
   int memfd = -1;
-  if (!exchange(conn, Hello{s.app, command_line()}, -1, answer, &memfd, why)) {
+  if (!exchange(conn, Hello{settings().app, command_line()}, -1, answer, &memfd, why)) {
     *err = EADDRNOTAVAIL;
     real_close(conn);
     return -1;
