@@ -32,6 +32,7 @@
 
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -67,7 +68,19 @@ class CoopServer : public stack::Negotiator {
   size_t heard(std::span<const uint8_t> stream, const vpm::Endpoint& peer,
                const vpm::Endpoint& local, std::vector<uint8_t>& reply, End& end) override;
   // A new connection to a cooperative p2 (the engine's Admission).
-  vpm::coop::Outcome admit(const vpm::Endpoint& client, const vpm::IpAddr& vaddr, uint16_t p2);
+  vpm::coop::Outcome admit(const vpm::Endpoint& client, const vpm::IpAddr& vaddr, uint16_t p2,
+                           uint32_t isn);
+
+  // A SYN that overtook its own Ack (the engine said coop_pending; the
+  // client's kernel may send the program's SYN before the Ack its VPM
+  // wrote first): kept until the Ack is in, then released() for the
+  // engine to see again, instead of the client waiting a second to
+  // retransmit. At most kMaxHeld, each for kHeldMs.
+  static constexpr size_t kMaxHeld = 1024;
+  static constexpr uint64_t kHeldMs = 2000;
+  void hold(std::span<const uint8_t> syn, uint64_t now_ms);
+  // The SYNs whose Ack has come since the last call (and forgets stale ones).
+  std::vector<std::vector<uint8_t>> released(uint64_t now_ms);
 
   std::vector<vpm::coop::Negotiations::Entry> entries() const {
     return negotiations_.entries(wall_ms());
@@ -83,6 +96,15 @@ class CoopServer : public stack::Negotiator {
   vpm::coop::NonceCache nonces_;
   std::array<uint64_t, kOutcomes> outcomes_{};
   CoopWireCounters wire_;
+  struct Held {
+    vpm::Endpoint client;
+    vpm::IpAddr vaddr;
+    uint16_t p2;
+    std::vector<uint8_t> syn;
+    uint64_t since_ms;
+  };
+  std::deque<Held> held_;
+  bool acked_ = false;  // an Ack came since released() last looked
   LogBudget log_{"cooperative", 10};
 };
 

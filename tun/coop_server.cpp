@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cstring>
 
+#include "vpm/packet.hpp"
+
 #include "tun/coop.hpp"
 
 namespace tun {
@@ -98,6 +100,7 @@ size_t CoopServer::heard(std::span<const uint8_t> stream, const vpm::Endpoint& p
       r.outcome = Outcome::aid_mismatch;  // the client's VPM declined the offer
     }
     ++outcomes_[static_cast<size_t>(r.outcome)];
+    acked_ |= r.outcome == Outcome::negotiated;
     if (r.send) {
       auto sealed = seal(*r.send, key_);
       reply.insert(reply.end(), sealed.begin(), sealed.end());
@@ -105,13 +108,42 @@ size_t CoopServer::heard(std::span<const uint8_t> stream, const vpm::Endpoint& p
   }
 }
 
-Outcome CoopServer::admit(const vpm::Endpoint& client, const vpm::IpAddr& vaddr, uint16_t p2) {
-  Outcome o = negotiations_.admit(client, vaddr, p2, vpm::Proto::tcp, wall_ms());
+Outcome CoopServer::admit(const vpm::Endpoint& client, const vpm::IpAddr& vaddr, uint16_t p2,
+                          uint32_t isn) {
+  Outcome o = negotiations_.admit(client, vaddr, p2, vpm::Proto::tcp, wall_ms(), isn);
   // A SYN waiting for its Ack is retransmitted: count the outcome it ends with.
   if (o != Outcome::pending) ++outcomes_[static_cast<size_t>(o)];
   if (refusal(o) && o != Outcome::pending)
     refused(client, "connection to " + vpm::Endpoint{vaddr, p2}.str() + ": " + outcome_name(o));
   return o;
+}
+
+void CoopServer::hold(std::span<const uint8_t> syn, uint64_t now_ms) {
+  std::vector<uint8_t> copy(syn.begin(), syn.end());
+  vpm::PacketView v;
+  if (vpm::parse_packet(copy, v) != vpm::Drop::none || !v.has_l4) return;
+  // A retransmission replaces the copy held.
+  std::erase_if(held_, [&](const Held& h) {
+    return h.client == vpm::Endpoint{v.src(), v.src_port()} && h.p2 == v.dst_port();
+  });
+  if (held_.size() == kMaxHeld) held_.pop_front();
+  held_.push_back({{v.src(), v.src_port()}, v.dst(), v.dst_port(), std::move(copy), now_ms});
+}
+
+std::vector<std::vector<uint8_t>> CoopServer::released(uint64_t now_ms) {
+  std::vector<std::vector<uint8_t>> out;
+  while (!held_.empty() && now_ms > held_.front().since_ms + kHeldMs) held_.pop_front();
+  if (!acked_) return out;
+  acked_ = false;
+  uint64_t wall = wall_ms();
+  std::erase_if(held_, [&](Held& h) {
+    if (negotiations_.admissible(h.client, h.vaddr, h.p2, vpm::Proto::tcp, wall)) {
+      out.push_back(std::move(h.syn));
+      return true;
+    }
+    return false;
+  });
+  return out;
 }
 
 }  // namespace tun

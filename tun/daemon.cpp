@@ -81,9 +81,8 @@ Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions
     if (opt.coop_key.empty()) throw std::runtime_error("cooperative mode needs its key");
     coop_server_ = std::make_unique<CoopServer>(engine_.rules(), opt.coop_key);
     engine_.admit_with([s = coop_server_.get()](const vpm::Endpoint& client,
-                                                const vpm::IpAddr& vaddr, uint16_t p2) {
-      return s->admit(client, vaddr, p2);
-    });
+                                                const vpm::IpAddr& vaddr, uint16_t p2,
+                                                uint32_t isn) { return s->admit(client, vaddr, p2, isn); });
     stack_->negotiate_with(coop_server_.get());
     coop_client_ = std::make_unique<CoopClient>(*this, opt.coop_key);
     if (instances_) instances_->dial_with(coop_client_.get());
@@ -140,9 +139,18 @@ void Daemon::from_device(std::span<uint8_t> packet, bool verified, uint64_t now_
       log_verdict("refused", packet, r.reason, now_ms);
       break;
     case vpm::Verdict::dropped:
-      log_verdict("dropped", packet, r.reason, now_ms);
+      if (r.reason == vpm::Drop::coop_pending && coop_server_)
+        coop_server_->hold(packet, now_ms);  // let in when its Ack is (release_held)
+      else
+        log_verdict("dropped", packet, r.reason, now_ms);
       break;
   }
+}
+
+// SYNs that overtook their Ack, now that it is in (tun/coop.hpp).
+void Daemon::release_held(uint64_t now_ms) {
+  if (!coop_server_) return;
+  for (auto& syn : coop_server_->released(now_ms)) from_device(syn, false, now_ms);
 }
 
 // Refusals and drops are logged at info, at most kLogBurst lines a second;
@@ -208,9 +216,10 @@ void Daemon::drain_device(uint64_t now_ms) {
   for (int i = 0; i < 1024; ++i) {
     bool verified = false;
     size_t n = device_.read(buffer_, verified);
-    if (n == 0) return;
+    if (n == 0) break;
     from_device({buffer_.data(), n}, verified, now_ms);
   }
+  release_held(now_ms);
 }
 
 void Daemon::tick(uint64_t now_ms) {
@@ -218,6 +227,7 @@ void Daemon::tick(uint64_t now_ms) {
   stack_->poll();
   if (instances_) instances_->expire(now_ms);
   if (coop_client_) coop_client_->expire(now_ms);
+  release_held(now_ms);
   engine_.expire(now_ms, 4096);
   end_log_second(now_ms);
   if (now_ms - drained_check_ms_ >= 1000) {

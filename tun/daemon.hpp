@@ -111,6 +111,7 @@ class Daemon : public stack::IoLoop {
   std::unique_ptr<CoopClient> coop_client_;
   void from_device(std::span<uint8_t> packet, bool verified, uint64_t now_ms);
   void from_stack(std::span<uint8_t> packet);
+  void release_held(uint64_t now_ms);
   void send(std::span<uint8_t> packet, uint16_t mss = 0);
   void log_verdict(const char* what, std::span<uint8_t> packet, vpm::Drop reason, uint64_t now_ms);
   void end_log_second(uint64_t now_ms);

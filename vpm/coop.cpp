@@ -64,8 +64,10 @@ Reply Negotiations::on_ask(const Ask& ask, uint64_t now_ms) {
               l->p2_of_app[app],
               {rules_.config().apps[app].aid}};
   offer.h.expiry_ms = std::min(offer.h.expiry_ms, now_ms + kOfferMs);
+  if (auto same = offers_.find(offer.h.nonce); same != offers_.end()) forget(same);
   offered_[{offer.client, offer.server.addr, offer.p2, offer.proto}] = offer.h.nonce;
-  offers_[offer.h.nonce] = {offer, app};
+  auto goes = offers_go_.emplace(offer.h.expiry_ms, offer.h.nonce);
+  offers_[offer.h.nonce] = {offer, app, goes};
   return {Outcome::offered, offer};
 }
 
@@ -84,8 +86,12 @@ Reply Negotiations::on_ack(const Ack& ack, uint64_t now_ms) {
   if (!offered_aid) return refuse(Outcome::aid_mismatch, Reason::aid_mismatch, ack.h.nonce, h);
   if (translations_.size() >= kMaxNegotiated)
     return refuse(Outcome::busy, Reason::busy, ack.h.nonce, h);
-  translations_[{o.client, o.server.addr, o.p2, o.proto}] = {ack.aid, p.app, now_ms + kWindowMs,
-                                                             o.server.port};
+  Key key{o.client, o.server.addr, o.p2, o.proto};
+  if (auto old = translations_.find(key); old != translations_.end())
+    translations_go_.erase(old->second.goes);  // negotiated again: the new one counts
+  uint64_t until = now_ms + kWindowMs;
+  translations_[key] = {ack.aid, p.app, until, o.server.port, false, 0,
+                        translations_go_.emplace(until + kWindowMs, key)};
   return {Outcome::negotiated, std::nullopt};
 }
 
@@ -97,34 +103,45 @@ void Negotiations::forget(std::map<Nonce, Pending>::iterator offer) {
   const Offer& o = offer->second.offer;
   auto by_key = offered_.find({o.client, o.server.addr, o.p2, o.proto});
   if (by_key != offered_.end() && by_key->second == offer->first) offered_.erase(by_key);
+  offers_go_.erase(offer->second.goes);
   offers_.erase(offer);
 }
 
 Outcome Negotiations::admit(const Endpoint& client, const IpAddr& vaddr, uint16_t p2, Proto proto,
-                            uint64_t now_ms) {
-  auto it = translations_.find({client, vaddr, p2, proto});
-  if (it == translations_.end()) {
-    auto offered = offered_.find({client, vaddr, p2, proto});
-    bool waiting = offered != offered_.end() && offers_.count(offered->second) &&
-                   offers_.at(offered->second).offer.h.expiry_ms >= now_ms;
-    return waiting ? Outcome::pending : Outcome::not_negotiated;
+                            uint64_t now_ms, uint32_t isn) {
+  Key key{client, vaddr, p2, proto};
+  auto it = translations_.find(key);
+  if (it != translations_.end() && !it->second.used) {
+    it->second.used = true;  // kept, to be shown, until it would have expired
+    it->second.isn = isn;
+    return now_ms <= it->second.until_ms ? Outcome::admitted : Outcome::window_passed;
   }
-  if (it->second.used) return Outcome::not_negotiated;  // used once
-  bool in_time = now_ms <= it->second.until_ms;
-  it->second.used = true;  // kept, to be shown, until it would have expired
-  return in_time ? Outcome::admitted : Outcome::window_passed;
+  // Used once: by one connection, whose SYN may come again (its flow
+  // ended by a RST before the handshake completed) with the same ISN.
+  if (it != translations_.end() && isn == it->second.isn) return Outcome::admitted;
+  // A SYN that overtook its Ack (the client's port may have served a
+  // connection negotiated before: that one is used).
+  auto offered = offered_.find(key);
+  bool waiting = offered != offered_.end() && offers_.count(offered->second) &&
+                 offers_.at(offered->second).offer.h.expiry_ms >= now_ms;
+  return waiting ? Outcome::pending : Outcome::not_negotiated;
+}
+
+bool Negotiations::admissible(const Endpoint& client, const IpAddr& vaddr, uint16_t p2, Proto proto,
+                              uint64_t now_ms) const {
+  auto it = translations_.find({client, vaddr, p2, proto});
+  return it != translations_.end() && !it->second.used && now_ms <= it->second.until_ms;
 }
 
 void Negotiations::expire(uint64_t now_ms) {
-  for (auto it = offers_.begin(); it != offers_.end();) {
-    auto next = std::next(it);
-    if (it->second.offer.h.expiry_ms < now_ms) forget(it);
-    it = next;
-  }
+  while (!offers_go_.empty() && offers_go_.begin()->first < now_ms)
+    forget(offers_.find(offers_go_.begin()->second));
   // A translation past its window is kept one more window, so a client
   // that comes late is told so (window_passed), not "never negotiated".
-  std::erase_if(translations_,
-                [&](const auto& t) { return t.second.until_ms + kWindowMs < now_ms; });
+  while (!translations_go_.empty() && translations_go_.begin()->first < now_ms) {
+    translations_.erase(translations_go_.begin()->second);
+    translations_go_.erase(translations_go_.begin());
+  }
 }
 
 std::vector<Negotiations::Entry> Negotiations::entries(uint64_t now_ms) const {

@@ -16,7 +16,9 @@
 //   Refuse   -> the offer is forgotten (the client's VPM declined it).
 //   admit()  -> a SYN to vaddr:p2 from client address:port is let in only
 //               if negotiated and within its window; the translation is
-//               used once (and shown as connected until it would expire). Everything else on a p2 is refused (window_passed
+//               used once, by one connection (a SYN retransmitted with the
+//               same ISN is that connection), and shown as connected until
+//               it would expire. Everything else on a p2 is refused (window_passed
 //               for one up to a window late), except a SYN for a pending
 //               offer (pending: its Ack is on its way, the SYN came first).
 // Both tables are bounded (kMaxPending, kMaxNegotiated): when full, an Ask is
@@ -79,9 +81,14 @@ class Negotiations {
   Reply on_ask(const Ask& ask, uint64_t now_ms);
   Reply on_ack(const Ack& ack, uint64_t now_ms);
   void on_refuse(const Refuse& refuse);
+  // `isn`: the SYN's sequence number (a retransmission of the SYN that
+  // used the translation is let in again).
   Outcome admit(const Endpoint& client, const IpAddr& vaddr, uint16_t p2, Proto proto,
-                uint64_t now_ms);
+                uint64_t now_ms, uint32_t isn = 0);
   void expire(uint64_t now_ms);
+  // Whether admit() would let that connection in now (and changes nothing).
+  bool admissible(const Endpoint& client, const IpAddr& vaddr, uint16_t p2, Proto proto,
+                  uint64_t now_ms) const;
 
   // For `vpmtun table`: every offer and translation held.
   struct Entry {
@@ -101,9 +108,16 @@ class Negotiations {
   size_t negotiated() const { return translations_.size(); }
 
  private:
+  // (client, vaddr, p2, proto)
+  using Key = std::tuple<Endpoint, IpAddr, uint16_t, Proto>;
+  // Each offer and translation is also filed under the time it goes, so
+  // expire() visits only what goes.
+  using Deadlines = std::multimap<uint64_t, Nonce>;
+  using KeyDeadlines = std::multimap<uint64_t, Key>;
   struct Pending {
     Offer offer;
     uint16_t app;
+    Deadlines::iterator goes;
   };
   struct Translation {
     uint32_t aid;
@@ -111,9 +125,9 @@ class Negotiations {
     uint64_t until_ms;
     uint16_t p1;
     bool used = false;  // admitted its connection
+    uint32_t isn = 0;   // that connection's SYN
+    KeyDeadlines::iterator goes;  // a window after until_ms
   };
-  // (client, vaddr, p2, proto)
-  using Key = std::tuple<Endpoint, IpAddr, uint16_t, Proto>;
 
   void forget(std::map<Nonce, Pending>::iterator offer);
 
@@ -122,6 +136,8 @@ class Negotiations {
   std::map<Nonce, Pending> offers_;
   std::map<Key, Nonce> offered_;  // the same offers, by what they are for
   std::map<Key, Translation> translations_;
+  Deadlines offers_go_;
+  KeyDeadlines translations_go_;
 };
 
 // Client side: our Ask's answer (an Offer or a Refuse) and our client's AID.

@@ -301,7 +301,8 @@ Result Engine::coop_data(const Ends& e, uint8_t flags, const PacketView& v, uint
   }
   if (!f) {
     if (!new_syn) return drop(Drop::no_flow);
-    coop::Outcome o = admit_ ? admit_({e.client, e.client_port}, e.vip, e.vport)
+    coop::Outcome o = admit_ ? admit_({e.client, e.client_port}, e.vip, e.vport,
+                                      load32(v.l4_ptr() + 4))
                              : coop::Outcome::not_negotiated;
     if (o == coop::Outcome::pending) return drop(Drop::coop_pending);
     if (o == coop::Outcome::window_passed) return refuse(Drop::coop_late);

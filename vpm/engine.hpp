@@ -102,8 +102,9 @@ struct AppCounters {
 };
 
 // Whether a new connection from `client` to vaddr:p2 was negotiated (Negotiations::admit).
-using Admission =
-    std::function<coop::Outcome(const Endpoint& client, const IpAddr& vaddr, uint16_t p2)>;
+// `isn`: the SYN's sequence number.
+using Admission = std::function<coop::Outcome(const Endpoint& client, const IpAddr& vaddr,
+                                              uint16_t p2, uint32_t isn)>;
 
 class Engine {
  public:

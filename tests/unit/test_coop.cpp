@@ -46,7 +46,8 @@ enum class Do {
   ack_other_port,  // for another client port than offered
   ack_again,       // the same Ack once more (a replay past the nonce cache)
   decline,         // refuses the last offer
-  connect,         // `client` connects to vaddr:p2 of the last offer
+  connect,         // `client` connects to vaddr:p2 of the last offer (a new SYN)
+  resend,          // the same SYN again (same ISN): the same connection
   wait,            // time passes: `ms`
 };
 struct Step {
@@ -72,6 +73,20 @@ TEST_CASE("the server side of a negotiation, message by message") {
         {Do::ack, Outcome::negotiated},
         {Do::connect, Outcome::admitted},
         {Do::connect, Outcome::not_negotiated}}},
+      {"a SYN sent again is the connection that used the translation",
+       {{Do::ask, Outcome::offered},
+        {Do::ack, Outcome::negotiated},
+        {Do::connect, Outcome::admitted},
+        {Do::resend, Outcome::admitted},
+        {Do::connect, Outcome::not_negotiated}}},
+      {"the client's port negotiated again: its SYN may overtake the new Ack",
+       {{Do::ask, Outcome::offered},
+        {Do::ack, Outcome::negotiated},
+        {Do::connect, Outcome::admitted},
+        {Do::ask, Outcome::offered},
+        {Do::connect, Outcome::pending},
+        {Do::ack, Outcome::negotiated},
+        {Do::connect, Outcome::admitted}}},
       {"a p2 nobody negotiated", {{Do::connect, Outcome::not_negotiated}}},
       {"offered, not yet acknowledged: the SYN waits for the Ack",
        {{Do::ask, Outcome::offered},
@@ -170,7 +185,12 @@ TEST_CASE("the server side of a negotiation, message by message") {
           server.on_refuse(Refuse{fresh(now), offer.h.nonce, Reason::aid_mismatch});
           break;
         case Do::connect:
-          got = server.admit(ep(s.client), offer.server.addr, offer.p2, vpm::Proto::tcp, now);
+          got = server.admit(ep(s.client), offer.server.addr, offer.p2, vpm::Proto::tcp, now,
+                             static_cast<uint32_t>(1000 + i));
+          break;
+        case Do::resend:
+          got = server.admit(ep(s.client), offer.server.addr, offer.p2, vpm::Proto::tcp, now,
+                             static_cast<uint32_t>(1000 + i - 1));
           break;
         case Do::wait:
           now += s.ms;

@@ -98,8 +98,10 @@ TEST_CASE("the server's VPM takes whole messages from a negotiation stream") {
     h = hear(server, acked);
     CHECK(h.taken == acked.size());
     CHECK(h.reply.empty());
-    CHECK(server.admit(ask.client, ask.server.addr, offer->p2) == Outcome::admitted);
-    CHECK(server.admit(ask.client, ask.server.addr, offer->p2) == Outcome::not_negotiated);
+    CHECK(server.admit(ask.client, ask.server.addr, offer->p2, 1000) == Outcome::admitted);
+    // The same SYN again (its flow ended early) is the same connection; another is not.
+    CHECK(server.admit(ask.client, ask.server.addr, offer->p2, 1000) == Outcome::admitted);
+    CHECK(server.admit(ask.client, ask.server.addr, offer->p2, 2000) == Outcome::not_negotiated);
     CHECK(server.outcomes()[static_cast<size_t>(Outcome::negotiated)] == 1);
     CHECK(server.entries().front().state == std::string("connected"));
   }
@@ -151,7 +153,7 @@ TEST_CASE("the engine: negotiation on p1 passes, a cooperative p2 admits only wh
   uint16_t p2 = l.p2_of_app[0];
   Outcome next = Outcome::not_negotiated;
   std::vector<std::string> asked;
-  engine.admit_with([&](const vpm::Endpoint& client, const vpm::IpAddr&, uint16_t port) {
+  engine.admit_with([&](const vpm::Endpoint& client, const vpm::IpAddr&, uint16_t port, uint32_t) {
     asked.push_back(client.str() + ">" + std::to_string(port));
     return next;
   });
