@@ -262,6 +262,7 @@ check "after the server's VPM restarted, new negotiations work and nothing hangs
   bash -c "for i in 1 2 3; do timeout 20 ip netns exec $c1 $vpmtun exec --app good -s $work/c1-app.sock -- curl -sS -m 10 http://10.99.0.10:9000/ | grep -q '\"app\":\"web\"' || exit 1; done"
 
 kill "$server_pid" 2>/dev/null || true
+wait "$server_pid" 2>/dev/null || true
 if [ "$fail" -ne 0 ]; then
   echo "--- server log"; tail -40 "$work/server.log"
   echo "--- c1 log"; tail -20 "$work/c1.log"

@@ -72,10 +72,19 @@ void describe_config(const vpm::Config& cfg) {
       std::string p2 = cfg.vpm.allocation == vpm::Allocation::per_app
                            ? fmt::format("p2 {}", l.p2_of_app[a])
                            : fmt::format("p2 {}-{} per connection", l.slice_lo, l.slice_hi);
+      if (cfg.apps[a].cooperative) p2 += ", cooperative";
       fmt::print("    app {:<12} aid {:<6} {:<26} clients: {}\n", cfg.apps[a].name, cfg.apps[a].aid,
                  p2, rules_text.empty() ? "(none)" : rules_text);
     }
   }
+  for (const auto& app : cfg.apps) {
+    if (app.remote.empty()) continue;
+    std::string servers;
+    for (const auto& r : app.remote) servers += (servers.empty() ? "" : ", ") + r.str();
+    fmt::print("  app {} (aid {}) reaches cooperatively: {}\n", app.name, app.aid, servers);
+  }
+  if (!cfg.tun.present)
+    fmt::print("  no [tun]: `vpmtun run` serves only the client side of cooperative mode\n");
 }
 
 // A question for the running daemon over its control socket: the answer
