@@ -47,7 +47,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-[ -n "${COOP_KEEP:-}" ] && trap "cp $work/*.log /tmp/; cleanup" EXIT
 
 ip netns add "$c"; ip netns add "$s"
 ip -n "$c" link set lo up; ip -n "$s" link set lo up
@@ -116,7 +115,6 @@ rate() {  # rate PORT: connections per second of $clients programs, each with on
 }
 
 echo "coop bench: $(nproc) cores, $(date -u +%FT%TZ), median of $runs runs of $secs s, $clients programs"
-[ -n "${COOP_ONLY:-}" ] && { rate 9000; exit 0; }
 for run in $(seq "$runs"); do
   if [ $((run % 2)) -eq 0 ]; then order="plain coop"; else order="coop plain"; fi
   for kind in $order; do
