@@ -73,18 +73,6 @@ bool get_ports(Reader& r, std::vector<ListenPort>& out) {
   return true;
 }
 
-void put_endpoint(Writer& w, const Endpoint& e) {
-  w.addr(e.addr);
-  w.u16(e.port);
-}
-
-Endpoint get_endpoint(Reader& r) {
-  Endpoint e;
-  e.addr = r.addr();
-  e.port = r.u16();
-  return e;
-}
-
 }  // namespace
 
 std::vector<uint8_t> encode(const Message& m) {
@@ -111,8 +99,8 @@ std::vector<uint8_t> encode(const Message& m) {
     w.str(bd->reason, kMaxReason);
   } else if (auto* d = std::get_if<Dial>(&m)) {
     w.str(d->app, kMaxName);
-    put_endpoint(w, d->client);
-    put_endpoint(w, d->server);
+    w.endpoint(d->client);
+    w.endpoint(d->server);
   } else if (auto* dd = std::get_if<Dialed>(&m)) {
     w.u8(static_cast<uint8_t>(dd->status));
     w.str(dd->reason, kMaxReason);
@@ -183,8 +171,8 @@ std::optional<Message> decode(std::span<const uint8_t> bytes, std::string* why) 
     case Type::dial: {
       Dial d;
       d.app = r.str(kMaxName);
-      d.client = get_endpoint(r);
-      d.server = get_endpoint(r);
+      d.client = r.endpoint();
+      d.server = r.endpoint();
       m = d;
       break;
     }

@@ -38,16 +38,6 @@ std::array<uint8_t, kMacBytes> mac_of(std::span<const uint8_t> key, std::span<co
   return out;
 }
 
-void endpoint(Writer& w, const Endpoint& e) {
-  w.addr(e.addr);
-  w.u16(e.port);
-}
-Endpoint endpoint(Reader& r) {
-  Endpoint e;
-  e.addr = r.addr();
-  e.port = r.u16();
-  return e;
-}
 Nonce nonce(Reader& r) {
   Nonce n{};
   r.bytes(n);
@@ -69,13 +59,13 @@ std::vector<uint8_t> seal(const Message& m, std::span<const uint8_t> key) {
   w.bytes(h.nonce);
   w.u64(h.expiry_ms);
   if (auto* a = std::get_if<Ask>(&m)) {
-    endpoint(w, a->client);
-    endpoint(w, a->server);
+    w.endpoint(a->client);
+    w.endpoint(a->server);
     w.u8(static_cast<uint8_t>(a->proto));
   } else if (auto* o = std::get_if<Offer>(&m)) {
     w.bytes(o->in_reply_to);
-    endpoint(w, o->client);
-    endpoint(w, o->server);
+    w.endpoint(o->client);
+    w.endpoint(o->server);
     w.u8(static_cast<uint8_t>(o->proto));
     w.u16(o->p2);
     size_t n = std::min(o->aids.size(), kMaxAids);
@@ -83,8 +73,8 @@ std::vector<uint8_t> seal(const Message& m, std::span<const uint8_t> key) {
     for (size_t i = 0; i < n; ++i) w.u32(o->aids[i]);
   } else if (auto* k = std::get_if<Ack>(&m)) {
     w.bytes(k->in_reply_to);
-    endpoint(w, k->client);
-    endpoint(w, k->server);
+    w.endpoint(k->client);
+    w.endpoint(k->server);
     w.u16(k->p2);
     w.u32(k->aid);
   } else if (auto* f = std::get_if<Refuse>(&m)) {
@@ -120,7 +110,7 @@ std::optional<Message> open(std::span<const uint8_t> bytes, std::span<const uint
   Message m;
   switch (static_cast<Type>(bytes[1])) {
     case Type::ask: {
-      Ask a{h, endpoint(r), endpoint(r), Proto::tcp};
+      Ask a{h, r.endpoint(), r.endpoint(), Proto::tcp};
       auto p = wire::proto_of(r.u8());
       if (!p) return bad("unknown protocol");
       a.proto = *p;
@@ -131,8 +121,8 @@ std::optional<Message> open(std::span<const uint8_t> bytes, std::span<const uint
       Offer o;
       o.h = h;
       o.in_reply_to = nonce(r);
-      o.client = endpoint(r);
-      o.server = endpoint(r);
+      o.client = r.endpoint();
+      o.server = r.endpoint();
       auto p = wire::proto_of(r.u8());
       o.p2 = r.u16();
       size_t n = r.u8();
@@ -147,8 +137,8 @@ std::optional<Message> open(std::span<const uint8_t> bytes, std::span<const uint
       Ack k;
       k.h = h;
       k.in_reply_to = nonce(r);
-      k.client = endpoint(r);
-      k.server = endpoint(r);
+      k.client = r.endpoint();
+      k.server = r.endpoint();
       k.p2 = r.u16();
       k.aid = r.u32();
       m = k;

@@ -31,6 +31,10 @@ class Writer {
   }
   void bytes(std::span<const uint8_t> b) { out.insert(out.end(), b.begin(), b.end()); }
   void addr(const IpAddr& a) { bytes(a.bytes); }
+  void endpoint(const Endpoint& e) {
+    addr(e.addr);
+    u16(e.port);
+  }
   // A string of at most `bound` bytes (longer ones are cut), length first.
   void str(std::string_view s, size_t bound) {
     s = s.substr(0, bound);
@@ -70,6 +74,12 @@ class Reader {
     IpAddr a;
     bytes(a.bytes);
     return a;
+  }
+  Endpoint endpoint() {
+    Endpoint e;
+    e.addr = addr();
+    e.port = u16();
+    return e;
   }
   // A string written by Writer::str; longer than `bound` is a failure.
   std::string str(size_t bound) {
