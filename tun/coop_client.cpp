@@ -162,37 +162,58 @@ void CoopClient::heard(Link& l) {
   }
   uint64_t now = wall_ms();
   size_t at = 0;
-  for (;;) {
+  std::string fault;  // what ends the link, once the answers taken are out
+  std::vector<std::pair<Dial, DialResult>> done;
+  while (fault.empty()) {
     std::span<const uint8_t> rest(l.in.data() + at, l.in.size() - at);
     size_t size = frame_size(rest);
-    if (size == kNotOurs) return broken(l, "the server does not speak the negotiation");
+    if (size == kNotOurs) {
+      fault = "the server does not speak the negotiation";
+      break;
+    }
     if (size == 0 || size > rest.size()) break;
     at += size;
     std::string why;
     auto m = open(rest.first(size), key_, now, &why);
-    if (!m) return broken(l, "an answer that does not verify: " + why);
-    if (!nonces_.first_use(header_of(*m).nonce, header_of(*m).expiry_ms, now))
-      return broken(l, "an answer replayed");
     const Nonce* about = nullptr;
-    if (const auto* o = std::get_if<Offer>(&*m)) about = &o->in_reply_to;
-    if (const auto* r = std::get_if<Refuse>(&*m)) about = &r->in_reply_to;
-    if (!about) return broken(l, "a message out of turn from the server");
-    auto it = l.dials.find(*about);
+    if (m && std::holds_alternative<Offer>(*m)) about = &std::get<Offer>(*m).in_reply_to;
+    if (m && std::holds_alternative<Refuse>(*m)) about = &std::get<Refuse>(*m).in_reply_to;
+    if (!m)
+      fault = "an answer that does not verify: " + why;
+    else if (!nonces_.first_use(header_of(*m).nonce, header_of(*m).expiry_ms, now))
+      fault = "an answer replayed";
+    else if (!about)
+      fault = "a message out of turn from the server";
+    auto it = fault.empty() ? l.dials.find(*about) : l.dials.end();
     if (it == l.dials.end()) continue;  // for a dial that has timed out: its offer lapses
     Dial d = std::move(it->second);
     l.dials.erase(it);
     Reply r = answer(d.ask, *m, d.aid, fresh_header(now));
-    if (r.send) send(l, *r.send);
-    if (r.outcome == Outcome::negotiated) {
-      finish(d, {DialResult::ok, std::get<Offer>(*m).p2, ""});
-    } else {
-      std::string said = r.outcome == Outcome::aid_mismatch
-                             ? "aid " + std::to_string(d.aid) + " is not among those offered"
-                             : std::string("the server refused: ") + outcome_name(r.outcome);
-      finish(d, {DialResult::refused, 0, said});
+    if (r.send) {  // queued, and sent before the programs are told
+      auto sealed = seal(*r.send, key_);
+      l.out.insert(l.out.end(), sealed.begin(), sealed.end());
+      l.last_ms = monotonic_ms();
     }
+    DialResult result{DialResult::ok, 0, ""};
+    if (r.outcome == Outcome::negotiated)
+      result.p2 = std::get<Offer>(*m).p2;
+    else
+      result = {DialResult::refused, 0,
+                r.outcome == Outcome::aid_mismatch
+                    ? "aid " + std::to_string(d.aid) + " is not among those offered"
+                    : std::string("the server refused: ") + outcome_name(r.outcome)};
+    done.emplace_back(std::move(d), std::move(result));
   }
   l.in.erase(l.in.begin(), l.in.begin() + static_cast<ptrdiff_t>(at));
+  // The Acks leave before the programs are told to connect, so that their
+  // SYNs do not overtake them (the server holds one that does).
+  vpm::Endpoint server = l.server;
+  int fd = l.fd;
+  if (!l.out.empty()) flush(l);
+  auto still = links_.find(server);  // flush() may have ended the link
+  if (!fault.empty() && still != links_.end() && still->second->fd == fd)
+    broken(*still->second, fault);
+  for (auto& [dial, result] : done) finish(dial, result);
 }
 
 void CoopClient::broken(Link& l, const std::string& why) {

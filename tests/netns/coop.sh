@@ -195,7 +195,7 @@ check "the server counted the AID mismatch" bash -c "[ \"\$(stats | awk '\$1 == 
 check "a plain client on p1 is refused" \
   bash -c "! ip netns exec $c1 curl -sS -m 5 http://10.99.0.10:9000/ >/dev/null 2>&1"
 check "a plain client straight to the p2 from vpmtun check is refused" \
-  bash -c "p2c=\$($vpmtun check -c $work/server.toml | awk '/web/ && /p2/ {for (i=1;i<=NF;i++) if (\$i ~ /^[0-9]+\$/ && \$i >= 20000) print \$i}' | head -1);
+  bash -c "p2c=\$($vpmtun check -c $work/server.toml | sed -n 's/^ *app web .* p2 \([0-9]*\), cooperative .*/\1/p' | head -1);
            [ \"\$p2c\" = $p2 ] && ! ip netns exec $c1 curl -sS -m 5 http://10.99.0.10:$p2/ >/dev/null 2>&1"
 check "the server counted the plain client and the un-negotiated p2" \
   bash -c "[ \"\$(stats | awk '\$1 == \"plain_clients\" {print \$2; exit}')\" -ge 1 ] &&
