@@ -124,7 +124,7 @@ void InstanceRegistry::accept_peers() {
     socklen_t len = sizeof cred;
     size_t waiting = 0;
     bool known = ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
-    for (auto& [other, p] : peers_) waiting += !p->registered && p->uid == cred.uid;
+    for (auto& [other, p] : peers_) waiting += !p->registered && !p->dialing && p->uid == cred.uid;
     if (!known || peers_.size() >= kMaxPeers || waiting >= kMaxUnregisteredPerUser) {
       ++counters_.peers_dropped;
       if (log_.take())
