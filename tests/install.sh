@@ -11,7 +11,7 @@ fail=0
 expect() { if [ -e "$dest/$1" ]; then echo "ok   $1"; else echo "FAIL $1 not installed"; fail=1; fi; }
 expect bin/vpmtun
 expect lib/systemd/system/vpmtun.service
-for f in two-instances forward ipv6 exec; do
+for f in two-instances forward ipv6 exec cooperative-server cooperative-client; do
   expect "share/vpmtun/examples/$f.toml"
   if "$dest/bin/vpmtun" check -c "$dest/share/vpmtun/examples/$f.toml" >/dev/null; then
     echo "ok   example $f.toml passes vpmtun check"

@@ -436,8 +436,9 @@ std::string render_metrics(const Daemon& d) {
       out += fmt::format("vpmtun_drops_total{{reason=\"{}\"}} {}\n", c.name, c.value);
       continue;
     }
-    bool gauge =
-        c.name == "flows" || c.name == "max_flows" || c.name == "tcp_open" || c.name == "instances";
+    std::string_view n = c.name;
+    bool gauge = n == "flows" || n == "max_flows" || n == "tcp_open" || n == "instances" ||
+                 n == "in_flight" || n == "links";
     std::string name = fmt::format("vpmtun_{}_{}{}", c.group, c.name, gauge ? "" : "_total");
     family(name, gauge ? "gauge" : "counter", fmt::format("vpmtun stats: {} {}", c.group, c.name));
     out += fmt::format("{} {}\n", name, c.value);
