@@ -190,13 +190,15 @@ Result Engine::stack_l4(const PacketView& v, uint64_t now) {
     if (coop != kNoApp) return coop_data(e, flags, v, coop, now);
     return drop(Drop::hidden_port);  // reachable only through translation
   }
-  if (l->negotiator_app != kNoApp) {
-    // Negotiation on p1, for every client no plain app takes.
+  FlowKey key = e.key(e.vport, proto);
+  // Negotiation on p1, for every client no plain app takes (a plain app's
+  // client has a flow after its first packet: no classifying each packet).
+  if (l->negotiator_app != kNoApp && !flows_.find(key)) {
     uint16_t app = rules_.classify(*l, e.client, e.client_port);
     if (app == kNoApp || rules_.config().apps[app].cooperative)
       return {Verdict::passed, Drop::none, l->negotiator_app};
   }
-  Mapping m = flow_p2(e.key(e.vport, proto), *l, e.inbound, flags, now);
+  Mapping m = flow_p2(key, *l, e.inbound, flags, now);
   if (m.port == 0) return m.result;
   track(*m.flow, proto, flags, e.inbound, v.bytes.size(), now);
   if (e.inbound && (flags & tcpflag::syn) && proto == Proto::tcp) m.flow->mss = announced_mss(v);
