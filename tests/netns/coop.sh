@@ -30,7 +30,7 @@ chmod 755 "$work"
 daemon_pid="" pids=()
 cleanup() {
   for p in "${pids[@]}" $daemon_pid; do kill "$p" 2>/dev/null || true; done
-  for n in "$d" "$c1" "$c2"; do ip netns pids "$n" 2>/dev/null | xargs -r kill -9 2>/dev/null; done
+  for n in "$d" "$c1" "$c2"; do ip netns pids "$n" 2>/dev/null | xargs -r kill -9 2>/dev/null || true; done
   for n in "$d" "$c1" "$c2"; do ip netns del "$n" 2>/dev/null || true; done
   rm -rf "$work"
 }
