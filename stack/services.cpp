@@ -12,8 +12,10 @@ std::string Stack::Impl::info_json(uint16_t p1, uint16_t p2, uint16_t app, const
                                    uint16_t port, const char* proto) const {
   const auto& a = rules.config().apps[app];
   return fmt::format(
-      "{{\"app\":\"{}\",\"aid\":{},\"p1\":{},\"p2\":{},\"client\":\"{}\",\"protocol\":\"{}\"}}\n",
-      a.name, a.aid, p1, p2, vpm::Endpoint{from_lwip(client), port}.str(), proto);
+      "{{\"app\":\"{}\",\"aid\":{},\"p1\":{},\"p2\":{},\"client\":\"{}\",\"protocol\":\"{}\","
+      "\"node\":\"{}\"}}\n",
+      a.name, a.aid, p1, p2, vpm::Endpoint{from_lwip(client), port}.str(), proto,
+      rules.config().daemon.name);
 }
 
 void Stack::Impl::forget(Conn* c) {

@@ -23,7 +23,13 @@ vpm::ConfigResult read_config(const std::string& path) {
         {path, 0, "", std::string("cannot read it: ") + std::strerror(errno)}};
   std::ostringstream text;
   text << in.rdbuf();
-  return vpm::parse_config(text.str(), path);
+  auto parsed = vpm::parse_config(text.str(), path);
+  if (auto* cfg = std::get_if<vpm::Config>(&parsed); cfg && cfg->daemon.name.empty()) {
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    cfg->daemon.name = host;
+  }
+  return parsed;
 }
 
 std::vector<std::string> error_report(const std::string& path,

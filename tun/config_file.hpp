@@ -10,7 +10,8 @@
 
 namespace tun {
 
-// Parses FILE; a file that cannot be read is one error (line 0).
+// Parses FILE; a file that cannot be read is one error (line 0). Without
+// [daemon] name, the node's name is the host name.
 vpm::ConfigResult read_config(const std::string& path);
 
 // Lines that report them: each error as FILE:LINE: KEY: message, then

@@ -17,6 +17,7 @@
 #include "tun/config_file.hpp"
 #include "tun/control.hpp"
 #include "tun/coop.hpp"
+#include "tun/hooks.hpp"
 #include "tun/instances.hpp"
 #include "tun/metrics.hpp"
 #include "tun/report.hpp"
@@ -66,6 +67,8 @@ Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions
       buffer_(kMaxPacket),
       started_ms_(monotonic_ms()),
       file_config_(cfg) {
+  auto* tun = dynamic_cast<TunDevice*>(&device);
+  hooks_ = std::make_unique<Hooks>(cfg, tun ? tun->name() : "");
   if (!opt.capture_tun.empty()) capture_tun_ = std::make_unique<Capture>(opt.capture_tun);
   if (!opt.capture_stack.empty()) capture_stack_ = std::make_unique<Capture>(opt.capture_stack);
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -271,6 +274,7 @@ std::pair<bool, std::string> Daemon::reload(const vpm::Config& next) {
   vpm::Reload r = vpm::merge_reload(running, next, busy_apps());
   engine_.reload(r.config, r.app_of);
   std::string failed = stack_->reload(r.app_of);
+  hooks_->configure(next);
   file_config_ = next;
   if (!failed.empty()) return {false, "the new rules are in, but " + failed + "\n"};
   return {true, r.summary + "\n"};
@@ -367,7 +371,19 @@ int Daemon::run() {
   add(tfd);
 
   int code = 0;
-  uint64_t drain_until = 0;  // set by the first SIGTERM/SIGINT
+  // SIGTERM/SIGINT: on_drain runs first (withdrawing the node from the
+  // routing) while everything still serves; then the listeners close and
+  // the open connections get drain_ms.
+  bool withdrawing = false;
+  uint64_t drain_until = 0;
+  auto begin_drain = [&](uint64_t now, const char* signal) {
+    drain_until = now + opt_.drain_ms;
+    stack_->stop_accepting();
+    spdlog::info("{}: draining {} connections for up to {} ms (again to stop now)", signal,
+                 stack_->open_connections(), opt_.drain_ms);
+  };
+  const char* signal_name = "";
+  hooks_->start(HookState::ready, monotonic_ms());
   for (bool running = true; running;) {
     epoll_event events[64];
     int n = epoll_wait(ep, events, 64, -1);
@@ -387,6 +403,11 @@ int Daemon::run() {
         while (::read(tfd, &expirations, sizeof expirations) > 0) {
         }
         tick(now);
+        hooks_->poll(now);
+        if (withdrawing && !hooks_->busy()) {
+          withdrawing = false;
+          begin_drain(now, signal_name);
+        }
         if (drain_until && (stack_->open_connections() == 0 || now >= drain_until)) running = false;
       } else if (auto w = watched_.find(fd); w != watched_.end()) {
         if (w->second.generation != generation) continue;  // for an fd closed since
@@ -396,24 +417,29 @@ int Daemon::run() {
       } else if (fd == sfd) {
         signalfd_siginfo si{};
         while (::read(sfd, &si, sizeof si) == sizeof si) {
+          signal_name = si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT";
           if (si.ssi_signo == SIGHUP) {
             auto [ok, said] = reload_file();
             log_reload(ok, "SIGHUP: " + said);
-          } else if (drain_until || stack_->open_connections() == 0) {
-            spdlog::info("{}: stopping", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+          } else if (drain_until || withdrawing ||
+                     (stack_->open_connections() == 0 && !hooks_->has(HookState::draining))) {
+            spdlog::info("{}: stopping", signal_name);
             running = false;
           } else {
-            drain_until = now + opt_.drain_ms;
             stopping_ = true;
-            stack_->stop_accepting();
-            spdlog::info("{}: draining {} connections for up to {} ms (again to stop now)",
-                         si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT", stack_->open_connections(),
-                         opt_.drain_ms);
+            if (hooks_->has(HookState::draining)) {
+              withdrawing = true;
+              spdlog::info("{}: on_drain first, still serving (again to stop now)", signal_name);
+              hooks_->start(HookState::draining, now);
+            } else {
+              begin_drain(now, signal_name);
+            }
           }
         }
       }
     }
   }
+  hooks_->run_to_end(HookState::stopped);
   ::close(tfd);
   ::close(sfd);
   return code;

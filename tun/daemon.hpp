@@ -3,7 +3,9 @@
 // Theory of operation. epoll waits on the device, a timerfd (every 50 ms:
 // lwIP timers, flow expiry) and a signalfd. SIGTERM/SIGINT drain: no new
 // connections, open ones get up to DaemonOptions::drain_ms to finish, then
-// the rest are reset (a second signal stops at once). SIGHUP, like `vpmtun reload`, re-reads the
+// the rest are reset (a second signal stops at once); the hooks of
+// tun/hooks.hpp run when it serves, before the listeners close (on_drain)
+// and after the loop (on_stop). SIGHUP, like `vpmtun reload`, re-reads the
 // configuration file and takes its rules (vpm/reload.hpp). Each packet read from the
 // device goes through Engine::to_stack; translated or passed, it enters the stack; refused, the
 // client gets a RST or port unreachable built by vpm::build_refusal. Each packet the stack sends
@@ -38,6 +40,7 @@ namespace tun {
 class ControlServer;
 class CoopClient;
 class CoopServer;
+class Hooks;
 class InstanceRegistry;
 class MetricsServer;
 
@@ -97,6 +100,8 @@ class Daemon : public stack::IoLoop {
   // Cooperative mode: set when something cooperates ([cooperative] key_file).
   const CoopServer* coop_server() const { return coop_server_.get(); }
   const CoopClient* coop_client() const { return coop_client_.get(); }
+  // [daemon] on_ready, on_drain, on_stop (tun/hooks.hpp).
+  const Hooks& hooks() const { return *hooks_; }
 
   // stack::IoLoop: backend sockets join the epoll set.
   void watch(int fd, uint32_t epoll_events, std::function<void(uint32_t)> ready) override;
@@ -109,6 +114,7 @@ class Daemon : public stack::IoLoop {
   std::unique_ptr<InstanceRegistry> instances_;
   std::unique_ptr<CoopServer> coop_server_;
   std::unique_ptr<CoopClient> coop_client_;
+  std::unique_ptr<Hooks> hooks_;
   void from_device(std::span<uint8_t> packet, bool verified, uint64_t now_ms);
   void from_stack(std::span<uint8_t> packet);
   void release_held(uint64_t now_ms);

@@ -10,6 +10,7 @@
 #include "stack/stack_memory.hpp"
 #include "tun/coop.hpp"
 #include "tun/daemon.hpp"
+#include "tun/hooks.hpp"
 #include "tun/instances.hpp"
 #include "vpm/flow_table.hpp"
 
@@ -145,6 +146,9 @@ std::vector<Counter> counters_of(const Daemon& d) {
       {"stack", "backend_connect_failures", s.backend_connect_failures},
       {"daemon", "reloads", d.counters().reloads},
       {"daemon", "reloads_refused", d.counters().reloads_refused},
+      {"daemon", "hooks_run", d.hooks().counters().run},
+      {"daemon", "hooks_failed", d.hooks().counters().failed},
+      {"daemon", "hooks_timed_out", d.hooks().counters().timed_out},
   };
   if (const auto* reg = d.instances()) {
     const auto& ic = reg->counters();

@@ -522,11 +522,26 @@ ConfigResult parse_config(std::string_view text, const std::string& file) {
     }
   }
   if (auto t = c.section(root, "daemon")) {
-    c.only_keys(*t, "daemon", {"user"});
-    if (auto s = c.string(*t, "user", "daemon.user")) {
-      if (s->empty()) c.fail(t->get("user"), "daemon.user", "must name a user (or leave it out)");
-      cfg.daemon.user = *s;
-    }
+    c.only_keys(*t, "daemon",
+                {"user", "name", "on_ready", "on_drain", "on_stop", "hook_timeout"});
+    for (auto [key, out] : {std::pair{"user", &cfg.daemon.user}, {"name", &cfg.daemon.name}})
+      if (auto s = c.string(*t, key, std::string("daemon.") + key)) {
+        bool plain = std::all_of(s->begin(), s->end(), [](char ch) {
+          return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' ||
+                 ch == '_';
+        });
+        if (s->empty())
+          c.fail(t->get(key), std::string("daemon.") + key, "must not be empty (or leave it out)");
+        else if (key == std::string_view("name") && (!plain || s->size() > 64))
+          c.fail(t->get(key), "daemon.name",
+                 "'" + *s + "': at most 64 letters, digits, '.', '-' or '_'");
+        *out = *s;
+      }
+    for (auto [key, out] : {std::pair{"on_ready", &cfg.daemon.on_ready},
+                            {"on_drain", &cfg.daemon.on_drain},
+                            {"on_stop", &cfg.daemon.on_stop}})
+      if (auto s = c.string(*t, key, std::string("daemon.") + key)) *out = *s;
+    c.duration(*t, "hook_timeout", "daemon.hook_timeout", cfg.daemon.hook_timeout_ms);
   }
   if (const toml::node* apps = root.get("app")) {
     const toml::array* arr = apps->as_array();

@@ -105,8 +105,17 @@ struct MetricsConfig {
   std::optional<Endpoint> listen;  // Prometheus exposition at http://listen/metrics
 };
 
+// What the daemon tells the routing layer (README "Running several nodes"):
+// each hook is a command line for /bin/sh -c, run with VPMTUN_STATE,
+// VPMTUN_NAME, VPMTUN_DEVICE, VPMTUN_PREFIXES and VPMTUN_CONFIG set, one at
+// a time, killed after hook_timeout_ms. Empty: none.
 struct DaemonConfig {
   std::string user;  // drop to this user once set up; empty: stay root
+  std::string name;  // this node, for hooks and http-info; empty: the host name
+  std::string on_ready;  // once the daemon serves (announce the prefix)
+  std::string on_drain;  // on SIGTERM, before the listeners close (withdraw it)
+  std::string on_stop;   // after the last connection, before the TUN goes
+  uint64_t hook_timeout_ms = 10000;
 };
 
 struct CoopConfig {

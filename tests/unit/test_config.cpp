@@ -70,6 +70,10 @@ proxy_protocol = "v2"
 listen = "127.0.0.1:9464"
 [daemon]
 user = "vpmtun"
+name = "node-a"
+on_ready = "announce 10.99.0.0/24"
+on_drain = "withdraw 10.99.0.0/24; sleep 2"
+hook_timeout = "30s"
 )");
   CHECK(cfg.tun.name == "vpm7");
   CHECK(cfg.tun.mtu == 9000);
@@ -78,6 +82,11 @@ user = "vpmtun"
   CHECK_FALSE(cfg.tun.offload);
   CHECK(cfg.metrics.listen->str() == "127.0.0.1:9464");
   CHECK(cfg.daemon.user == "vpmtun");
+  CHECK(cfg.daemon.name == "node-a");
+  CHECK(cfg.daemon.on_ready == "announce 10.99.0.0/24");
+  CHECK(cfg.daemon.on_drain == "withdraw 10.99.0.0/24; sleep 2");
+  CHECK(cfg.daemon.on_stop.empty());
+  CHECK(cfg.daemon.hook_timeout_ms == 30000);
   CHECK(cfg.vpm.range_lo == 30000);
   CHECK(cfg.vpm.range_hi == 30099);
   CHECK(cfg.vpm.allocation == vpm::Allocation::per_connection);
@@ -227,7 +236,15 @@ TEST_CASE("configuration errors name line and key") {
       {"bad metrics address", std::string("[metrics]\nlisten = \"localhost\"\n") + kApp, 2,
        "metrics.listen", ""},
       {"empty daemon user", std::string("[daemon]\nuser = \"\"\n") + kApp, 2, "daemon.user",
-       "must name a user"},
+       "must not be empty"},
+      {"empty node name", std::string("[daemon]\nname = \"\"\n") + kApp, 2, "daemon.name",
+       "must not be empty"},
+      {"node name with a space", std::string("[daemon]\nname = \"node 1\"\n") + kApp, 2,
+       "daemon.name", "letters, digits"},
+      {"hook not a string", std::string("[daemon]\non_drain = [\"a\"]\n") + kApp, 2,
+       "daemon.on_drain", "must be a string"},
+      {"bad hook timeout", std::string("[daemon]\nhook_timeout = \"soon\"\n") + kApp, 2,
+       "daemon.hook_timeout", "not a duration"},
       {"range too small",
        std::string("[vpm]\nport_range = \"20000-20000\"\n") + kApp +
            "[[app]]\nname = \"green\"\naid = 102\nlisten = [\"192.0.2.10:9000\"]\nserve = "

@@ -1,0 +1,173 @@
+// The daemon's hooks: see hooks.hpp.
+#include "tun/hooks.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <spdlog/spdlog.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+#include "tun/daemon.hpp"
+
+extern char** environ;
+
+namespace tun {
+
+const char* hook_state_name(HookState s) {
+  switch (s) {
+    case HookState::ready: return "ready";
+    case HookState::draining: return "draining";
+    case HookState::stopped: return "stopped";
+  }
+  return "?";
+}
+
+namespace {
+
+const char* hook_key(HookState s) {
+  switch (s) {
+    case HookState::ready: return "on_ready";
+    case HookState::draining: return "on_drain";
+    case HookState::stopped: return "on_stop";
+  }
+  return "?";
+}
+
+// The network of a TUN address: 10.99.0.1/24 is 10.99.0.0/24.
+std::string network(vpm::Prefix p) {
+  int bits = p.addr.is_v4() ? 96 + p.len : p.len;
+  for (size_t i = 0; i < 16; ++i) {
+    int keep = std::clamp(bits - 8 * static_cast<int>(i), 0, 8);
+    p.addr.bytes[i] &= static_cast<uint8_t>(0xff00 >> keep);
+  }
+  return p.str();
+}
+
+}  // namespace
+
+Hooks::Hooks(const vpm::Config& cfg, std::string device) : device_(std::move(device)) {
+  configure(cfg);
+}
+
+void Hooks::configure(const vpm::Config& cfg) {
+  cfg_ = cfg.daemon;
+  std::string prefixes;
+  for (const auto& p : {cfg.tun.address, cfg.tun.address6})
+    if (p) prefixes += (prefixes.empty() ? "" : " ") + network(*p);
+  env_ = {"VPMTUN_NAME=" + cfg.daemon.name, "VPMTUN_DEVICE=" + device_,
+          "VPMTUN_PREFIXES=" + prefixes, "VPMTUN_CONFIG=" + cfg.file};
+}
+
+Hooks::~Hooks() {
+  if (pid_ > 0) {
+    ::kill(-pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+}
+
+const std::string& Hooks::command(HookState state) const {
+  switch (state) {
+    case HookState::ready: return cfg_.on_ready;
+    case HookState::draining: return cfg_.on_drain;
+    case HookState::stopped: break;
+  }
+  return cfg_.on_stop;
+}
+
+void Hooks::start(HookState state, uint64_t now_ms) {
+  if (!has(state)) return;
+  queued_.push_back(state);
+  poll(now_ms);
+}
+
+void Hooks::poll(uint64_t now_ms) {
+  if (pid_ > 0) {
+    int status = 0;
+    pid_t r = ::waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      ended(status, now_ms);
+    } else if (now_ms >= started_ms_ + limit_ms_) {
+      ::kill(-pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+      ++counters_.timed_out;
+      spdlog::warn("{}: still running after {} ms; killed", hook_key(running_), limit_ms_);
+      pid_ = -1;
+    }
+  }
+  while (pid_ <= 0 && !queued_.empty()) {
+    HookState next = queued_.front();
+    queued_.pop_front();
+    launch(next, now_ms);
+  }
+}
+
+void Hooks::ended(int status, uint64_t now_ms) {
+  pid_ = -1;
+  uint64_t took = now_ms - std::min(now_ms, started_ms_);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+    spdlog::info("{}: done in {} ms", hook_key(running_), took);
+    return;
+  }
+  ++counters_.failed;
+  if (WIFEXITED(status))
+    spdlog::warn("{}: exited with status {} after {} ms", hook_key(running_), WEXITSTATUS(status),
+                 took);
+  else
+    spdlog::warn("{}: killed by signal {} after {} ms", hook_key(running_), WTERMSIG(status), took);
+}
+
+void Hooks::launch(HookState state, uint64_t now_ms) {
+  const std::string cmd = command(state);  // a copy: a reload may change cfg_
+  if (cmd.empty()) return;
+  std::vector<std::string> vars;
+  for (char** e = environ; *e; ++e)
+    if (std::strncmp(*e, "VPMTUN_", 7) != 0) vars.emplace_back(*e);
+  vars.push_back(std::string("VPMTUN_STATE=") + hook_state_name(state));
+  vars.insert(vars.end(), env_.begin(), env_.end());
+  std::vector<char*> envp;
+  for (auto& v : vars) envp.push_back(v.data());
+  envp.push_back(nullptr);
+  const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
+
+  posix_spawn_file_actions_t files;
+  posix_spawn_file_actions_init(&files);
+  posix_spawn_file_actions_addopen(&files, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&files, 2, 1);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attr, &none);  // the daemon blocks the signals its signalfd reads
+  posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP);
+  pid_t pid = -1;
+  int err = ::posix_spawn(&pid, "/bin/sh", &files, &attr, const_cast<char**>(argv), envp.data());
+  posix_spawnattr_destroy(&attr);
+  posix_spawn_file_actions_destroy(&files);
+  ++counters_.run;
+  if (err != 0) {
+    ++counters_.failed;
+    spdlog::warn("{}: cannot run /bin/sh: {}", hook_key(state), std::strerror(err));
+    return;
+  }
+  pid_ = pid;
+  running_ = state;
+  started_ms_ = now_ms;
+  limit_ms_ = cfg_.hook_timeout_ms;
+  spdlog::info("{}: running `{}`", hook_key(state), cmd);
+}
+
+void Hooks::run_to_end(HookState state) {
+  start(state, monotonic_ms());
+  while (busy()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    poll(monotonic_ms());
+  }
+}
+
+}  // namespace tun
