@@ -85,6 +85,14 @@ void describe_config(const vpm::Config& cfg) {
   }
   if (!cfg.tun.present)
     fmt::print("  no [tun]: `vpmtun run` serves only the client side of cooperative mode\n");
+  std::string hooks;
+  for (auto [key, cmd] : {std::pair{"on_ready", &cfg.daemon.on_ready},
+                          {"on_drain", &cfg.daemon.on_drain},
+                          {"on_stop", &cfg.daemon.on_stop}})
+    if (!cmd->empty()) hooks += std::string(" ") + key;
+  if (!hooks.empty())
+    fmt::print("  node {}, hooks:{} (each killed after {} ms)\n", cfg.daemon.name, hooks,
+               cfg.daemon.hook_timeout_ms);
 }
 
 // A question for the running daemon over its control socket: the answer
