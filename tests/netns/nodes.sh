@@ -10,31 +10,45 @@
 # address) and stream (echo on :7000), per-connection allocation. Each node
 # has its own host name (its [daemon] name) and its own mount of $work/run
 # (the control socket), so one file serves all three. The router r routes
-# 10.99.0.0/24 over nexthop group 100, type resilient, hashing on addresses;
-# the nodes' hooks (nodes_route.sh) join the group on_ready and leave it
-# on_drain. Checked:
+# 10.99.0.0/24 over equal-cost routes to the nodes, hashing on addresses,
+# and marks each connection with the node it first went to. Two routing
+# layers (the second argument):
+#   kernel  nexthop group 100, type resilient; the nodes' hooks
+#           (nodes_route.sh) put the node in it on_ready, and on_drain pin
+#           the node's connections to it (rule fwmark N) and take it out.
+#   frr     bgpd and zebra in every namespace; the hooks are the shipped
+#           example tools/examples/frr-announce, announcing the prefix on_ready
+#           and withdrawing it on_drain; the router pins every connection to
+#           its node (its routes are not resilient).
+# Checked:
 #   - requests from 80 addresses spread over the three nodes (counts from
 #     the answers and from each node's stats), each answered by its app;
-#   - a node drained with SIGTERM leaves the group before its listeners
+#   - a node drained with SIGTERM leaves the routes before its listeners
 #     close; its open connections finish, new ones go to the others, none
 #     breaks anywhere;
 #   - the node added back takes new clients but no open connection moves;
-#   - a node killed with SIGKILL (the test then does what a routing
-#     daemon's hold timer would): exactly its own connections break.
+#   - a node killed with SIGKILL (kernel: the test then does what a routing
+#     daemon's hold timer would; frr: its bgpd withdraws the prefix when
+#     the TUN goes): exactly its own connections break.
 #
 # Every namespace is made here and deleted on exit. Without root: exit 77.
 set -euo pipefail
 vpmtun="$(realpath "$1")"
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/common.sh"
-skip_unless_netns nodes
+mode="${2:-kernel}"
+skip_unless_netns "nodes ($mode)"
 command -v nft >/dev/null || { echo "nodes: SKIPPED (nft is not installed: tools/install-deps)"; exit 77; }
+if [ "$mode" = frr ] && [ ! -x /usr/lib/frr/bgpd ]; then
+  echo "nodes: SKIPPED (FRR is not installed: tools/install-deps)"; exit 77
+fi
+examples="$(cd "$here/../../tools/examples" && pwd)"
 py=/usr/bin/python3
 r="vpmn$$-r" c1="vpmn$$-c1" c2="vpmn$$-c2"
 nodes=("" "vpmn$$-n1" "vpmn$$-n2" "vpmn$$-n3")
 work="$(mktemp -d)"
 chmod 755 "$work"
-mkdir -p "$work/run" "$work/state"
+mkdir -p "$work/run" "$work/state" "$work/frr"
 pid=("" "" "" "")
 holders=()
 cleanup() {
@@ -90,7 +104,57 @@ table ip vpmnodes {
 }
 NFT
 
-route="$here/nodes_route.sh $r $work/state"
+# frr_start NS NAME BGPD_CONF: zebra and bgpd in NS, their files in $work/frr/NAME
+frr_start() {
+  local d="$work/frr/$2"
+  mkdir -p "$d"; chmod 777 "$d"
+  : >"$d/zebra.conf"
+  cat >"$d/bgpd.conf"
+  for daemon in zebra bgpd; do
+    in_ns "$1" "/usr/lib/frr/$daemon" -d -P 0 -f "$d/$daemon.conf" -i "$d/$daemon.pid" \
+      -z "$d/zserv.api" --vty_socket "$d" --log "file:$d/$daemon.log" 2>>"$d/$daemon.stderr"
+  done
+}
+if [ "$mode" = frr ]; then
+  for i in 1 2 3; do
+    ip -n "$r" route add 10.99.0.0/24 via "10.210.$i.2" table $((100 + i))
+    ip -n "$r" rule add fwmark "$i" table $((100 + i)) pref 100
+  done
+  frr_start "$r" router <<'BGP'
+frr defaults datacenter
+router bgp 65000
+ bgp router-id 10.210.0.1
+ no bgp ebgp-requires-policy
+ neighbor nodes peer-group
+ neighbor nodes remote-as 65001
+ neighbor nodes timers 1 3
+ neighbor nodes timers connect 1
+ neighbor 10.210.1.2 peer-group nodes
+ neighbor 10.210.2.2 peer-group nodes
+ neighbor 10.210.3.2 peer-group nodes
+ address-family ipv4 unicast
+  maximum-paths 8
+ exit-address-family
+BGP
+  for i in 1 2 3; do
+    frr_start "${nodes[i]}" "node$i" <<BGP
+frr defaults datacenter
+router bgp 65001
+ bgp router-id 10.210.$i.2
+ no bgp ebgp-requires-policy
+ neighbor 10.210.$i.1 remote-as 65000
+ neighbor 10.210.$i.1 timers 1 3
+ neighbor 10.210.$i.1 timers connect 1
+BGP
+  done
+  # The vty socket of the node's own bgpd: \$VPMTUN_NAME is expanded by the hook's shell.
+  announce="SETTLE_SECONDS=1 $examples/frr-announce 65001 --vty_socket $work/frr/\$VPMTUN_NAME"
+  hooks=("$announce" "$announce" "$announce")
+else
+  route="$here/nodes_route.sh $r $work/state"
+  hooks=("$route join" "$route withdraw" "$route stopped")
+fi
+
 cat >"$work/nodes.toml" <<TOML
 [vpm]
 control_socket = "$work/run/vpmtun.sock"
@@ -99,9 +163,9 @@ allocation = "per-connection"
 name = "vpm0"
 address = "10.99.0.1/24"
 [daemon]
-on_ready = "$route join"
-on_drain = "$route withdraw"
-on_stop = "$route stopped"
+on_ready = "${hooks[0]}"
+on_drain = "${hooks[1]}"
+on_stop = "${hooks[2]}"
 hook_timeout = "5s"
 [[app]]
 name = "red"
@@ -145,7 +209,13 @@ start_node() {  # start_node I: returns once its on_ready hook is done
 stats_of() {  # stats_of I: the node's `vpmtun stats --json`
   nsenter -t "${pid[$1]}" -m -u -n "$vpmtun" stats --json -c "$work/nodes.toml"
 }
-group() { ip -n "$r" nexthop show id 100 2>/dev/null | sed -n 's/.*group \([0-9/]*\).*/\1/p'; }
+members() {  # the nodes the router's route to the prefix goes to: "1/2/3"
+  ip -n "$r" route show 10.99.0.0/24 | grep -o 'via 10\.210\.[0-9]' | cut -c12 | sort | paste -sd/
+}
+wait_members() {  # wait_members WANT: until the route goes to WANT (at most 10 s)
+  for _ in $(seq 100); do [ "$(members)" = "$1" ] && return; sleep 0.1; done
+  return 1
+}
 ask() {  # ask NAME COUNT: COUNT requests from every source, into $work/NAME
   in_ns "$c1" "$py" "$here/nodes_client.py" ask 10.99.0.10 80 "$2" "${src1[@]}" >"$work/$1.c1" &
   local a=$!
@@ -184,7 +254,7 @@ print(' '.join(sorted(s for s in '${held1[*]} ${held2[*]}'.split() if m.get(s) =
 
 # --- three nodes, one file ---------------------------------------------------
 for i in 1 2 3; do start_node "$i"; done
-check "the three nodes joined the group on_ready" test "$(group)" = "1/2/3"
+check "the three nodes joined the routes on_ready" wait_members 1/2/3
 for i in 1 2 3; do node_shell "$i" "'$vpmtun' check -c '$work/nodes.toml'" >"$work/check$i"; done
 check "vpmtun check gives the same hidden ports on every node" \
   bash -c "diff <(grep -v '^  node ' '$work/check1') <(grep -v '^  node ' '$work/check2') &&
@@ -214,8 +284,8 @@ on2=$(on_node node2 spread)
 echo "held connections on node2: $(wc -w <<<"$on2")"
 kill -TERM "${pid[2]}"
 for _ in $(seq 100); do grep -q "draining .* connections" "$work/node2.log" && break; sleep 0.1; done
-check "node2 left the group (on_drain) before its listeners closed" bash -c \
-  "test '$(group)' = 1/3 &&
+check "node2 left the routes (on_drain) before its listeners closed" bash -c \
+  "test '$(members)' = 1/3 &&
    grep -n 'on_drain: done\|draining .* connections' '$work/node2.log' | head -2 | tr '\n' ' ' |
      grep -q 'on_drain: done.*draining'"
 ask during 2
@@ -229,15 +299,16 @@ check "no held connection broke: node2's finished ($(wc -w <<<"$on2")), the othe
 code=0
 wait "${pid[2]}" || code=$?
 check "node2 stopped by itself once its connections ended (exit 0)" test "$code" = 0
-check "its hooks ran in order: join, withdraw, stopped" \
-  bash -c "grep '^node2 ' '$work/state/log' | cut -d' ' -f2,3 | paste -sd' ' |
-           grep -qx 'join ready withdraw draining stopped stopped'"
+check "its hooks ran in order: on_ready, on_drain, on_stop" \
+  bash -c "grep -o 'on_[a-z]*: done' '$work/node2.log' | paste -sd' ' |
+           grep -qx 'on_ready: done on_drain: done on_stop: done'"
 
 # --- node2 back ----------------------------------------------------------------
 hold_start back
 start_node 2
-check "node2 joined again" test "$(group)" = "1/2/3"
-sleep 12  # the group gives node2 buckets idle for idle_timer (8 s)
+check "node2 joined again" wait_members 1/2/3
+# The resilient group gives node2 buckets idle for idle_timer (8 s).
+if [ "$mode" = kernel ]; then sleep 12; fi
 ask after 1
 echo "after node2 came back: $(field after "s['per_node']")"
 check "new clients reach node2 again" test "$(field after "s['per_node'].get('node2', 0)")" -gt 0
@@ -250,9 +321,11 @@ hold_start kill
 on3=$(on_node node3 after)
 kill -9 "${pid[3]}"
 wait "${pid[3]}" 2>/dev/null || true
-sleep 1  # the routing daemon's hold timer
-VPMTUN_NAME=node3 VPMTUN_PREFIXES=10.99.0.0/24 "$here/nodes_route.sh" "$r" "$work/state" down
-check "the router dropped node3" test "$(group)" = "1/2"
+if [ "$mode" = kernel ]; then
+  sleep 1  # the routing daemon's hold timer
+  VPMTUN_NAME=node3 VPMTUN_PREFIXES=10.99.0.0/24 "$here/nodes_route.sh" "$r" "$work/state" down
+fi
+check "the router dropped node3" wait_members 1/2
 sleep 5
 hold_stop kill
 lost=$(field kill "' '.join(sorted(s['failed']))")
@@ -263,5 +336,5 @@ check "node3 had some (the check above is not empty)" test -n "$on3"
 kill -TERM "${pid[1]}" "${pid[2]}"
 for i in 1 2; do wait "${pid[$i]}" || true; done
 pid=("" "" "" "")
-echo "nodes: $fail failed"
+echo "nodes ($mode): $fail failed"
 [ "$fail" -eq 0 ]
