@@ -27,7 +27,7 @@ vpm::ConfigResult read_config(const std::string& path) {
   if (auto* cfg = std::get_if<vpm::Config>(&parsed); cfg && cfg->daemon.name.empty()) {
     char host[256] = {};
     ::gethostname(host, sizeof host - 1);
-    cfg->daemon.name = host;
+    cfg->daemon.name = vpm::node_name_ok(host) ? host : "vpmtun";
   }
   return parsed;
 }

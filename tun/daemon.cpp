@@ -417,12 +417,14 @@ int Daemon::run() {
       } else if (fd == sfd) {
         signalfd_siginfo si{};
         while (::read(sfd, &si, sizeof si) == sizeof si) {
-          signal_name = si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT";
           if (si.ssi_signo == SIGHUP) {
             auto [ok, said] = reload_file();
             log_reload(ok, "SIGHUP: " + said);
-          } else if (drain_until || withdrawing ||
-                     (stack_->open_connections() == 0 && !hooks_->has(HookState::draining))) {
+            continue;
+          }
+          signal_name = si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT";
+          if (drain_until || withdrawing ||
+              (stack_->open_connections() == 0 && !hooks_->has(HookState::draining))) {
             spdlog::info("{}: stopping", signal_name);
             running = false;
           } else {

@@ -18,25 +18,18 @@ extern char** environ;
 
 namespace tun {
 
-const char* hook_state_name(HookState s) {
-  switch (s) {
-    case HookState::ready: return "ready";
-    case HookState::draining: return "draining";
-    case HookState::stopped: return "stopped";
-  }
-  return "?";
-}
-
 namespace {
 
-const char* hook_key(HookState s) {
-  switch (s) {
-    case HookState::ready: return "on_ready";
-    case HookState::draining: return "on_drain";
-    case HookState::stopped: return "on_stop";
-  }
-  return "?";
-}
+struct Hook {
+  const char* state;                     // VPMTUN_STATE
+  const char* key;                       // in [daemon] and the log
+  std::string vpm::DaemonConfig::*command;
+};
+constexpr Hook kHooks[] = {{"ready", "on_ready", &vpm::DaemonConfig::on_ready},
+                           {"draining", "on_drain", &vpm::DaemonConfig::on_drain},
+                           {"stopped", "on_stop", &vpm::DaemonConfig::on_stop}};
+const Hook& hook(HookState s) { return kHooks[static_cast<size_t>(s)]; }
+const char* hook_key(HookState s) { return hook(s).key; }
 
 // The network of a TUN address: 10.99.0.1/24 is 10.99.0.0/24.
 std::string network(vpm::Prefix p) {
@@ -70,14 +63,7 @@ Hooks::~Hooks() {
   }
 }
 
-const std::string& Hooks::command(HookState state) const {
-  switch (state) {
-    case HookState::ready: return cfg_.on_ready;
-    case HookState::draining: return cfg_.on_drain;
-    case HookState::stopped: break;
-  }
-  return cfg_.on_stop;
-}
+const std::string& Hooks::command(HookState state) const { return cfg_.*hook(state).command; }
 
 void Hooks::start(HookState state, uint64_t now_ms) {
   if (!has(state)) return;
@@ -127,7 +113,7 @@ void Hooks::launch(HookState state, uint64_t now_ms) {
   std::vector<std::string> vars;
   for (char** e = environ; *e; ++e)
     if (std::strncmp(*e, "VPMTUN_", 7) != 0) vars.emplace_back(*e);
-  vars.push_back(std::string("VPMTUN_STATE=") + hook_state_name(state));
+  vars.push_back(std::string("VPMTUN_STATE=") + hook(state).state);
   vars.insert(vars.end(), env_.begin(), env_.end());
   std::vector<char*> envp;
   for (auto& v : vars) envp.push_back(v.data());

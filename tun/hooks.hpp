@@ -28,7 +28,6 @@
 namespace tun {
 
 enum class HookState : uint8_t { ready, draining, stopped };
-const char* hook_state_name(HookState s);
 
 struct HookCounters {
   uint64_t run = 0;        // hooks started

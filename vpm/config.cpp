@@ -490,6 +490,14 @@ std::string app_socket_path(const VpmConfig& vpm) {
   return std::string(base) + "-app.sock";
 }
 
+bool node_name_ok(std::string_view name) {
+  return !name.empty() && name.size() <= 64 &&
+         std::all_of(name.begin(), name.end(), [](char ch) {
+           return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' ||
+                  ch == '_';
+         });
+}
+
 ConfigResult parse_config(std::string_view text, const std::string& file) {
   Checker c(file);
   toml::table root;
@@ -524,19 +532,16 @@ ConfigResult parse_config(std::string_view text, const std::string& file) {
   if (auto t = c.section(root, "daemon")) {
     c.only_keys(*t, "daemon",
                 {"user", "name", "on_ready", "on_drain", "on_stop", "hook_timeout"});
-    for (auto [key, out] : {std::pair{"user", &cfg.daemon.user}, {"name", &cfg.daemon.name}})
-      if (auto s = c.string(*t, key, std::string("daemon.") + key)) {
-        bool plain = std::all_of(s->begin(), s->end(), [](char ch) {
-          return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' ||
-                 ch == '_';
-        });
-        if (s->empty())
-          c.fail(t->get(key), std::string("daemon.") + key, "must not be empty (or leave it out)");
-        else if (key == std::string_view("name") && (!plain || s->size() > 64))
-          c.fail(t->get(key), "daemon.name",
-                 "'" + *s + "': at most 64 letters, digits, '.', '-' or '_'");
-        *out = *s;
-      }
+    if (auto s = c.string(*t, "user", "daemon.user")) {
+      if (s->empty()) c.fail(t->get("user"), "daemon.user", "must not be empty (or leave it out)");
+      cfg.daemon.user = *s;
+    }
+    if (auto s = c.string(*t, "name", "daemon.name")) {
+      if (!node_name_ok(*s))
+        c.fail(t->get("name"), "daemon.name",
+               "'" + *s + "': 1 to 64 letters, digits, '.', '-' or '_' (or leave it out)");
+      cfg.daemon.name = *s;
+    }
     for (auto [key, out] : {std::pair{"on_ready", &cfg.daemon.on_ready},
                             {"on_drain", &cfg.daemon.on_drain},
                             {"on_stop", &cfg.daemon.on_stop}})

@@ -153,6 +153,10 @@ struct ConfigError {
 
 using ConfigResult = std::variant<Config, std::vector<ConfigError>>;
 
+// A [daemon] name: 1 to 64 letters, digits, '.', '-' or '_' (it goes into
+// JSON and the environment of hooks as it is).
+bool node_name_ok(std::string_view name);
+
 // Parses and validates configuration text. `file` is only used in messages.
 // Cross-app checks (duplicate rules, port ranges) are done here too, so a
 // Config that comes back is one the engine accepts.

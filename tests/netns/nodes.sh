@@ -7,7 +7,9 @@
 #
 # Every node runs `vpmtun run` with the same file: TUN vpm0 10.99.0.1/24,
 # apps red and blue (http-info on 10.99.0.10:80, chosen by the client's
-# address) and stream (echo on :7000), per-connection allocation. Each node
+# address) and stream (echo on :7000); kernel: per-connection allocation;
+# frr: per-app, with a cooperative app (http-info on :9000) that client
+# programs reach through their own VPMs in c1 and c2. Each node
 # has its own host name (its [daemon] name) and its own mount of $work/run
 # (the control socket), so one file serves all three. The router r routes
 # 10.99.0.0/24 over equal-cost routes to the nodes, hashing on addresses,
@@ -23,6 +25,8 @@
 # Checked:
 #   - requests from 80 addresses spread over the three nodes (counts from
 #     the answers and from each node's stats), each answered by its app;
+#   - frr: cooperative connections work, the negotiation and the data
+#     connection reaching the same node (the hash is on addresses);
 #   - a node drained with SIGTERM leaves the routes before its listeners
 #     close; its open connections finish, new ones go to the others, none
 #     breaks anywhere;
@@ -154,11 +158,26 @@ else
   route="$here/nodes_route.sh $r $work/state"
   hooks=("$route join" "$route withdraw" "$route stopped")
 fi
+if [ "$mode" = frr ]; then
+  head -c 48 /dev/urandom | base64 >"$work/key"
+  chmod 600 "$work/key"
+  allocation=per-app extra="[cooperative]
+key_file = \"$work/key\"
+[[app]]
+name = \"coop\"
+aid = 104
+listen = [\"10.99.0.10:9000\"]
+clients = [\"10.200.0.0/16\"]
+serve = \"http-info\"
+cooperative = true"
+else
+  allocation=per-connection extra=""
+fi
 
 cat >"$work/nodes.toml" <<TOML
 [vpm]
 control_socket = "$work/run/vpmtun.sock"
-allocation = "per-connection"
+allocation = "$allocation"
 [tun]
 name = "vpm0"
 address = "10.99.0.1/24"
@@ -185,6 +204,7 @@ aid = 103
 listen = ["10.99.0.10:7000"]
 clients = ["0.0.0.0/0"]
 serve = "echo"
+$extra
 TOML
 
 # A node's own namespaces: network, host name, and a mount of $work/run.
@@ -277,6 +297,45 @@ stats_agree() {
   done
 }
 check "each node's stats count what it answered" stats_agree
+
+if [ "$mode" = frr ]; then
+  # A client VPM (no TUN) in each client namespace; python's urllib under
+  # vpmtun exec, 5 GETs each: negotiated on p1 by whichever node the
+  # client's address hashes to, and the data on p2 must reach the same one.
+  for c in 1 2; do
+    cat >"$work/client$c.toml" <<TOML
+[vpm]
+control_socket = "$work/client$c.sock"
+app_socket = "$work/client$c-app.sock"
+[cooperative]
+key_file = "$work/key"
+[[app]]
+name = "coop"
+aid = 104
+remote = ["10.99.0.10:9000"]
+TOML
+    ns=$c1; [ "$c" = 2 ] && ns=$c2
+    ip netns exec "$ns" "$vpmtun" run -c "$work/client$c.toml" 2>>"$work/client$c.log" &
+    holders+=($!)
+    for _ in $(seq 50); do [ -S "$work/client$c-app.sock" ] && break; sleep 0.1; done
+    for _ in 1 2 3 4 5; do
+      timeout 20 ip netns exec "$ns" "$vpmtun" exec --app coop -s "$work/client$c-app.sock" -- \
+        "$py" "$here/http_get.py" http://10.99.0.10:9000/ >>"$work/coop$c" 2>>"$work/client$c.log" || true
+    done
+  done
+  coop_ok() {
+    for c in 1 2; do
+      local n nodes
+      n=$(grep -c '"app":"coop"' "$work/coop$c" || true)
+      nodes=$(grep -o '"node":"[a-z0-9]*"' "$work/coop$c" | sort -u | paste -sd' ')
+      echo "  client $c: $n of 5 answered, by $nodes"
+      [ "$n" = 5 ] || return 1
+    done
+  }
+  check "cooperative connections from both clients answered (negotiation and data on one node)" coop_ok
+  for p in "${holders[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  holders=()
+fi
 
 # --- drain node2 -------------------------------------------------------------
 hold_start drain

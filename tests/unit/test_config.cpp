@@ -238,7 +238,7 @@ TEST_CASE("configuration errors name line and key") {
       {"empty daemon user", std::string("[daemon]\nuser = \"\"\n") + kApp, 2, "daemon.user",
        "must not be empty"},
       {"empty node name", std::string("[daemon]\nname = \"\"\n") + kApp, 2, "daemon.name",
-       "must not be empty"},
+       "1 to 64 letters"},
       {"node name with a space", std::string("[daemon]\nname = \"node 1\"\n") + kApp, 2,
        "daemon.name", "letters, digits"},
       {"hook not a string", std::string("[daemon]\non_drain = [\"a\"]\n") + kApp, 2,
