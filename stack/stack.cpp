@@ -87,6 +87,7 @@ void on_udp_recv(void* arg, udp_pcb*, pbuf* p, const ip_addr_t* addr, u16_t port
       s->udp_reply(ep, p, addr, port);
       break;
     case Service::discard:
+    case Service::negotiate:  // TCP only: the configuration refuses a UDP cooperative listen
       break;
     case Service::http_info: {
       std::string body = s->info_json(ep->p1, ep->p2, app, addr, port, "udp");
