@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string_view>
 #include <thread>
 
 #include "tun/daemon.hpp"
@@ -61,6 +62,7 @@ Hooks::~Hooks() {
     ::kill(-pid_, SIGKILL);
     ::waitpid(pid_, nullptr, 0);
   }
+  if (out_fd_ >= 0) ::close(out_fd_);
 }
 
 const std::string& Hooks::command(HookState state) const { return cfg_.*hook(state).command; }
@@ -71,8 +73,40 @@ void Hooks::start(HookState state, uint64_t now_ms) {
   poll(now_ms);
 }
 
+// The hook's output, one log line per line it wrote: a long line in pieces
+// of kMaxLine, at most kMaxLines logged per run. `last`: the hook has ended
+// (what is still buffered is logged, and the pipe closed; something it left
+// running in the background may hold the pipe, so no end of file is awaited).
+void Hooks::log_output(bool last) {
+  constexpr size_t kMaxLine = 512;
+  constexpr uint64_t kMaxLines = 100;
+  auto emit = [&](std::string_view line) {
+    if (++lines_ <= kMaxLines) spdlog::info("{}: {}", hook_key(running_), line);
+  };
+  char buf[4096];
+  ssize_t n;
+  while (out_fd_ >= 0 && (n = ::read(out_fd_, buf, sizeof buf)) > 0) {
+    for (char ch : std::string_view(buf, static_cast<size_t>(n))) {
+      if (ch != '\n') partial_ += ch;
+      if (ch == '\n' || partial_.size() == kMaxLine) {
+        emit(partial_);
+        partial_.clear();
+      }
+    }
+  }
+  if (!last) return;
+  if (!partial_.empty()) emit(partial_);
+  if (lines_ > kMaxLines)
+    spdlog::info("{}: {} more lines not logged", hook_key(running_), lines_ - kMaxLines);
+  partial_.clear();
+  lines_ = 0;
+  if (out_fd_ >= 0) ::close(out_fd_);
+  out_fd_ = -1;
+}
+
 void Hooks::poll(uint64_t now_ms) {
   if (pid_ > 0) {
+    log_output(false);
     int status = 0;
     pid_t r = ::waitpid(pid_, &status, WNOHANG);
     if (r == pid_) {
@@ -80,6 +114,7 @@ void Hooks::poll(uint64_t now_ms) {
     } else if (now_ms >= started_ms_ + limit_ms_) {
       ::kill(-pid_, SIGKILL);
       ::waitpid(pid_, nullptr, 0);
+      log_output(true);
       ++counters_.timed_out;
       spdlog::warn("{}: still running after {} ms; killed", hook_key(running_), limit_ms_);
       pid_ = -1;
@@ -94,6 +129,7 @@ void Hooks::poll(uint64_t now_ms) {
 
 void Hooks::ended(int status, uint64_t now_ms) {
   pid_ = -1;
+  log_output(true);
   uint64_t took = now_ms - std::min(now_ms, started_ms_);
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
     spdlog::info("{}: done in {} ms", hook_key(running_), took);
@@ -120,10 +156,18 @@ void Hooks::launch(HookState state, uint64_t now_ms) {
   envp.push_back(nullptr);
   const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
 
+  int out[2];
+  if (::pipe2(out, O_CLOEXEC) < 0) {
+    ++counters_.run;
+    ++counters_.failed;
+    spdlog::warn("{}: cannot make a pipe for its output: {}", hook_key(state), std::strerror(errno));
+    return;
+  }
   posix_spawn_file_actions_t files;
   posix_spawn_file_actions_init(&files);
   posix_spawn_file_actions_addopen(&files, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&files, 2, 1);
+  posix_spawn_file_actions_adddup2(&files, out[1], 1);
+  posix_spawn_file_actions_adddup2(&files, out[1], 2);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   sigset_t none;
@@ -135,12 +179,16 @@ void Hooks::launch(HookState state, uint64_t now_ms) {
   int err = ::posix_spawn(&pid, "/bin/sh", &files, &attr, const_cast<char**>(argv), envp.data());
   posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&files);
+  ::close(out[1]);
   ++counters_.run;
   if (err != 0) {
+    ::close(out[0]);
     ++counters_.failed;
     spdlog::warn("{}: cannot run /bin/sh: {}", hook_key(state), std::strerror(err));
     return;
   }
+  ::fcntl(out[0], F_SETFL, O_NONBLOCK);
+  out_fd_ = out[0];
   pid_ = pid;
   running_ = state;
   started_ms_ = now_ms;

@@ -3,8 +3,9 @@
 // and withdrawn before it drains (README "Running several nodes").
 //
 // Each hook is a command line run as `/bin/sh -c COMMAND` in a process group
-// of its own, stdin /dev/null, stdout and stderr the daemon's stderr, no
-// signal blocked, with the daemon's environment plus
+// of its own, stdin /dev/null, no signal blocked; what it writes to stdout
+// and stderr is logged line by line ("on_drain: ..."; at most 100 lines a
+// run, so JSON logs stay JSON). Its environment is the daemon's plus
 //   VPMTUN_STATE     ready, draining or stopped
 //   VPMTUN_NAME      [daemon] name (the host name unless set)
 //   VPMTUN_DEVICE    the TUN's name ("" without a TUN)
@@ -64,6 +65,7 @@ class Hooks {
   const std::string& command(HookState state) const;
   void launch(HookState state, uint64_t now_ms);
   void ended(int status, uint64_t now_ms);
+  void log_output(bool last);
 
   std::string device_;
   vpm::DaemonConfig cfg_;
@@ -72,6 +74,9 @@ class Hooks {
   pid_t pid_ = -1;  // the running hook
   HookState running_ = HookState::ready;
   uint64_t started_ms_ = 0, limit_ms_ = 0;
+  int out_fd_ = -1;      // the running hook's stdout and stderr
+  std::string partial_;  // of its output: a line not yet ended
+  uint64_t lines_ = 0;   // of its output: lines seen
   HookCounters counters_;
 };
 

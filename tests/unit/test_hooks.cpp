@@ -1,4 +1,6 @@
 // The daemon's hooks: what a hook sees, their order, the time limit.
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -85,4 +87,29 @@ TEST_CASE("a hook past its time limit is killed with what it started") {
   ::usleep(1'200'000);
   CHECK(::access(mark.c_str(), F_OK) != 0);
   ::rmdir(dir);
+}
+
+TEST_CASE("a hook's output is logged line by line, bounded") {
+  std::ostringstream logged;
+  auto before = spdlog::default_logger();
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(logged);
+  sink->set_pattern("%v");
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("test", sink));
+  // A line on each stream, one longer than a log line takes, then a flood
+  // that does not end with a newline.
+  auto cfg = config_with(
+      "on_ready = 'echo to stdout; echo to stderr >&2; head -c 600 /dev/zero | tr \"\\\\0\" x; "
+      "echo; seq 5000; printf tail'\n");
+  tun::Hooks hooks(cfg, "vpm3");
+  hooks.run_to_end(tun::HookState::ready);
+  spdlog::set_default_logger(before);
+  std::string log = logged.str();
+  CHECK(log.find("on_ready: to stdout\n") != std::string::npos);
+  CHECK(log.find("on_ready: to stderr\n") != std::string::npos);
+  CHECK(log.find("on_ready: " + std::string(512, 'x') + "\n") != std::string::npos);
+  CHECK(log.find("on_ready: " + std::string(88, 'x') + "\n") != std::string::npos);
+  CHECK(log.find("on_ready: 96\n") != std::string::npos);  // the 100th line
+  CHECK(log.find("on_ready: 97\n") == std::string::npos);
+  CHECK(log.find("on_ready: 4905 more lines not logged") != std::string::npos);
+  CHECK(hooks.counters().failed == 0);
 }
