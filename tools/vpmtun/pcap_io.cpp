@@ -7,9 +7,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <optional>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 namespace vpmtun {
@@ -170,53 +175,167 @@ void CaptureRewriter::run(const RecordFn& fn) {
   if (rc != 0) throw std::runtime_error(out_path_ + ": write failed: " + std::strerror(errno));
 }
 
+namespace {
+
+// A queue between threads; pop() waits, and returns nothing once the queue
+// is closed and empty.
+template <typename T>
+class Channel {
+ public:
+  void push(T v) {
+    {
+      std::lock_guard lock(m_);
+      q_.push_back(std::move(v));
+    }
+    cv_.notify_one();
+  }
+  std::optional<T> pop() {
+    std::unique_lock lock(m_);
+    cv_.wait(lock, [&] { return closed_ || !q_.empty(); });
+    if (q_.empty()) return std::nullopt;
+    T v = std::move(q_.front());
+    q_.pop_front();
+    return v;
+  }
+  void close() {
+    {
+      std::lock_guard lock(m_);
+      closed_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<T> q_;
+  bool closed_ = false;
+};
+
+}  // namespace
+
+// Three threads, so that reading, editing and writing overlap: a reader
+// fills buffers with kChunk bytes each, after a headroom that takes the
+// partial record the previous buffer ended with (at most kMaxRecord + 16
+// bytes, the only bytes ever copied); this thread edits records in place
+// and squeezes out dropped ones; a writer writes each buffer's kept records
+// and gives the buffer back to the reader. Records, and so the output, keep
+// their order.
 void CaptureRewriter::run_classic(const RecordFn& fn) {
   write_all(file_header_, 24);
-  std::vector<uint8_t> buf(kChunk);
-  size_t filled = 0;
-  uint64_t records = 0;
-  consumed_ = 24;
+  constexpr size_t kHeadroom = kMaxRecord + 16;
+  constexpr int kBuffers = 4;
+  struct Filled {
+    int buf;     // -1: the end of the input
+    size_t n;    // bytes read into it after the headroom
+    int error;   // errno of a failed read
+  };
+  struct Write {
+    int buf;
+    size_t at, n;
+  };
+  std::vector<std::vector<uint8_t>> bufs(kBuffers, std::vector<uint8_t>(kHeadroom + kChunk));
+  Channel<int> free_bufs;
+  Channel<Filled> filled;
+  Channel<Write> writes;
+  for (int i = 0; i < kBuffers; ++i) free_bufs.push(i);
   ::lseek(in_fd_, 24, SEEK_SET);
-  for (;;) {
-    ssize_t n = ::read(in_fd_, buf.data() + filled, buf.size() - filled);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw std::runtime_error(in_path_ + ": " + std::strerror(errno));
-    bool eof = n == 0;
-    filled += static_cast<size_t>(n);
-    size_t pos = 0, kept = 0;
-    while (filled - pos >= 16) {
-      uint32_t rec[4];
-      std::memcpy(rec, buf.data() + pos, 16);
-      if (swapped_)
-        for (auto& v : rec) v = swap32(v);
-      if (rec[2] > kMaxRecord)
-        throw std::runtime_error(
-            damaged(in_path_, records + 1, "claims " + std::to_string(rec[2]) + " bytes"));
-      if (filled - pos - 16 < rec[2]) break;  // the rest of it comes with the next read
-      pcap_pkthdr h{};
-      h.ts.tv_sec = static_cast<time_t>(rec[0]);
-      h.ts.tv_usec = static_cast<suseconds_t>(rec[1]);
-      h.caplen = rec[2];
-      h.len = rec[3];
-      ++records;
-      size_t size = 16 + rec[2];
-      if (fn(h, {buf.data() + pos + 16, rec[2]})) {
-        if (kept != pos) std::memmove(buf.data() + kept, buf.data() + pos, size);
-        kept += size;
+
+  std::thread reader([&] {
+    for (;;) {
+      auto b = free_bufs.pop();
+      if (!b) return;
+      uint8_t* at = bufs[static_cast<size_t>(*b)].data() + kHeadroom;
+      size_t n = 0;
+      while (n < kChunk) {
+        ssize_t r = ::read(in_fd_, at + n, kChunk - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+          filled.push({*b, n, errno});
+          return;
+        }
+        if (r == 0) break;
+        n += static_cast<size_t>(r);
       }
-      pos += size;
-      consumed_ += size;
+      if (n > 0) filled.push({*b, n, 0});
+      if (n < kChunk) {
+        filled.push({-1, 0, 0});
+        return;
+      }
     }
-    write_all(buf.data(), kept);
-    std::memmove(buf.data(), buf.data() + pos, filled - pos);
-    filled -= pos;
-    if (eof) {
-      if (filled)
-        throw std::runtime_error(
-            damaged(in_path_, records + 1, "is cut short by the end of the file"));
-      return;
+  });
+  std::string write_error;
+  std::thread writer([&] {
+    while (auto w = writes.pop()) {
+      if (write_error.empty()) {
+        try {
+          write_all(bufs[static_cast<size_t>(w->buf)].data() + w->at, w->n);
+        } catch (const std::exception& e) {
+          write_error = e.what();
+        }
+      }
+      free_bufs.push(w->buf);
     }
+  });
+  auto stop = [&] {
+    free_bufs.close();
+    filled.close();
+    writes.close();
+    reader.join();
+    writer.join();
+  };
+
+  try {
+    uint64_t records = 0;
+    consumed_ = 24;
+    size_t carried = 0;  // bytes of a partial record waiting in the next buffer's headroom
+    std::vector<uint8_t> carry(kHeadroom);
+    for (;;) {
+      auto f = filled.pop();
+      if (!f || f->buf < 0) {
+        if (carried)
+          throw std::runtime_error(
+              damaged(in_path_, records + 1, "is cut short by the end of the file"));
+        break;
+      }
+      if (f->error) throw std::runtime_error(in_path_ + ": " + std::strerror(f->error));
+      uint8_t* buf = bufs[static_cast<size_t>(f->buf)].data();
+      size_t start = kHeadroom - carried, end = kHeadroom + f->n;
+      std::memcpy(buf + start, carry.data(), carried);
+      size_t pos = start, kept = start;
+      while (end - pos >= 16) {
+        uint32_t rec[4];
+        std::memcpy(rec, buf + pos, 16);
+        if (swapped_)
+          for (auto& v : rec) v = swap32(v);
+        if (rec[2] > kMaxRecord)
+          throw std::runtime_error(
+              damaged(in_path_, records + 1, "claims " + std::to_string(rec[2]) + " bytes"));
+        if (end - pos - 16 < rec[2]) break;  // the rest of it comes with the next buffer
+        pcap_pkthdr h{};
+        h.ts.tv_sec = static_cast<time_t>(rec[0]);
+        h.ts.tv_usec = static_cast<suseconds_t>(rec[1]);
+        h.caplen = rec[2];
+        h.len = rec[3];
+        ++records;
+        size_t size = 16 + rec[2];
+        if (fn(h, {buf + pos + 16, rec[2]})) {
+          if (kept != pos) std::memmove(buf + kept, buf + pos, size);
+          kept += size;
+        }
+        pos += size;
+        consumed_ += size;
+      }
+      carried = end - pos;
+      std::memcpy(carry.data(), buf + pos, carried);
+      writes.push({f->buf, start, kept - start});
+    }
+  } catch (...) {
+    stop();
+    throw;
   }
+  stop();
+  if (!write_error.empty()) throw std::runtime_error(write_error);
 }
 
 void CaptureRewriter::run_libpcap(const RecordFn& fn) {
