@@ -20,9 +20,10 @@ bool linktype_supported(int linktype);
 // Rewrites a capture record by record: fn(header, frame) edits the frame in
 // place and says whether to keep it.
 //
-// Classic pcap (either byte order, micro- or nanosecond) streams through one
-// buffer: read(2) a chunk, edit records where they lie, squeeze out the ones
-// dropped, write(2) the chunk. File and record headers are kept as they are,
+// Classic pcap (either byte order, micro- or nanosecond) streams through a
+// few buffers: a thread read(2)s chunks, the caller's thread edits records
+// where they lie (fn runs there) and squeezes out the ones dropped, another
+// thread write(2)s the chunks. File and record headers are kept as they are,
 // so an untouched record comes out byte for byte. Anything else libpcap can
 // read (pcapng) is read through libpcap and written as classic pcap.
 class CaptureRewriter {
