@@ -15,6 +15,8 @@
 #
 #   tools/bench/e2e.sh [BUILD_DIR] [SECONDS] [RUNS]   (defaults: build-bench, 5, 3)
 #   MTU=65520 tools/bench/e2e.sh ...                  clients on the same host (veth MTU)
+#   LOSS=1 tools/bench/e2e.sh ...                     1% of packets lost each way on s's
+#                                                     link to the client (nft numgen; 0.1 too)
 #
 # Every figure is the median of RUNS runs of SECONDS each; ratios are against
 # the kernel's own path (direct) and HAProxy.
@@ -24,6 +26,7 @@ build="${1:-$root/build-bench}"
 secs="${2:-5}"
 runs="${3:-3}"
 mtu="${MTU:-1500}"
+loss="${LOSS:-0}"  # percent, each way
 [ "$(id -u)" -eq 0 ] || { echo "e2e.sh: needs root (network namespaces)" >&2; exit 1; }
 for t in iperf3 haproxy nft socat; do
   command -v "$t" >/dev/null || { echo "e2e.sh: $t missing (tools/install-deps)" >&2; exit 1; }
@@ -65,6 +68,15 @@ table ip bench {
   }
 }
 NFT
+if [ "$loss" != 0 ]; then
+  permille=$(awk -v l="$loss" 'BEGIN { printf "%d", l * 10 }')
+  in_s nft -f - <<NFT
+table inet loss {
+  chain in { type filter hook prerouting priority -300; iifname "eth0" numgen random mod 1000 < $permille drop; }
+  chain out { type filter hook postrouting priority 300; oifname "eth0" numgen random mod 1000 < $permille drop; }
+}
+NFT
+fi
 cat >"$work/haproxy.cfg" <<'CFG'
 global
   maxconn 8000
@@ -147,7 +159,7 @@ conn_rate() {  # conn_rate HOST PORT: short connections per second, 32 in flight
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
-echo "e2e: $(nproc) cores, $(date -u +%FT%TZ), median of $runs runs of $secs s, client MTU $mtu"
+echo "e2e: $(nproc) cores, $(date -u +%FT%TZ), median of $runs runs of $secs s, client MTU $mtu, loss $loss% each way"
 printf "%-34s %10s %10s %9s %9s\n" "single TCP stream" "up Gbit/s" "down" "vs kernel" "vs HAProxy"
 declare -A up down
 measure() {  # measure LABEL HOST PORT
