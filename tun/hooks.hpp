@@ -5,7 +5,8 @@
 // Each hook is a command line run as `/bin/sh -c COMMAND` in a process group
 // of its own, stdin /dev/null, no signal blocked; what it writes to stdout
 // and stderr is logged line by line ("on_drain: ..."; at most 100 lines a
-// run, so JSON logs stay JSON). Its environment is the daemon's plus
+// run, so JSON logs stay JSON). Its environment is the daemon's (without
+// any VPMTUN_ variable it had) plus
 //   VPMTUN_STATE     ready, draining or stopped
 //   VPMTUN_NAME      [daemon] name (the host name unless set)
 //   VPMTUN_DEVICE    the TUN's name ("" without a TUN)
