@@ -71,8 +71,6 @@ Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions
   hooks_ = std::make_unique<Hooks>(cfg, tun ? tun->name() : "");
   if (!opt.capture_tun.empty()) capture_tun_ = std::make_unique<Capture>(opt.capture_tun);
   if (!opt.capture_stack.empty()) capture_stack_ = std::make_unique<Capture>(opt.capture_stack);
-  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
-  if (epoll_fd_ < 0) throw std::runtime_error(std::string("epoll: ") + std::strerror(errno));
   if (std::any_of(cfg.apps.begin(), cfg.apps.end(), vpm::runs_programs))
     instances_ =
         std::make_unique<InstanceRegistry>(vpm::app_socket_path(cfg.vpm), *this, engine_.rules());
@@ -99,24 +97,6 @@ Daemon::~Daemon() {
   stack_.reset();
   instances_.reset();
   coop_client_.reset();
-  ::close(epoll_fd_);
-}
-
-// Each watch carries a generation beside its fd, so an event that was
-// already collected for a closed fd is not delivered to whatever reuses the
-// number later in the same batch.
-void Daemon::watch(int fd, uint32_t epoll_events, std::function<void(uint32_t)> ready) {
-  auto [it, fresh] = watched_.try_emplace(fd);
-  if (fresh) it->second.generation = ++generation_;
-  it->second.ready = std::move(ready);
-  epoll_event e{};
-  e.events = epoll_events;
-  e.data.u64 = it->second.generation << 32 | static_cast<uint32_t>(fd);
-  epoll_ctl(epoll_fd_, fresh ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &e);
-}
-
-void Daemon::unwatch(int fd) {
-  if (watched_.erase(fd)) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
 }
 
 void Daemon::send(std::span<uint8_t> packet, uint16_t mss) {
@@ -306,7 +286,7 @@ void Daemon::serve_control(const std::string& path) {
 
 void Daemon::serve_metrics(const vpm::Endpoint& listen) {
   metrics_ =
-      std::make_unique<MetricsServer>(listen, *this, [this] { return render_metrics(*this); });
+      std::make_unique<MetricsServer>(listen, *this, [this] { return render_metrics(*this, figures_of(*this)); });
 }
 
 std::pair<bool, std::string> Daemon::answer(const std::string& request) {
@@ -337,9 +317,9 @@ std::pair<bool, std::string> Daemon::answer(const std::string& request) {
     }
   }
   const std::string& verb = words[0];
-  if (verb == "stats") return {true, render_stats(*this, json)};
+  if (verb == "stats") return {true, render_stats(figures_of(*this), json)};
   if (verb == "table") return {true, render_table(*this, filter, json)};
-  if (verb == "apps") return {true, render_apps(*this, json)};
+  if (verb == "apps") return {true, render_apps(*this, figures_of(*this), json)};
   if (verb == "reload") {
     auto [ok, said] = reload_file();
     log_reload(ok, said);
@@ -359,16 +339,9 @@ int Daemon::run() {
   int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   itimerspec every{{0, 50'000'000}, {0, 50'000'000}};
   timerfd_settime(tfd, 0, &every, nullptr);
-  int ep = epoll_fd_;
-  auto add = [&](int fd) {
-    epoll_event e{};
-    e.events = EPOLLIN;
-    e.data.u64 = static_cast<uint32_t>(fd);  // generation 0: never closed while running
-    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
-  };
-  if (device_.fd() >= 0) add(device_.fd());
-  add(sfd);
-  add(tfd);
+  if (device_.fd() >= 0) add_own(device_.fd());
+  add_own(sfd);
+  add_own(tfd);
 
   int code = 0;
   // SIGTERM/SIGINT: on_drain runs first (withdrawing the node from the
@@ -386,7 +359,7 @@ int Daemon::run() {
   hooks_->start(HookState::ready, monotonic_ms());
   for (bool running = true; running;) {
     epoll_event events[64];
-    int n = epoll_wait(ep, events, 64, -1);
+    int n = wait(events, 64, -1);
     if (n < 0 && errno != EINTR) {
       spdlog::error("epoll: {}", std::strerror(errno));
       code = 1;
@@ -394,8 +367,9 @@ int Daemon::run() {
     }
     uint64_t now = monotonic_ms();
     for (int i = 0; i < n; ++i) {
-      int fd = static_cast<int>(events[i].data.u64 & 0xffffffff);
-      uint64_t generation = events[i].data.u64 >> 32;
+      int fd = fd_of(events[i]);
+      now_ms_ = now;
+      if (deliver(events[i])) continue;
       if (fd == device_.fd()) {
         drain_device(now);
       } else if (fd == tfd) {
@@ -409,11 +383,6 @@ int Daemon::run() {
           begin_drain(now, signal_name);
         }
         if (drain_until && (stack_->open_connections() == 0 || now >= drain_until)) running = false;
-      } else if (auto w = watched_.find(fd); w != watched_.end()) {
-        if (w->second.generation != generation) continue;  // for an fd closed since
-        now_ms_ = now;
-        auto ready = w->second.ready;  // the callback may unwatch (and erase) itself
-        ready(events[i].events);
       } else if (fd == sfd) {
         signalfd_siginfo si{};
         while (::read(sfd, &si, sizeof si) == sizeof si) {

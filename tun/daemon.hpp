@@ -33,6 +33,7 @@
 
 #include "stack/stack.hpp"
 #include "tun/device.hpp"
+#include "tun/event_loop.hpp"
 #include "vpm/engine.hpp"
 
 namespace tun {
@@ -58,7 +59,7 @@ struct DaemonCounters {
   uint64_t reloads_refused = 0;  // and refused: errors, or changes that need a restart
 };
 
-class Daemon : public stack::IoLoop {
+class Daemon : public EventLoop {
  public:
   // Throws std::runtime_error for what it cannot set up (captures, stack).
   Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions& opt);
@@ -103,10 +104,6 @@ class Daemon : public stack::IoLoop {
   // [daemon] on_ready, on_drain, on_stop (tun/hooks.hpp).
   const Hooks& hooks() const { return *hooks_; }
 
-  // stack::IoLoop: backend sockets join the epoll set.
-  void watch(int fd, uint32_t epoll_events, std::function<void(uint32_t)> ready) override;
-  void unwatch(int fd) override;
-
  private:
   class Capture;
   std::unique_ptr<ControlServer> control_;
@@ -134,13 +131,6 @@ class Daemon : public stack::IoLoop {
   std::vector<uint8_t> refusal_;
   uint64_t now_ms_ = 0;
   DaemonCounters counters_;
-  int epoll_fd_ = -1;
-  struct Watch {
-    uint64_t generation = 0;
-    std::function<void(uint32_t)> ready;
-  };
-  std::map<int, Watch> watched_;
-  uint64_t generation_ = 0;
   uint64_t started_ms_;
   uint64_t log_second_ms_ = 0, log_lines_ = 0, log_suppressed_ = 0;
   std::array<uint64_t, 2> logged_evictions_{};  // engine evictions (table full, no port) logged

@@ -80,55 +80,69 @@ void configure(const std::string& name, const vpm::TunConfig& cfg) {
 
 }  // namespace
 
-TunDevice::TunDevice(const vpm::TunConfig& cfg) : mtu_(cfg.mtu), name_(cfg.name) {
-  fd_ = ::open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
-  if (fd_ < 0) throw sys_error("/dev/net/tun (is the tun module available, and are we root?)");
-  ifreq ifr = named(cfg.name);
-  ifr.ifr_flags = static_cast<short>(IFF_TUN | IFF_NO_PI | (cfg.offload ? IFF_VNET_HDR : 0));
-  if (::ioctl(fd_, TUNSETIFF, &ifr) < 0) {
+namespace {
+
+// One queue of TUN `name` ("" or a pattern: the kernel names it), opened
+// with `flags`. Returns its fd and sets `name` to the device's name.
+int open_queue(std::string& name, short flags) {
+  int fd = ::open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) throw sys_error("/dev/net/tun (is the tun module available, and are we root?)");
+  ifreq ifr = named(name);
+  ifr.ifr_flags = flags;
+  if (::ioctl(fd, TUNSETIFF, &ifr) < 0) {
     int err = errno;
-    ::close(fd_);
-    fd_ = -1;
+    ::close(fd);
     if (err == EBUSY)
       throw std::runtime_error(
-          "TUN " + cfg.name +
+          "TUN " + name +
           " is in use by another process (another vpmtun?); choose another [tun] name");
     if (err == EPERM)
-      throw std::runtime_error("creating TUN " + cfg.name + " needs CAP_NET_ADMIN (run as root)");
+      throw std::runtime_error("creating TUN " + name + " needs CAP_NET_ADMIN (run as root)");
     errno = err;
-    throw sys_error("creating TUN " + cfg.name);
+    throw sys_error("creating TUN " + name);
   }
-  name_ = ifr.ifr_name;
+  name = ifr.ifr_name;
+  return fd;
+}
+
+}  // namespace
+
+TunDevice::TunDevice(const vpm::TunConfig& cfg) : mtu_(cfg.mtu), name_(cfg.name) {
+  auto flags = static_cast<short>(IFF_TUN | IFF_NO_PI | (cfg.offload ? IFF_VNET_HDR : 0) |
+                                  (cfg.queues > 1 ? IFF_MULTI_QUEUE : 0));
   vnet_ = cfg.offload;
-  ifreq qlen = named(name_);
-  qlen.ifr_qlen = static_cast<int>(cfg.txqueuelen);
-  IoctlSocket s(AF_INET);
-  if (::ioctl(s.fd, SIOCSIFTXQLEN, &qlen) < 0) {
-    auto e = sys_error("TUN " + name_ + ": setting txqueuelen " + std::to_string(cfg.txqueuelen));
-    ::close(fd_);
-    fd_ = -1;
-    throw e;
-  }
-  if (vnet_ &&
-      ::ioctl(fd_, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN) < 0) {
-    auto e = sys_error("TUN " + name_ + ": enabling offloads (set [tun] offload = false)");
-    ::close(fd_);
-    fd_ = -1;
-    throw e;
-  }
-  if (cfg.configure) {
-    try {
-      configure(name_, cfg);
-    } catch (...) {
-      ::close(fd_);
-      fd_ = -1;
-      throw;
+  try {
+    // The first open creates the device; the others attach queues to it.
+    // The kernel then spreads packets over the queues by a hash of each
+    // flow, and sends a flow's packets to the queue its replies came from.
+    for (uint32_t q = 0; q < cfg.queues; ++q) {
+      queues_.push_back(open_queue(name_, flags));
+      if (vnet_ && ::ioctl(queues_.back(), TUNSETOFFLOAD,
+                           TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN) < 0)
+        throw sys_error("TUN " + name_ + ": enabling offloads (set [tun] offload = false)");
     }
+    fd_ = queues_[0];
+    ifreq qlen = named(name_);
+    qlen.ifr_qlen = static_cast<int>(cfg.txqueuelen);
+    IoctlSocket s(AF_INET);
+    if (::ioctl(s.fd, SIOCSIFTXQLEN, &qlen) < 0)
+      throw sys_error("TUN " + name_ + ": setting txqueuelen " + std::to_string(cfg.txqueuelen));
+    if (cfg.configure) configure(name_, cfg);
+  } catch (...) {
+    for (int fd : queues_) ::close(fd);
+    throw;
   }
 }
 
 TunDevice::~TunDevice() {
-  if (fd_ >= 0) ::close(fd_);
+  for (int fd : queues_) ::close(fd);
+}
+
+void TunDevice::use_queue(size_t q) {
+  for (size_t i = 0; i < queues_.size(); ++i)
+    if (i != q) ::close(queues_[i]);
+  fd_ = queues_.at(q);
+  queues_ = {fd_};
 }
 
 // The kernel's count of packets it could not queue for us: the transmit

@@ -50,6 +50,8 @@ class PacketDevice {
 // instead of per 1500 bytes. Partial checksums are completed on read; on
 // write, TCP packets longer than the client's MSS go out as GSO packets
 // that the kernel (or the NIC) cuts to that MSS.
+// With [tun] queues > 1 the device is multi-queue (IFF_MULTI_QUEUE): each
+// queue is a file descriptor of its own, read and written by one worker.
 class TunDevice : public PacketDevice {
  public:
   // Throws std::runtime_error with what to change (name taken, no
@@ -64,8 +66,13 @@ class TunDevice : public PacketDevice {
   bool segments() const override { return vnet_; }
   uint64_t queue_drops() const override;
   const std::string& name() const { return name_; }
+  // [tun] queues: how many this device has; use_queue(q) keeps queue q
+  // only (a worker's), and reads and writes there.
+  size_t queues() const { return queues_.size(); }
+  void use_queue(size_t q);
 
  private:
+  std::vector<int> queues_;  // every queue's fd while all are kept
   int fd_ = -1;
   uint32_t mtu_;
   std::string name_;

@@ -3,6 +3,8 @@
 
 #include <fmt/core.h>
 
+#include <algorithm>
+#include <charconv>
 #include <map>
 #include <string_view>
 #include <vector>
@@ -88,13 +90,7 @@ class Json {
   bool first_ = true;
 };
 
-// Every counter once, as (group, name, value): one list feeds the text,
-// the JSON and the Prometheus forms of `stats`.
-struct Counter {
-  const char* group;
-  std::string name;
-  uint64_t value;
-};
+using Counter = Figures::Counter;
 
 // Half-open TCP, unanswered UDP, waiting for a port (vpm::unconfirmed).
 uint64_t unconfirmed_flows(const vpm::FlowTable& flows) {
@@ -103,6 +99,8 @@ uint64_t unconfirmed_flows(const vpm::FlowTable& flows) {
   return n;
 }
 
+// Every counter once, as (group, name, value): one list feeds the text,
+// the JSON and the Prometheus forms of `stats`.
 std::vector<Counter> counters_of(const Daemon& d) {
   const auto& e = d.engine().counters();
   const auto& s = d.stack().counters();
@@ -194,8 +192,7 @@ std::vector<Counter> counters_of(const Daemon& d) {
   return list;
 }
 
-std::string uptime(const Daemon& d) {
-  uint64_t s = (monotonic_ms() - d.started_ms()) / 1000;
+std::string uptime(uint64_t s) {
   return fmt::format("{}d {:02}:{:02}:{:02}", s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
 }
 
@@ -203,11 +200,135 @@ std::string seconds(uint64_t ms) { return fmt::format("{:.1f}", static_cast<doub
 
 }  // namespace
 
-std::string render_stats(const Daemon& d, bool json) {
-  auto list = counters_of(d);
+Figures figures_of(const Daemon& d) {
+  Figures f;
+  f.uptime_s = (monotonic_ms() - d.started_ms()) / 1000;
+  f.counters = counters_of(d);
+  const auto& cfg = d.engine().rules().config();
+  const auto& engine_apps = d.engine().app_counters();
+  const auto& stack_apps = d.stack().app_counters();
+  f.apps.resize(cfg.apps.size());
+  for (size_t a = 0; a < f.apps.size(); ++a) {
+    auto& app = f.apps[a];
+    app.flows = engine_apps[a].flows;
+    app.port_waits = engine_apps[a].port_waits;
+    app.refused = engine_apps[a].refused;
+    app.accepted = stack_apps[a].accepted;
+    app.open = stack_apps[a].open;
+    app.backend_failures = stack_apps[a].backend_failures;
+    app.syn_cookies = stack_apps[a].syn_cookies;
+    app.backend_up = stack_apps[a].backend_up;
+  }
+  for (const auto& pool : d.engine().pools()) {
+    f.ports_in_use.push_back(pool.in_use());
+    f.ports.push_back(pool.capacity());
+  }
+  for (auto s : {vpm::FlowState::waiting, vpm::FlowState::syn_sent, vpm::FlowState::syn_recv,
+                 vpm::FlowState::pickup, vpm::FlowState::established, vpm::FlowState::fin_wait,
+                 vpm::FlowState::closed})
+    for (const char* p : {"tcp", "udp"}) f.flows_by_state[{p, vpm::flow_state_name(s)}] = 0;
+  d.engine().flows().for_each([&](const vpm::Flow& flow, const vpm::FlowStats&) {
+    if (flow.state != vpm::FlowState::closed) ++f.apps[flow.app].active;
+    ++f.flows_by_state[{flow.key.proto == vpm::ipproto::tcp ? "tcp" : "udp",
+                        vpm::flow_state_name(flow.state)}];
+  });
+  return f;
+}
+
+bool add(Figures& sum, const Figures& more) {
+  if (sum.counters.size() != more.counters.size() || sum.apps.size() != more.apps.size() ||
+      sum.ports.size() != more.ports.size() ||
+      sum.flows_by_state.size() != more.flows_by_state.size())
+    return false;
+  sum.uptime_s = std::max(sum.uptime_s, more.uptime_s);
+  for (size_t i = 0; i < sum.counters.size(); ++i) {
+    if (sum.counters[i].name != more.counters[i].name) return false;
+    sum.counters[i].value += more.counters[i].value;
+  }
+  for (size_t a = 0; a < sum.apps.size(); ++a) {
+    auto& x = sum.apps[a];
+    const auto& y = more.apps[a];
+    x.active += y.active;
+    x.flows += y.flows;
+    x.port_waits += y.port_waits;
+    x.refused += y.refused;
+    x.accepted += y.accepted;
+    x.open += y.open;
+    x.backend_failures += y.backend_failures;
+    x.syn_cookies += y.syn_cookies;
+    x.backend_up = std::max(x.backend_up, y.backend_up);
+  }
+  for (size_t i = 0; i < sum.ports.size(); ++i) {
+    sum.ports_in_use[i] += more.ports_in_use[i];
+    sum.ports[i] += more.ports[i];
+  }
+  for (auto& [key, n] : sum.flows_by_state) {
+    auto it = more.flows_by_state.find(key);
+    if (it == more.flows_by_state.end()) return false;
+    n += it->second;
+  }
+  return true;
+}
+
+// Lines of words: "u SECONDS", "c GROUP NAME VALUE", "a" and the nine
+// figures of an app, "p IN_USE CAPACITY", "s PROTO STATE COUNT".
+std::string encode(const Figures& f) {
+  std::string out = fmt::format("u {}\n", f.uptime_s);
+  for (auto& c : f.counters) out += fmt::format("c {} {} {}\n", c.group, c.name, c.value);
+  for (auto& a : f.apps)
+    out += fmt::format("a {} {} {} {} {} {} {} {} {}\n", a.active, a.flows, a.port_waits,
+                       a.refused, a.accepted, a.open, a.backend_failures, a.syn_cookies,
+                       a.backend_up + 1);
+  for (size_t i = 0; i < f.ports.size(); ++i)
+    out += fmt::format("p {} {}\n", f.ports_in_use[i], f.ports[i]);
+  for (auto& [key, n] : f.flows_by_state)
+    out += fmt::format("s {} {} {}\n", key.first, key.second, n);
+  return out;
+}
+
+std::optional<Figures> decode(std::string_view text) {
+  Figures f;
+  for (size_t at = 0; at < text.size();) {
+    size_t end = std::min(text.find('\n', at), text.size());
+    std::vector<std::string_view> words;
+    for (size_t w = at; w < end;) {
+      size_t space = std::min(text.find(' ', w), end);
+      words.push_back(text.substr(w, space - w));
+      w = space + 1;
+    }
+    at = end + 1;
+    std::vector<uint64_t> numbers;
+    for (auto w : words) {
+      uint64_t v = 0;
+      auto [p, ec] = std::from_chars(w.data(), w.data() + w.size(), v);
+      if (ec == std::errc() && p == w.data() + w.size()) numbers.push_back(v);
+    }
+    if (words.empty()) return std::nullopt;
+    std::string_view kind = words[0];
+    if (kind == "u" && words.size() == 2 && numbers.size() == 1) {
+      f.uptime_s = numbers[0];
+    } else if (kind == "c" && words.size() == 4 && !numbers.empty()) {
+      f.counters.push_back({std::string(words[1]), std::string(words[2]), numbers.back()});
+    } else if (kind == "a" && words.size() == 10 && numbers.size() == 9) {
+      f.apps.push_back({numbers[0], numbers[1], numbers[2], numbers[3], numbers[4], numbers[5],
+                        numbers[6], numbers[7], static_cast<int>(numbers[8]) - 1});
+    } else if (kind == "p" && words.size() == 3 && numbers.size() == 2) {
+      f.ports_in_use.push_back(numbers[0]);
+      f.ports.push_back(numbers[1]);
+    } else if (kind == "s" && words.size() == 4 && !numbers.empty()) {
+      f.flows_by_state[{std::string(words[1]), std::string(words[2])}] = numbers.back();
+    } else {
+      return std::nullopt;
+    }
+  }
+  return f;
+}
+
+std::string render_stats(const Figures& f, bool json) {
+  const auto& list = f.counters;
   if (json) {
     Json j;
-    j.open('{').field("uptime_s", (monotonic_ms() - d.started_ms()) / 1000);
+    j.open('{').field("uptime_s", f.uptime_s);
     std::string_view group;
     for (auto& c : list) {
       if (c.group != group) {
@@ -219,7 +340,7 @@ std::string render_stats(const Daemon& d, bool json) {
     }
     return j.close('}').close('}').take();
   }
-  std::string out = fmt::format("uptime {}\n", uptime(d));
+  std::string out = fmt::format("uptime {}\n", uptime(f.uptime_s));
   std::string_view group;
   for (auto& c : list) {
     if (c.group != group) {
@@ -311,22 +432,17 @@ std::string render_table(const Daemon& d, const TableFilter& filter, bool json) 
   return text + fmt::format("{} flow{}{}\n", rows, rows == 1 ? "" : "s", coop);
 }
 
-std::string render_apps(const Daemon& d, bool json) {
+std::string render_apps(const Daemon& d, const Figures& f, bool json) {
   const auto& cfg = d.engine().rules().config();
   const auto& rules = d.engine().rules();
-  const auto& engine_apps = d.engine().app_counters();
-  const auto& stack_apps = d.stack().app_counters();
   std::vector<InstanceInfo> instances;
   if (d.instances()) instances = d.instances()->instances();
-  std::vector<uint64_t> active(cfg.apps.size());
-  d.engine().flows().for_each([&](const vpm::Flow& f, const vpm::FlowStats&) {
-    if (f.state != vpm::FlowState::closed) ++active[f.app];
-  });
   Json j;
   j.open('[');
   std::string text;
   for (size_t a = 0; a < cfg.apps.size(); ++a) {
     const auto& app = cfg.apps[a];
+    const auto& fig = f.apps.at(a);
     std::vector<std::string> listens, p2s;
     for (size_t li = 0; li < rules.listens().size(); ++li) {
       const auto& l = rules.listens()[li];
@@ -341,12 +457,12 @@ std::string render_apps(const Daemon& d, bool json) {
         p2s.push_back(std::to_string(p2));
       else
         p2s.push_back(fmt::format("{}-{} ({} in use)", l.slice_lo, l.slice_hi,
-                                  d.engine().pools()[li].in_use()));
+                                  f.ports_in_use.at(li)));
     }
     std::string service = app.forward ? "forward " + app.forward->str() : app.serve;
     const char* health = !app.forward                    ? "-"
-                         : stack_apps[a].backend_up == 1 ? "up"
-                         : stack_apps[a].backend_up == 0 ? "down"
+                         : fig.backend_up == 1 ? "up"
+                         : fig.backend_up == 0 ? "down"
                                                          : "unknown";
     if (json) {
       j.open('{')
@@ -360,14 +476,14 @@ std::string render_apps(const Daemon& d, bool json) {
       for (auto& p : p2s) j.value(p);
       j.close(']').field("service", app.serve.empty() ? "forward" : app.serve);
       if (app.forward) j.field("backend", app.forward->str()).field("backend_health", health);
-      j.field("active", active[a])
-          .field("total", engine_apps[a].flows)
-          .field("tcp_accepted", stack_apps[a].accepted)
-          .field("tcp_open", stack_apps[a].open)
-          .field("backend_failures", stack_apps[a].backend_failures)
-          .field("syn_cookies", stack_apps[a].syn_cookies)
-          .field("port_waits", engine_apps[a].port_waits)
-          .field("refused", engine_apps[a].refused);
+      j.field("active", fig.active)
+          .field("total", fig.flows)
+          .field("tcp_accepted", fig.accepted)
+          .field("tcp_open", fig.open)
+          .field("backend_failures", fig.backend_failures)
+          .field("syn_cookies", fig.syn_cookies)
+          .field("port_waits", fig.port_waits)
+          .field("refused", fig.refused);
       if (app.serve == "exec") {
         j.key("instances").open('[');
         for (auto& i : instances) {
@@ -395,17 +511,17 @@ std::string render_apps(const Daemon& d, bool json) {
       }
       text += fmt::format(
           "{} (aid {}{}): {}{}\n", app.name, app.aid, app.draining ? ", draining" : "", service,
-          app.forward ? fmt::format(" [{}; {} failures]", health, stack_apps[a].backend_failures)
+          app.forward ? fmt::format(" [{}; {} failures]", health, fig.backend_failures)
                       : "");
       text += fmt::format("  listens  {}\n  p2s      {}\n", joined_listens, joined_p2s);
       text += fmt::format(
           "  flows    {} active, {} total; tcp {} open, {} accepted; {} port waits, {} refused\n",
-          active[a], engine_apps[a].flows, stack_apps[a].open, stack_apps[a].accepted,
-          engine_apps[a].port_waits, engine_apps[a].refused);
-      if (stack_apps[a].syn_cookies)
+          fig.active, fig.flows, fig.open, fig.accepted,
+          fig.port_waits, fig.refused);
+      if (fig.syn_cookies)
         text += fmt::format(
             "  handshakes past the bound of pending ones: {} completed with SYN cookies\n",
-            stack_apps[a].syn_cookies);
+            fig.syn_cookies);
       if (app.serve == "exec") {
         size_t n = 0;
         for (auto& i : instances) {
@@ -423,7 +539,7 @@ std::string render_apps(const Daemon& d, bool json) {
   return json ? j.close(']').take() : text;
 }
 
-std::string render_metrics(const Daemon& d) {
+std::string render_metrics(const Daemon& d, const Figures& f) {
   std::string out;
   auto family = [&](std::string_view name, const char* type, std::string_view help) {
     out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
@@ -431,8 +547,8 @@ std::string render_metrics(const Daemon& d) {
   // Counters keep their stats names: vpmtun_<group>_<name>, with drops as
   // one family labelled by reason.
   bool drops_started = false;
-  for (auto& c : counters_of(d)) {
-    if (std::string_view(c.group) == "drops") {
+  for (auto& c : f.counters) {
+    if (c.group == "drops") {
       if (!drops_started) {
         family("vpmtun_drops_total", "counter", "Packets the engine dropped or refused, by reason");
         drops_started = true;
@@ -448,37 +564,26 @@ std::string render_metrics(const Daemon& d) {
     out += fmt::format("{} {}\n", name, c.value);
   }
   // Flows by state and protocol.
-  std::map<std::pair<std::string, std::string>, uint64_t> by_state;
-  for (auto s : {vpm::FlowState::waiting, vpm::FlowState::syn_sent, vpm::FlowState::syn_recv,
-                 vpm::FlowState::pickup, vpm::FlowState::established, vpm::FlowState::fin_wait,
-                 vpm::FlowState::closed})
-    for (const char* p : {"tcp", "udp"}) by_state[{p, vpm::flow_state_name(s)}] = 0;
-  d.engine().flows().for_each([&](const vpm::Flow& f, const vpm::FlowStats&) {
-    ++by_state[{f.key.proto == vpm::ipproto::tcp ? "tcp" : "udp", vpm::flow_state_name(f.state)}];
-  });
   family("vpmtun_flows", "gauge", "Flows in the table by protocol and state");
-  for (auto& [k, n] : by_state)
+  for (auto& [k, n] : f.flows_by_state)
     out += fmt::format("vpmtun_flows{{proto=\"{}\",state=\"{}\"}} {}\n", k.first, k.second, n);
   // Hidden ports in use per virtual port (per-connection allocation), and
   // per app. Each family's samples stay together, as the format requires.
   const auto& rules = d.engine().rules();
-  const auto& pools = d.engine().pools();
-  auto per_listen = [&](std::string_view name, std::string_view help, auto value) {
-    if (pools.empty()) return;
+  auto per_listen = [&](std::string_view name, std::string_view help,
+                        const std::vector<uint64_t>& values) {
+    if (values.empty()) return;
     family(name, "gauge", help);
-    for (size_t li = 0; li < pools.size(); ++li) {
+    for (size_t li = 0; li < values.size(); ++li) {
       const auto& l = rules.listens()[li];
       out += fmt::format("{}{{vaddr=\"{}\",p1=\"{}\",proto=\"{}\"}} {}\n", name, l.vaddr.str(),
-                         l.p1, vpm::proto_name(l.proto), value(pools[li]));
+                         l.p1, vpm::proto_name(l.proto), values[li]);
     }
   };
   per_listen("vpmtun_port_pool_used", "Hidden ports (p2) in use per virtual address and p1",
-             [](const vpm::PortPool& p) { return p.in_use(); });
-  per_listen("vpmtun_port_pool_size", "Hidden ports (p2) per virtual address and p1",
-             [](const vpm::PortPool& p) { return p.capacity(); });
+             f.ports_in_use);
+  per_listen("vpmtun_port_pool_size", "Hidden ports (p2) per virtual address and p1", f.ports);
   const auto& cfg = rules.config();
-  const auto& ea = d.engine().app_counters();
-  const auto& sa = d.stack().app_counters();
   auto per_app = [&](std::string_view name, const char* type, std::string_view help, auto value) {
     family(name, type, help);
     for (size_t a = 0; a < cfg.apps.size(); ++a)
@@ -486,14 +591,14 @@ std::string render_metrics(const Daemon& d) {
                          cfg.apps[a].aid, cfg.apps[a].draining, value(a));
   };
   per_app("vpmtun_app_flows_total", "counter", "Flows created per app",
-          [&](size_t a) { return ea[a].flows; });
+          [&](size_t a) { return f.apps[a].flows; });
   per_app("vpmtun_app_tcp_open", "gauge", "TCP connections open per app",
-          [&](size_t a) { return sa[a].open; });
+          [&](size_t a) { return f.apps[a].open; });
   per_app("vpmtun_app_syn_cookies_total", "counter",
           "Connections per app that completed a SYN cookie handshake (too many were pending)",
-          [&](size_t a) { return sa[a].syn_cookies; });
+          [&](size_t a) { return f.apps[a].syn_cookies; });
   per_app("vpmtun_app_backend_failures_total", "counter", "Backend connects that failed per app",
-          [&](size_t a) { return sa[a].backend_failures; });
+          [&](size_t a) { return f.apps[a].backend_failures; });
   if (d.instances()) {
     auto instances = d.instances()->instances();
     per_app("vpmtun_app_instances", "gauge",
@@ -505,7 +610,7 @@ std::string render_metrics(const Daemon& d) {
             });
   }
   family("vpmtun_uptime_seconds", "gauge", "Seconds since the daemon started");
-  out += fmt::format("vpmtun_uptime_seconds {}\n", (monotonic_ms() - d.started_ms()) / 1000);
+  out += fmt::format("vpmtun_uptime_seconds {}\n", f.uptime_s);
   return out;
 }
 

@@ -158,7 +158,7 @@ std::optional<Prefix> prefix_key(Checker& c, const toml::table& t, std::string_v
 
 void parse_tun(Checker& c, const toml::table& t, TunConfig& tun) {
   c.only_keys(t, "tun",
-              {"name", "mtu", "address", "address6", "configure", "offload", "txqueuelen"});
+              {"name", "mtu", "address", "address6", "configure", "offload", "txqueuelen", "queues"});
   if (auto s = c.string(t, "name", "tun.name")) {
     if (s->empty() || s->size() > 15 || s->find('/') != std::string::npos)
       c.fail(t.get("name"), "tun.name",
@@ -180,6 +180,8 @@ void parse_tun(Checker& c, const toml::table& t, TunConfig& tun) {
   if (auto b = c.boolean(t, "offload", "tun.offload")) tun.offload = *b;
   if (auto v = c.integer(t, "txqueuelen", "tun.txqueuelen", 1, 1 << 20))
     tun.txqueuelen = static_cast<uint32_t>(*v);
+  if (auto v = c.integer(t, "queues", "tun.queues", 1, kMaxQueues))
+    tun.queues = static_cast<uint32_t>(*v);
 }
 
 void parse_vpm(Checker& c, const toml::table& t, VpmConfig& vpm) {
@@ -458,6 +460,18 @@ void cross_check(Checker& c, const toml::table& root, Config& cfg) {
                 "cooperative mode (cooperative = true, or remote) needs [cooperative] key_file, "
                 "a secret of at least 32 bytes that both VPMs share");
 
+  // Workers: what they do not share yet.
+  if (cfg.tun.queues > 1) {
+    const toml::node* n = root.at_path("tun.queues").node();
+    for (auto& app : cfg.apps)
+      if (runs_programs(app))
+        c.fail(n, "tun.queues",
+               "app '" + app.name + "' runs programs (serve = \"exec\" or remote), which one "
+               "worker serves for now; set queues = 1");
+    if (cooperates && std::none_of(cfg.apps.begin(), cfg.apps.end(), runs_programs))
+      c.fail(n, "tun.queues", "cooperative mode is served by one worker for now; set queues = 1");
+  }
+
   // Capacity of the hidden range per virtual address.
   size_t range = size_t{cfg.vpm.range_hi} - cfg.vpm.range_lo + 1;
   std::map<IpAddr, std::set<std::pair<uint16_t, uint32_t>>> keys;
@@ -467,6 +481,8 @@ void cross_check(Checker& c, const toml::table& root, Config& cfg) {
     std::set<uint16_t> p1s;
     for (auto& k : set) p1s.insert(k.first);
     size_t need = cfg.vpm.allocation == Allocation::per_app ? set.size() : p1s.size();
+    // Per-connection slices are split between the workers: each needs a port.
+    if (cfg.vpm.allocation == Allocation::per_connection) need *= cfg.tun.queues;
     if (need > range)
       c.fail(root.at_path("vpm.port_range").node(), "vpm.port_range",
              "needs at least " + std::to_string(need) + " ports for " + addr.str() + ", has " +

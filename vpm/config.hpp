@@ -18,6 +18,8 @@ namespace vpm {
 
 enum class Allocation : uint8_t { per_app, per_connection };
 
+inline constexpr uint32_t kMaxQueues = 16;  // [tun] queues
+
 struct TunConfig {
   // False when the file has no [tun] section: the daemon then runs only the
   // client side of cooperative mode (the library socket and negotiation).
@@ -32,6 +34,9 @@ struct TunConfig {
   // sized for a NIC that drains at line rate; a userspace reader can be
   // busy for milliseconds, and a burst of 19,000 connections overflowed it.
   uint32_t txqueuelen = 40000;
+  // Queues of the device (IFF_MULTI_QUEUE), one worker process each, every
+  // one with its own engine and embedded stack (tun/supervisor.hpp).
+  uint32_t queues = 1;
 };
 
 struct VpmConfig {

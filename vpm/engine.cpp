@@ -90,15 +90,24 @@ const char* verdict_name(Verdict v) {
   return "?";
 }
 
-Engine::Engine(const Config& cfg)
+Engine::Engine(const Config& cfg, Share share)
     : rules_(cfg),
       timeouts_(cfg.timeouts),
       per_connection_(cfg.vpm.allocation == Allocation::per_connection),
       queue_timeout_ms_(cfg.vpm.queue_timeout_ms),
-      flows_(cfg.vpm.max_flows),
-      app_counters_(cfg.apps.size()) {
+      flows_(std::max<size_t>(1, cfg.vpm.max_flows / share.count)),
+      app_counters_(cfg.apps.size()),
+      share_(share) {
   if (per_connection_)
-    for (auto& l : rules_.listens()) pools_.emplace_back(l.slice_lo, l.slice_hi);
+    for (auto& l : rules_.listens()) pools_.push_back(pool_of(l));
+}
+
+// parse_config gives every slice at least one port per worker.
+PortPool Engine::pool_of(const Listen& l) const {
+  size_t size = size_t{l.slice_hi} - l.slice_lo + 1;
+  size_t lo = l.slice_lo + size * share_.index / share_.count;
+  size_t hi = l.slice_lo + size * (share_.index + 1) / share_.count - 1;
+  return PortPool(static_cast<uint16_t>(lo), static_cast<uint16_t>(hi));
 }
 
 Result Engine::count(Result r) {
@@ -515,7 +524,7 @@ void Engine::reload(const Config& cfg, const std::vector<uint16_t>& app_of) {
   std::vector<PortPool> pools;
   if (per_connection_) {
     // reload_errors keeps the slices as they were: a listen's ports carry over.
-    for (auto& l : next.listens()) pools.emplace_back(l.slice_lo, l.slice_hi);
+    for (auto& l : next.listens()) pools.push_back(pool_of(l));
     for (size_t i = 0; i < old_listens.size(); ++i)
       if (listen_of[i] != kGone) pools[listen_of[i]] = pools_[i];
   }

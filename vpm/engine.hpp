@@ -106,10 +106,18 @@ struct AppCounters {
 using Admission = std::function<coop::Outcome(const Endpoint& client, const IpAddr& vaddr,
                                               uint16_t p2, uint32_t isn)>;
 
+// One worker's part of what the workers of a daemon split ([tun] queues):
+// the flow table (max_flows) and, under per-connection allocation, each
+// listen's slice of hidden ports. Per-app p2s come from the configuration
+// and are the same in every worker.
+struct Share {
+  uint32_t index = 0, count = 1;
+};
+
 class Engine {
  public:
   // `cfg` must have come back from parse_config.
-  explicit Engine(const Config& cfg);
+  explicit Engine(const Config& cfg, Share share = {});
 
   // Translate one packet in place. `packet` is a whole IP packet (link
   // padding after it is ignored); the caller owns it. `now_ms` is any
@@ -170,6 +178,8 @@ class Engine {
   bool per_connection_;
   uint32_t queue_timeout_ms_;
   FlowTable flows_;
+  PortPool pool_of(const Listen& l) const;  // this worker's part of its slice
+  Share share_;
   std::vector<PortPool> pools_;  // per listen, per-connection allocation only
   Counters counters_;
   std::vector<AppCounters> app_counters_;

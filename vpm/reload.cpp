@@ -61,6 +61,7 @@ std::vector<ConfigError> reload_errors(const Config& running, const Config& next
   fixed("tun.address6", shown(a.tun.address6), shown(b.tun.address6));
   fixed("tun.configure", flag(a.tun.configure), flag(b.tun.configure));
   fixed("tun.offload", flag(a.tun.offload), flag(b.tun.offload));
+  fixed("tun.queues", std::to_string(a.tun.queues), std::to_string(b.tun.queues));
   auto range = [](const VpmConfig& v) {
     return std::to_string(v.range_lo) + "-" + std::to_string(v.range_hi);
   };
