@@ -21,6 +21,7 @@
 #include "tun/instances.hpp"
 #include "tun/metrics.hpp"
 #include "tun/report.hpp"
+#include "tun/supervisor.hpp"
 #include "vpm/refusal.hpp"
 #include "vpm/reload.hpp"
 
@@ -60,15 +61,25 @@ class Daemon::Capture {
   pcap_dumper_t* dumper_ = nullptr;
 };
 
+namespace {
+
+// A worker of several runs no hooks: its supervisor does.
+vpm::Config hooks_of(vpm::Config cfg, const DaemonOptions& opt) {
+  if (opt.share.count > 1) cfg.daemon.on_ready = cfg.daemon.on_drain = cfg.daemon.on_stop = "";
+  return cfg;
+}
+
+}  // namespace
+
 Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions& opt)
-    : engine_(cfg),
+    : engine_(cfg, opt.share),
       device_(device),
       opt_(opt),
       buffer_(kMaxPacket),
       started_ms_(monotonic_ms()),
       file_config_(cfg) {
   auto* tun = dynamic_cast<TunDevice*>(&device);
-  hooks_ = std::make_unique<Hooks>(cfg, tun ? tun->name() : "");
+  hooks_ = std::make_unique<Hooks>(hooks_of(cfg, opt), tun ? tun->name() : "");
   if (!opt.capture_tun.empty()) capture_tun_ = std::make_unique<Capture>(opt.capture_tun);
   if (!opt.capture_stack.empty()) capture_stack_ = std::make_unique<Capture>(opt.capture_stack);
   if (std::any_of(cfg.apps.begin(), cfg.apps.end(), vpm::runs_programs))
@@ -170,8 +181,6 @@ void Daemon::log_verdict(const char* what, std::span<uint8_t> packet, vpm::Drop 
   spdlog::info("{} {}: {}", what, vpm::describe_packet(packet), vpm::drop_description(reason));
 }
 
-namespace {
-
 // Each line of a reload's outcome, at info when it worked, else at error.
 void log_reload(bool ok, const std::string& said) {
   for (size_t at = 0; at < said.size();) {
@@ -183,8 +192,6 @@ void log_reload(bool ok, const std::string& said) {
     at = end + 1;
   }
 }
-
-}  // namespace
 
 void Daemon::from_stack(std::span<uint8_t> packet) {
   if (capture_stack_) capture_stack_->write(packet);
@@ -254,7 +261,7 @@ std::pair<bool, std::string> Daemon::reload(const vpm::Config& next) {
   vpm::Reload r = vpm::merge_reload(running, next, busy_apps());
   engine_.reload(r.config, r.app_of);
   std::string failed = stack_->reload(r.app_of);
-  hooks_->configure(next);
+  hooks_->configure(hooks_of(next, opt_));
   file_config_ = next;
   if (!failed.empty()) return {false, "the new rules are in, but " + failed + "\n"};
   return {true, r.summary + "\n"};
@@ -282,6 +289,36 @@ std::pair<bool, std::string> Daemon::read_and_reload() {
 void Daemon::serve_control(const std::string& path) {
   control_ = std::make_unique<ControlServer>(
       path, *this, [this](const std::string& request) { return answer(request); });
+}
+
+void Daemon::serve_supervisor(int channel) {
+  watch(channel, EPOLLIN, [this, channel](uint32_t) {
+    auto request = read_frame(channel, 1000);
+    if (!request) {  // the supervisor is gone: stop as for SIGTERM
+      unwatch(channel);
+      ::close(channel);
+      ::kill(::getpid(), SIGTERM);
+      return;
+    }
+    std::pair<bool, std::string> reply;
+    if (*request == "figures") {
+      reply = {true, encode(figures_of(*this))};
+    } else if (request->starts_with("render ")) {
+      size_t line = std::min(request->find('\n'), request->size());
+      std::string what = request->substr(0, line);
+      auto f = decode(std::string_view(*request).substr(std::min(line + 1, request->size())));
+      if (f && what.starts_with("render apps"))
+        reply = {true, render_apps(*this, *f, what.ends_with(" json"))};
+      else if (f && what == "render metrics")
+        reply = {true, render_metrics(*this, *f)};
+      else
+        reply = {false, "cannot " + what + "\n"};
+    } else {
+      reply = answer(*request);
+    }
+    if (!write_frame(channel, (reply.first ? "+" : "-") + reply.second))
+      spdlog::error("could not answer the supervisor: {}", std::strerror(errno));
+  });
 }
 
 void Daemon::serve_metrics(const vpm::Endpoint& listen) {

@@ -46,6 +46,7 @@ class InstanceRegistry;
 class MetricsServer;
 
 struct DaemonOptions {
+  vpm::Share share;           // a worker's part (tun/supervisor.hpp); it runs no hooks
   std::string capture_tun;    // pcap of the TUN side, or empty
   std::string capture_stack;  // pcap of the stack side, or empty
   uint64_t drain_ms = 5000;   // how long SIGTERM waits for open connections
@@ -75,6 +76,10 @@ class Daemon : public EventLoop {
   // Answers `vpmtun stats/table/apps` on a Unix socket at `path` (see
   // tun/control.hpp). Throws std::runtime_error if it cannot.
   void serve_control(const std::string& path);
+  // Answers the supervisor of workers on `channel` (tun/supervisor.hpp):
+  // the control requests, "figures", and "render apps|metrics" of summed
+  // figures. Its end stops the daemon.
+  void serve_supervisor(int channel);
   // Serves the Prometheus exposition at http://listen/metrics. Throws
   // std::runtime_error if it cannot listen.
   void serve_metrics(const vpm::Endpoint& listen);
@@ -140,5 +145,7 @@ class Daemon : public EventLoop {
 };
 
 uint64_t monotonic_ms();
+// Each line of a reload's outcome, at info when it worked, else at error.
+void log_reload(bool ok, const std::string& said);
 
 }  // namespace tun

@@ -432,6 +432,34 @@ std::string render_table(const Daemon& d, const TableFilter& filter, bool json) 
   return text + fmt::format("{} flow{}{}\n", rows, rows == 1 ? "" : "s", coop);
 }
 
+// JSON: arrays, whose elements are joined. Text: a header line, the rows,
+// and a last line that starts with the number of flows.
+std::string join_tables(const std::vector<std::string>& parts, bool json) {
+  std::string out;
+  uint64_t flows = 0;
+  for (const auto& part : parts) {
+    std::string_view p = part;
+    while (!p.empty() && p.back() == '\n') p.remove_suffix(1);
+    if (json) {
+      if (p.size() < 2) continue;
+      std::string_view inner = p.substr(1, p.size() - 2);
+      if (!inner.empty()) out += (out.empty() ? "" : ",") + std::string(inner);
+      continue;
+    }
+    size_t header_end = p.find('\n');
+    size_t last = p.rfind('\n');
+    if (header_end == std::string_view::npos) continue;
+    if (out.empty()) out = p.substr(0, header_end + 1);
+    if (last > header_end) out += p.substr(header_end + 1, last - header_end);
+    uint64_t n = 0;
+    std::string_view tail = p.substr(last + 1);
+    std::from_chars(tail.data(), tail.data() + tail.size(), n);
+    flows += n;
+  }
+  if (json) return "[" + out + "]\n";
+  return out + fmt::format("{} flow{}\n", flows, flows == 1 ? "" : "s");
+}
+
 std::string render_apps(const Daemon& d, const Figures& f, bool json) {
   const auto& cfg = d.engine().rules().config();
   const auto& rules = d.engine().rules();
@@ -558,7 +586,7 @@ std::string render_metrics(const Daemon& d, const Figures& f) {
     }
     std::string_view n = c.name;
     bool gauge = n == "flows" || n == "max_flows" || n == "tcp_open" || n == "instances" ||
-                 n == "in_flight" || n == "links";
+                 n == "in_flight" || n == "links" || n == "workers";
     std::string name = fmt::format("vpmtun_{}_{}{}", c.group, c.name, gauge ? "" : "_total");
     family(name, gauge ? "gauge" : "counter", fmt::format("vpmtun stats: {} {}", c.group, c.name));
     out += fmt::format("{} {}\n", name, c.value);

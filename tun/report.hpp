@@ -56,6 +56,8 @@ std::optional<Figures> decode(std::string_view text);
 
 std::string render_stats(const Figures& f, bool json);
 std::string render_table(const Daemon& d, const TableFilter& filter, bool json);
+// The tables of several workers (render_table's answers) as one.
+std::string join_tables(const std::vector<std::string>& parts, bool json);
 // `d` gives the rules, `f` the figures (its own, or the workers' sum).
 std::string render_apps(const Daemon& d, const Figures& f, bool json);
 std::string render_metrics(const Daemon& d, const Figures& f);

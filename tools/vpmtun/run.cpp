@@ -1,6 +1,7 @@
 // `vpmtun run`: the daemon in the foreground.
 #include "run.hpp"
 
+#include <fmt/core.h>
 #include <grp.h>
 #include <pwd.h>
 #include <spdlog/spdlog.h>
@@ -16,6 +17,7 @@
 #include "tun/daemon.hpp"
 #include "tun/device.hpp"
 #include "tun/instances.hpp"
+#include "tun/supervisor.hpp"
 
 namespace vpmtun {
 
@@ -57,6 +59,54 @@ void notify_systemd(const char* state) {
   ::close(fd);
 }
 
+// Drops to [daemon] user once everything is bound, or warns of root.
+void settle_privileges(const vpm::Config& cfg, std::vector<std::string> sockets) {
+  if (!cfg.daemon.user.empty())
+    drop_privileges(cfg.daemon.user, sockets);
+  else if (::geteuid() == 0)
+    spdlog::warn("running as root: set [daemon] user to drop privileges once set up");
+}
+
+std::string device_line(const vpm::Config& cfg, const std::string& name) {
+  std::string addrs;
+  if (cfg.tun.address) addrs += " " + cfg.tun.address->str();
+  if (cfg.tun.address6) addrs += " " + cfg.tun.address6->str();
+  return fmt::format("{} up (mtu {}{}{})", name, cfg.tun.mtu,
+                     cfg.tun.configure ? "," : ", not configured by vpmtun", addrs);
+}
+
+std::string serving_line(const vpm::Config& cfg, const std::string& library_socket) {
+  return fmt::format(
+      "{} apps; control socket {}{}{}{}", cfg.apps.size(),
+      cfg.vpm.control_socket.empty() ? "none" : cfg.vpm.control_socket,
+      library_socket.empty() ? "" : "; library socket " + library_socket,
+      cfg.metrics.listen ? "; metrics http://" + cfg.metrics.listen->str() + "/metrics" : "",
+      cfg.daemon.user.empty() ? "" : "; running as " + cfg.daemon.user);
+}
+
+// [tun] queues > 1: a supervisor and one worker per queue (tun/supervisor.hpp).
+int run_workers(const vpm::Config& cfg, const tun::DaemonOptions& opt) {
+  if (!opt.capture_tun.empty() || !opt.capture_stack.empty())
+    throw std::runtime_error(
+        "--capture-tun and --capture-stack need one worker: set [tun] queues = 1 in " + cfg.file);
+  tun::TunDevice device(cfg.tun);
+  tun::Supervisor supervisor(cfg, device, opt);
+  std::vector<std::string> sockets;
+  if (!cfg.vpm.control_socket.empty()) {
+    supervisor.serve_control(cfg.vpm.control_socket);
+    sockets.push_back(cfg.vpm.control_socket);
+  }
+  if (cfg.metrics.listen) supervisor.serve_metrics(*cfg.metrics.listen);
+  settle_privileges(cfg, sockets);
+  spdlog::info("{}", device_line(cfg, device.name()));
+  spdlog::info("{}", serving_line(cfg, ""));
+  notify_systemd("READY=1");
+  int code = supervisor.run();
+  notify_systemd("STOPPING=1");
+  spdlog::info("stopped; {} removed with the device", device.name());
+  return code;
+}
+
 }  // namespace
 
 int run_daemon(const vpm::Config& cfg, tun::DaemonOptions opt) {
@@ -68,6 +118,7 @@ int run_daemon(const vpm::Config& cfg, tun::DaemonOptions opt) {
                                ": apps listen, but there is no [tun] section to serve them "
                                "(a daemon without [tun] only negotiates for its programs' "
                                "cooperative connections)");
+    if (cfg.tun.present && cfg.tun.queues > 1) return run_workers(cfg, opt);
     if (vpm::uses_cooperation(cfg)) {
       std::string warning;
       opt.coop_key = tun::read_coop_key(cfg, &warning);
@@ -87,25 +138,13 @@ int run_daemon(const vpm::Config& cfg, tun::DaemonOptions opt) {
     std::vector<std::string> sockets;
     if (!cfg.vpm.control_socket.empty()) sockets.push_back(cfg.vpm.control_socket);
     if (daemon.instances()) sockets.push_back(daemon.instances()->path());
-    if (!cfg.daemon.user.empty())
-      drop_privileges(cfg.daemon.user, sockets);
-    else if (::geteuid() == 0)
-      spdlog::warn("running as root: set [daemon] user to drop privileges once set up");
-    std::string addrs;
-    if (cfg.tun.address) addrs += " " + cfg.tun.address->str();
-    if (cfg.tun.address6) addrs += " " + cfg.tun.address6->str();
+    settle_privileges(cfg, sockets);
     if (!cfg.tun.present)
       spdlog::info("no [tun]: cooperative client side only");
     else
-      spdlog::info("{} up (mtu {}{}{})", device_name, cfg.tun.mtu,
-                   cfg.tun.configure ? "," : ", not configured by vpmtun", addrs);
-    spdlog::info(
-        "{} listens, {} apps; control socket {}{}{}{}",
-        daemon.engine().rules().listens().size(), cfg.apps.size(),
-        cfg.vpm.control_socket.empty() ? "none" : cfg.vpm.control_socket,
-        daemon.instances() ? "; library socket " + daemon.instances()->path() : "",
-        cfg.metrics.listen ? "; metrics http://" + cfg.metrics.listen->str() + "/metrics" : "",
-        cfg.daemon.user.empty() ? "" : "; running as " + cfg.daemon.user);
+      spdlog::info("{}", device_line(cfg, device_name));
+    spdlog::info("{} listens, {}", daemon.engine().rules().listens().size(),
+                 serving_line(cfg, daemon.instances() ? daemon.instances()->path() : ""));
     notify_systemd("READY=1");
     int code = daemon.run();
     notify_systemd("STOPPING=1");

@@ -1,0 +1,98 @@
+// A daemon of several workers: [tun] queues > 1.
+//
+// Theory of operation. The TUN is multi-queue (tun/device.hpp): the kernel
+// spreads packets over its queues by a hash of each flow and sends a flow
+// to the queue its replies are written on, so a flow stays with one queue.
+// The supervisor forks one worker per queue. A worker is a whole Daemon
+// (tun/daemon.hpp) on its queue: its own engine and embedded lwIP (one
+// global instance per process), its own backend connections, and its share
+// of the flow table and of each per-connection slice of hidden ports
+// (vpm::Share); per-app p2s come from the configuration, the same in all.
+//
+// The supervisor has no data path. It serves the control socket and the
+// metrics by asking every worker over its channel (a socketpair carrying
+// frames: a 4-byte length, then text): stats and apps are the sum of the
+// workers' vpm figures (tun/report.hpp), the table is their rows joined. It
+// runs the hooks of [daemon] (tun/hooks.hpp), reloads every worker on
+// SIGHUP or `vpmtun reload`, and on SIGTERM runs on_drain while everything
+// serves, then signals the workers, which drain as one daemon does; after
+// the last has exited, on_stop. A worker that dies unasked is logged and
+// started again on its queue (at most once a second), with the last
+// configuration taken; the queue keeps its packets meanwhile, because the
+// supervisor holds every queue open. A worker whose supervisor dies gets
+// SIGTERM (PR_SET_PDEATHSIG).
+//
+// What one worker cannot share yet: serve = "exec" apps, cooperative mode
+// and captures run with queues = 1 (the configuration says so).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tun/daemon.hpp"
+#include "tun/event_loop.hpp"
+#include "tun/report.hpp"
+
+namespace tun {
+
+// The channel's frames. Both false/std::nullopt when the peer is gone, or
+// (read_frame) when no whole frame came within `timeout_ms`.
+bool write_frame(int fd, std::string_view body);
+std::optional<std::string> read_frame(int fd, int timeout_ms);
+
+struct SupervisorCounters {
+  uint64_t worker_restarts = 0;
+  uint64_t reloads = 0, reloads_refused = 0;
+};
+
+class Supervisor : public EventLoop {
+ public:
+  // Keeps `device` (every queue) and `cfg`.
+  Supervisor(const vpm::Config& cfg, TunDevice& device, const DaemonOptions& opt);
+  ~Supervisor() override;
+
+  void serve_control(const std::string& path);
+  void serve_metrics(const vpm::Endpoint& listen);
+  // Starts the workers and serves until they have all stopped. Returns the
+  // exit code: 0, or 1 when the loop failed.
+  int run();
+
+  std::pair<bool, std::string> answer(const std::string& request);
+
+ private:
+  struct Worker {
+    pid_t pid = -1;
+    int channel = -1;
+    uint64_t started_ms = 0;
+    uint64_t restart_at_ms = 0;  // when it is to start again (0: not to)
+  };
+  void start(size_t q, uint64_t now_ms);
+  [[noreturn]] void work(size_t q, int channel);
+  void reap(uint64_t now_ms);
+  void signal_workers(int sig);
+  size_t running() const;
+  // Worker q's answer to `request`: (ok, body); false with why when it did not answer.
+  std::pair<bool, std::string> ask(size_t q, const std::string& request);
+  std::optional<Figures> summed(std::string& why);
+  std::pair<bool, std::string> reload_all();
+  std::string metrics();
+
+  vpm::Config cfg_;
+  TunDevice& device_;
+  DaemonOptions opt_;
+  std::vector<Worker> workers_;
+  std::unique_ptr<ControlServer> control_;
+  std::unique_ptr<MetricsServer> metrics_;
+  std::unique_ptr<Hooks> hooks_;
+  SupervisorCounters counters_;
+  bool stopping_ = false;
+  pid_t self_;
+};
+
+}  // namespace tun
