@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <charconv>
 #include <cstring>
 #include <stdexcept>
 
@@ -147,8 +148,9 @@ void Daemon::release_held(uint64_t now_ms) {
   for (auto& syn : coop_server_->released(now_ms)) from_device(syn, false, now_ms);
 }
 
-// Refusals and drops are logged at info, at most kLogBurst lines a second;
-// the rest are counted, and the count is logged once the second is over.
+// Refusals and drops are logged at info, at most kLogBurst lines a second
+// (split between workers); the rest are counted, and the count is logged
+// once the second is over.
 constexpr uint64_t kLogBurst = 10;
 
 void Daemon::end_log_second(uint64_t now_ms) {
@@ -173,7 +175,7 @@ void Daemon::log_verdict(const char* what, std::span<uint8_t> packet, vpm::Drop 
                          uint64_t now_ms) {
   if (!spdlog::should_log(spdlog::level::info)) return;
   end_log_second(now_ms);
-  if (log_lines_ == kLogBurst) {
+  if (log_lines_ == std::max<uint64_t>(1, kLogBurst / opt_.share.count)) {
     ++log_suppressed_;
     return;
   }
@@ -220,9 +222,10 @@ void Daemon::tick(uint64_t now_ms) {
   release_held(now_ms);
   engine_.expire(now_ms, 4096);
   end_log_second(now_ms);
-  if (now_ms - drained_check_ms_ >= 1000) {
+  // Workers drop drained apps together, when their supervisor says so.
+  if (opt_.share.count == 1 && now_ms - drained_check_ms_ >= 1000) {
     drained_check_ms_ = now_ms;
-    drop_drained_apps();
+    drop_drained_apps(busy_apps());
   }
 }
 
@@ -237,19 +240,19 @@ std::vector<size_t> Daemon::busy_apps() const {
 
 // A draining app whose last flow has ended goes: merging the file's rules
 // again leaves it out.
-void Daemon::drop_drained_apps() {
+void Daemon::drop_drained_apps(const std::vector<size_t>& busy) {
   if (stopping_) return;
   const auto& apps = engine_.rules().config().apps;
-  std::vector<size_t> busy = busy_apps();
-  for (size_t a = 0; a < apps.size(); ++a) {
+  for (size_t a = 0; a < apps.size() && a < busy.size(); ++a) {
     if (!apps[a].draining || busy[a] > 0) continue;
-    auto [ok, said] = reload(file_config_);
+    auto [ok, said] = reload(file_config_, &busy);
     log_reload(ok, said);
     return;
   }
 }
 
-std::pair<bool, std::string> Daemon::reload(const vpm::Config& next) {
+std::pair<bool, std::string> Daemon::reload(const vpm::Config& next,
+                                            const std::vector<size_t>* busy) {
   if (stopping_) return {false, "the daemon is stopping; nothing changed\n"};
   const vpm::Config& running = engine_.rules().config();
   auto errors = vpm::reload_errors(running, next);
@@ -258,7 +261,7 @@ std::pair<bool, std::string> Daemon::reload(const vpm::Config& next) {
     for (auto& e : errors) out += e.str() + "\n";
     return {false, out + "nothing changed: the running rules stay\n"};
   }
-  vpm::Reload r = vpm::merge_reload(running, next, busy_apps());
+  vpm::Reload r = vpm::merge_reload(running, next, busy ? *busy : busy_apps());
   engine_.reload(r.config, r.app_of);
   std::string failed = stack_->reload(r.app_of);
   hooks_->configure(hooks_of(next, opt_));
@@ -267,13 +270,13 @@ std::pair<bool, std::string> Daemon::reload(const vpm::Config& next) {
   return {true, r.summary + "\n"};
 }
 
-std::pair<bool, std::string> Daemon::reload_file() {
-  auto outcome = read_and_reload();
+std::pair<bool, std::string> Daemon::reload_file(const std::vector<size_t>* busy) {
+  auto outcome = read_and_reload(busy);
   ++(outcome.first ? counters_.reloads : counters_.reloads_refused);
   return outcome;
 }
 
-std::pair<bool, std::string> Daemon::read_and_reload() {
+std::pair<bool, std::string> Daemon::read_and_reload(const std::vector<size_t>* busy) {
   const std::string& path = file_config_.file;
   auto parsed = read_config(path);
   if (auto* errors = std::get_if<std::vector<vpm::ConfigError>>(&parsed)) {
@@ -282,7 +285,7 @@ std::pair<bool, std::string> Daemon::read_and_reload() {
       out += line + "\n";
     return {false, out};
   }
-  auto [ok, said] = reload(std::get<vpm::Config>(parsed));
+  auto [ok, said] = reload(std::get<vpm::Config>(parsed), busy);
   return {ok, (ok ? "reloaded " + path + ": " : "") + said};
 }
 
@@ -301,8 +304,35 @@ void Daemon::serve_supervisor(int channel) {
       return;
     }
     std::pair<bool, std::string> reply;
+    // "reload" and "settle" carry the busy counts of all the workers.
+    std::vector<size_t> busy;
+    auto read_busy = [&](std::string_view verb) {
+      if (!request->starts_with(verb)) return false;
+      std::string_view rest = std::string_view(*request).substr(verb.size());
+      while (!rest.empty()) {
+        size_t n = 0;
+        auto [p, ec] = std::from_chars(rest.data() + 1, rest.data() + rest.size(), n);
+        if (rest[0] != ' ' || ec != std::errc()) return false;
+        busy.push_back(n);
+        rest.remove_prefix(static_cast<size_t>(p - rest.data()));
+      }
+      return busy.size() == engine_.rules().config().apps.size();
+    };
     if (*request == "figures") {
       reply = {true, encode(figures_of(*this))};
+    } else if (*request == "busy") {
+      std::string out;
+      const auto& apps = engine_.rules().config().apps;
+      std::vector<size_t> mine = busy_apps();
+      for (size_t a = 0; a < apps.size(); ++a)
+        out += fmt::format("{}{}{}", a ? " " : "", mine[a], apps[a].draining ? "d" : "");
+      reply = {true, out};
+    } else if (read_busy("reload")) {
+      reply = reload_file(&busy);
+      log_reload(reply.first, reply.second);
+    } else if (read_busy("settle")) {
+      drop_drained_apps(busy);
+      reply = {true, ""};
     } else if (request->starts_with("render ")) {
       size_t line = std::min(request->find('\n'), request->size());
       std::string what = request->substr(0, line);

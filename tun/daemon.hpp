@@ -77,8 +77,10 @@ class Daemon : public EventLoop {
   // tun/control.hpp). Throws std::runtime_error if it cannot.
   void serve_control(const std::string& path);
   // Answers the supervisor of workers on `channel` (tun/supervisor.hpp):
-  // the control requests, "figures", and "render apps|metrics" of summed
-  // figures. Its end stops the daemon.
+  // the control requests, "figures", "render apps|metrics" of summed
+  // figures, "busy" (per app: flows, and "d" when draining), and "reload"
+  // and "settle" (drop drained apps) with every worker's busy counts
+  // summed. Its end stops the daemon.
   void serve_supervisor(int channel);
   // Serves the Prometheus exposition at http://listen/metrics. Throws
   // std::runtime_error if it cannot listen.
@@ -91,9 +93,12 @@ class Daemon : public EventLoop {
   // app, p2 and endpoint, and removed apps drain (vpm/reload.hpp). Nothing
   // changes when `next` changes what needs a restart. Returns (ok, what
   // changed or what was wrong, one line each).
-  std::pair<bool, std::string> reload(const vpm::Config& next);
+  // `busy`: each app's flows and connections daemon-wide, when this is one
+  // worker of several (else its own).
+  std::pair<bool, std::string> reload(const vpm::Config& next,
+                                      const std::vector<size_t>* busy = nullptr);
   // The same with the configuration file the daemon was started with, read again.
-  std::pair<bool, std::string> reload_file();
+  std::pair<bool, std::string> reload_file(const std::vector<size_t>* busy = nullptr);
 
   uint64_t started_ms() const { return started_ms_; }
 
@@ -123,9 +128,9 @@ class Daemon : public EventLoop {
   void send(std::span<uint8_t> packet, uint16_t mss = 0);
   void log_verdict(const char* what, std::span<uint8_t> packet, vpm::Drop reason, uint64_t now_ms);
   void end_log_second(uint64_t now_ms);
-  std::pair<bool, std::string> read_and_reload();
+  std::pair<bool, std::string> read_and_reload(const std::vector<size_t>* busy);
   std::vector<size_t> busy_apps() const;
-  void drop_drained_apps();
+  void drop_drained_apps(const std::vector<size_t>& busy);
 
   vpm::Engine engine_;
   PacketDevice& device_;

@@ -287,6 +287,53 @@ std::string Supervisor::metrics() {
   return ok ? body : "# " + body;
 }
 
+std::string Supervisor::Busy::words() const {
+  std::string out;
+  for (size_t n : flows) out += " " + std::to_string(n);
+  return out;
+}
+
+std::optional<Supervisor::Busy> Supervisor::busy(std::string& why) {
+  Busy sum;
+  for (size_t q = 0; q < workers_.size(); ++q) {
+    auto [ok, body] = ask(q, "busy");
+    if (!ok) {
+      why = body;
+      return std::nullopt;
+    }
+    std::vector<size_t> flows;
+    std::vector<bool> draining;
+    for (size_t at = 0; at < body.size();) {
+      size_t end = std::min(body.find(' ', at), body.size());
+      std::string word = body.substr(at, end - at);
+      draining.push_back(word.ends_with('d'));
+      flows.push_back(std::strtoull(word.c_str(), nullptr, 10));
+      at = end + 1;
+    }
+    if (q == 0) {
+      sum = {flows, draining};
+    } else if (flows.size() != sum.flows.size() || draining != sum.draining) {
+      why = fmt::format("worker {} has other rules than worker 0\n", q);
+      return std::nullopt;
+    } else {
+      for (size_t a = 0; a < flows.size(); ++a) sum.flows[a] += flows[a];
+    }
+  }
+  return sum;
+}
+
+// Drained apps go from every worker at once, when none has a flow left.
+void Supervisor::settle() {
+  std::string why;
+  auto b = busy(why);
+  if (!b) return;
+  bool drained = false;
+  for (size_t a = 0; a < b->flows.size(); ++a) drained |= b->draining[a] && b->flows[a] == 0;
+  if (!drained) return;
+  for (size_t q = 0; q < workers_.size(); ++q) ask(q, "settle" + b->words());
+  spdlog::info("drained apps removed from every worker");
+}
+
 std::pair<bool, std::string> Supervisor::reload_all() {
   const std::string& path = cfg_.file;
   auto parsed = read_config(path);
@@ -299,11 +346,14 @@ std::pair<bool, std::string> Supervisor::reload_all() {
   } else if (stopping_) {
     outcome = {false, "the daemon is stopping; nothing changed\n"};
   } else {
-    // Every worker reads the same file; they agree unless it changes
-    // meanwhile, and each says what it did.
-    outcome = ask(0, "reload");
+    // Every worker reads the same file (they agree unless it changes
+    // meanwhile) and keeps an app that is busy in any of them.
+    std::string why;
+    auto b = busy(why);
+    std::string request = "reload" + (b ? b->words() : "");
+    outcome = b ? ask(0, request) : std::make_pair(false, why);
     for (size_t q = 1; q < workers_.size() && outcome.first; ++q) {
-      auto [ok, said] = ask(q, "reload");
+      auto [ok, said] = ask(q, request);
       if (!ok) outcome = {false, fmt::format("worker {}: {}", q, said)};
     }
     if (outcome.first) {
@@ -363,6 +413,10 @@ int Supervisor::run() {
         for (size_t q = 0; q < workers_.size(); ++q) {
           Worker& w = workers_[q];
           if (!stopping_ && w.pid <= 0 && w.restart_at_ms && now >= w.restart_at_ms) start(q, now);
+        }
+        if (!stopping_ && running() == workers_.size() && now - settled_ms_ >= 1000) {
+          settled_ms_ = now;
+          settle();
         }
       } else if (fd == sfd) {
         signalfd_siginfo si{};

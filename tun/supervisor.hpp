@@ -80,7 +80,16 @@ class Supervisor : public EventLoop {
   // Worker q's answer to `request`: (ok, body); false with why when it did not answer.
   std::pair<bool, std::string> ask(size_t q, const std::string& request);
   std::optional<Figures> summed(std::string& why);
+  // Each app's flows summed over the workers, and whether it drains; or
+  // std::nullopt with why.
+  struct Busy {
+    std::vector<size_t> flows;
+    std::vector<bool> draining;
+    std::string words() const;  // " N N ..." for "reload" and "settle"
+  };
+  std::optional<Busy> busy(std::string& why);
   std::pair<bool, std::string> reload_all();
+  void settle();
   std::string metrics();
 
   vpm::Config cfg_;
@@ -92,6 +101,7 @@ class Supervisor : public EventLoop {
   std::unique_ptr<Hooks> hooks_;
   SupervisorCounters counters_;
   bool stopping_ = false;
+  uint64_t settled_ms_ = 0;
   pid_t self_;
 };
 

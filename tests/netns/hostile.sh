@@ -52,6 +52,7 @@ cat >"$work/vpm.toml" <<TOML
 control_socket = "$work/vpm.sock"
 stack_memory_mb = ${STACK_MEMORY_MB:-128}
 [tun]
+queues = ${VPMTUN_TEST_QUEUES:-1}
 name = "vpm0"
 address = "10.99.0.1/24"
 address6 = "fd00:99::1/64"

@@ -52,6 +52,7 @@ for offload in true false; do
 [vpm]
 control_socket = "$work/vpm.sock"
 [tun]
+queues = ${VPMTUN_TEST_QUEUES:-1}
 name = "vpm0"
 address = "10.99.0.1/24"
 offload = $offload

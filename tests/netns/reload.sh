@@ -63,6 +63,7 @@ control_socket = "$work/vpm.sock"
 [tun]
 name = "vpm0"
 address = "10.99.0.1/24"
+queues = ${VPMTUN_TEST_QUEUES:-1}
 [[app]]
 name = "blue"
 aid = 101
@@ -239,7 +240,7 @@ refused_and_kept() {  # refused_and_kept WHAT: reload exits 1 naming file, line 
 }
 write_config 1
 sed -i 's/^serve = "http-info"$/serve = "http-info/' "$work/vpm.toml"  # an unterminated string
-check "a broken file: reload exits 1 with file:line, the rules stay" refused_and_kept ":11:"
+check "a broken file: reload exits 1 with file:line, the rules stay" refused_and_kept ":12:"
 write_config 1
 sed -i 's/^name = "vpm0"$/name = "vpm0"\nmtu = 9000/' "$work/vpm.toml"
 check "tun.mtu changed: reload exits 1 naming it, the rules stay" refused_and_kept ":5: tun.mtu: cannot change"

@@ -40,6 +40,7 @@ cat >"$work/vpm.toml" <<TOML
 [vpm]
 control_socket = "$work/vpm.sock"
 [tun]
+queues = ${VPMTUN_TEST_QUEUES:-1}
 name = "vpm0"
 address = "10.99.0.1/24"
 address6 = "fd00:99::1/64"
