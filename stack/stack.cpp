@@ -224,7 +224,7 @@ Stack::Stack(const vpm::Ruleset& rules, uint32_t mtu, PacketSink sink, IoLoop* i
   if (auto missing = impl_->missing_loop(); !missing.empty()) throw std::runtime_error(missing);
 
   impl_->mtu = static_cast<u16_t>(std::min<uint32_t>(mtu, 65535));
-  stack_memory().limit = size_t{cfg.vpm.stack_memory_mb} << 20;
+  impl_->limit_memory();
   impl_->sync_netifs();
   if (auto failed = impl_->sync_endpoints(); !failed.empty()) throw std::runtime_error(failed);
 }
@@ -267,6 +267,11 @@ void Stack::poll() {
 // and options, still fits a 64 KiB packet and the netif's MTU. (TCP_MSS
 // itself is capped by a sanity check about the socket API's low-water mark,
 // which we do not use.)
+void Stack::share_memory(uint32_t workers) {
+  impl_->memory_share = std::max<uint32_t>(1, workers);
+  impl_->limit_memory();
+}
+
 void Stack::send_large_segments() {
   uint32_t mtu = impl_->mtu;
   impl_->large_mss = static_cast<uint16_t>(std::clamp<uint32_t>(mtu, 100 + TCP_MSS, 65100) - 100);
@@ -293,7 +298,7 @@ std::string Stack::reload(const std::vector<uint16_t>& app_of) {
   for (size_t i = 0; i < app_of.size() && i < s.apps.size(); ++i)
     if (app_of[i] != vpm::kNoApp) counters[app_of[i]] = s.apps[i];
   s.apps = std::move(counters);
-  stack_memory().limit = size_t{s.rules.config().vpm.stack_memory_mb} << 20;
+  s.limit_memory();
   s.sync_netifs();
   if (s.per_connection)  // endpoints are lent to the app of the flow holding them
     for (auto& ep : s.endpoints) {

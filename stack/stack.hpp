@@ -151,6 +151,10 @@ class Stack {
   // MSS to the device with each packet (vpm::Result::mss).
   void send_large_segments();
 
+  // One worker of `workers` (tun/supervisor.hpp): its lwIP may hold its
+  // share of [vpm] stack_memory_mb, now and after each reload.
+  void share_memory(uint32_t workers);
+
   // After the engine has taken the rules of a reload (the Ruleset given to
   // the constructor now holds them): binds the new endpoints, closes those
   // the rules no longer have, and moves connections to the apps' new

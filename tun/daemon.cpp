@@ -90,6 +90,7 @@ Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions
       engine_.rules(), device.mtu(), [this](std::span<uint8_t> p) { from_stack(p); }, this,
       instances_.get());
   if (device.segments()) stack_->send_large_segments();
+  stack_->share_memory(opt.share.count);
   if (vpm::uses_cooperation(cfg)) {
     if (opt.coop_key.empty()) throw std::runtime_error("cooperative mode needs its key");
     coop_server_ = std::make_unique<CoopServer>(engine_.rules(), opt.coop_key);

@@ -93,7 +93,13 @@ PY
 in_ns "$d" /usr/bin/python3 "$work/backend.py" "$work/backend.count" >/dev/null 2>&1 &
 sock="$work/vpm.sock"
 stat_of() { "$vpmtun" stats -s "$sock" --json | /usr/bin/python3 -c "import json,sys; s=json.load(sys.stdin); print(s['$1']['$2'])"; }
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$daemon_pid/status"; }
+rss_kb() {  # the daemon's, with its workers' when it has them
+  local p total=0
+  for p in "$daemon_pid" $(pgrep -P "$daemon_pid"); do
+    total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status")))
+  done
+  echo "$total"
+}
 
 # One request from the real client: http-info on :9000, or the forward on :8000.
 request() {
