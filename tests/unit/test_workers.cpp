@@ -1,0 +1,117 @@
+// What workers split and what their supervisor joins: the engine's share
+// of ports and flows, the figures summed over workers, their tables joined.
+#include <catch2/catch.hpp>
+#include <set>
+
+#include "packets.hpp"
+#include "tun/daemon.hpp"
+#include "tun/device.hpp"
+#include "tun/report.hpp"
+#include "vpm/engine.hpp"
+
+using namespace testpkt;
+
+namespace {
+
+const char* kPerConnection = R"(
+[vpm]
+control_socket = ""
+allocation = "per-connection"
+port_range = "20000-20099"
+max_flows = 1000
+[[app]]
+name = "blue"
+aid = 101
+listen = ["192.0.2.10:9000"]
+clients = ["198.51.100.0/24"]
+serve = "echo"
+)";
+
+}  // namespace
+
+TEST_CASE("workers take disjoint halves of a per-connection slice, and half the flow table") {
+  auto cfg = config(kPerConnection);
+  std::set<uint16_t> seen[2];
+  for (uint32_t w = 0; w < 2; ++w) {
+    vpm::Engine engine(cfg, vpm::Share{w, 2});
+    CHECK(engine.flows().max_flows() == 500);
+    for (int i = 0; i < 60; ++i) {
+      Spec syn{"198.51.100.7", "192.0.2.10", 6, static_cast<uint16_t>(30000 + i), 9000};
+      Bytes p = build(syn);
+      auto r = engine.to_stack(p, 1);
+      if (r.verdict != vpm::Verdict::translated) break;  // this worker's ports are all taken
+      seen[w].insert(get16(p, 22));
+    }
+  }
+  CHECK(seen[0].size() == 50);
+  CHECK(seen[1].size() == 50);
+  CHECK(*seen[0].begin() == 20000);
+  CHECK(*seen[0].rbegin() == 20049);
+  CHECK(*seen[1].begin() == 20050);
+  CHECK(*seen[1].rbegin() == 20099);
+}
+
+TEST_CASE("figures travel as text, add up over workers, and refuse another configuration") {
+  auto cfg = config(kPerConnection);
+  tun::FakeDevice device;
+  tun::Daemon daemon(cfg, device, {});
+  Spec syn{"198.51.100.7", "192.0.2.10", 6, 30000, 9000};
+  device.inbound.push_back(build(syn));
+  daemon.drain_device(1);
+  tun::Figures f = tun::figures_of(daemon);
+  auto again = tun::decode(tun::encode(f));
+  REQUIRE(again);
+  CHECK(tun::encode(*again) == tun::encode(f));
+
+  tun::Figures sum = f;
+  REQUIRE(tun::add(sum, *again));
+  auto counter = [](const tun::Figures& x, const std::string& group, const std::string& name) {
+    for (auto& c : x.counters)
+      if (c.group == group && c.name == name) return c.value;
+    return uint64_t{999};
+  };
+  CHECK(counter(f, "tun", "packets_in") == 1);
+  CHECK(counter(sum, "tun", "packets_in") == 2);
+  CHECK(sum.apps[0].flows == 2 * f.apps[0].flows);
+  CHECK(sum.ports_in_use[0] == 2);
+  CHECK(sum.uptime_s == f.uptime_s);
+  CHECK(tun::render_stats(sum, false).find("packets_in                 2\n") != std::string::npos);
+
+  tun::Figures other = f;
+  other.apps.emplace_back();
+  CHECK_FALSE(tun::add(sum, other));
+  CHECK_FALSE(tun::decode("x 1 2\n"));
+  CHECK_FALSE(tun::decode("a 1 2 3\n"));
+  CHECK_FALSE(tun::decode("c tun packets_in\n"));
+}
+
+TEST_CASE("the tables of workers join into one, as text and as JSON") {
+  std::string header = "proto client ...\n";
+  std::vector<std::string> text = {header + "tcp a\ntcp b\n2 flows\n", header + "0 flows\n",
+                                   header + "udp c\n1 flow\n"};
+  CHECK(tun::join_tables(text, false) == header + "tcp a\ntcp b\nudp c\n3 flows\n");
+  std::vector<std::string> json = {"[{\"a\":1},{\"b\":2}]\n", "[]\n", "[{\"c\":3}]\n"};
+  CHECK(tun::join_tables(json, true) == "[{\"a\":1},{\"b\":2},{\"c\":3}]\n");
+  CHECK(tun::join_tables({"[]\n", "[]\n"}, true) == "[]\n");
+}
+
+TEST_CASE("[tun] queues: what workers do not serve yet, and too many, are errors naming the key") {
+  auto errors_of = [](const std::string& text) {
+    std::string out;
+    auto r = vpm::parse_config(text, "w.toml");
+    if (auto* e = std::get_if<std::vector<vpm::ConfigError>>(&r))
+      for (auto& x : *e) out += x.str() + "\n";
+    return out;
+  };
+  std::string app = "[[app]]\nname = \"prog\"\naid = 1\nlisten = [\"192.0.2.10:9000\"]\n"
+                    "clients = [\"198.51.100.0/24\"]\n";
+  CHECK(errors_of("[tun]\nqueues = 2\n" + app + "serve = \"echo\"\n").empty());
+  CHECK(errors_of("[tun]\nqueues = 2\n" + app + "serve = \"exec\"\n")
+            .find("w.toml:2: tun.queues: app 'prog' runs programs") != std::string::npos);
+  CHECK(errors_of("[tun]\nqueues = 17\n" + app + "serve = \"echo\"\n").find("tun.queues") !=
+        std::string::npos);
+  // Per-connection: every worker needs a port of each slice.
+  CHECK(errors_of("[tun]\nqueues = 2\n[vpm]\nallocation = \"per-connection\"\n"
+                  "port_range = \"20000-20000\"\n" + app + "serve = \"echo\"\n")
+            .find("needs at least 2 ports") != std::string::npos);
+}
