@@ -95,9 +95,9 @@ Engine::Engine(const Config& cfg, Share share)
       timeouts_(cfg.timeouts),
       per_connection_(cfg.vpm.allocation == Allocation::per_connection),
       queue_timeout_ms_(cfg.vpm.queue_timeout_ms),
-      flows_(std::max<size_t>(1, cfg.vpm.max_flows / share.count)),
-      app_counters_(cfg.apps.size()),
-      share_(share) {
+      flows_(std::max<uint32_t>(1, cfg.vpm.max_flows / share.count)),
+      share_(share),
+      app_counters_(cfg.apps.size()) {
   if (per_connection_)
     for (auto& l : rules_.listens()) pools_.push_back(pool_of(l));
 }

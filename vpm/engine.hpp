@@ -172,13 +172,13 @@ class Engine {
   uint64_t timeout_ms(const Flow& f) const;
   void end_flow(Flow& f);
   Result count(Result r);
+  PortPool pool_of(const Listen& l) const;  // this worker's part of its slice
 
   Ruleset rules_;
   Timeouts timeouts_;
   bool per_connection_;
   uint32_t queue_timeout_ms_;
   FlowTable flows_;
-  PortPool pool_of(const Listen& l) const;  // this worker's part of its slice
   Share share_;
   std::vector<PortPool> pools_;  // per listen, per-connection allocation only
   Counters counters_;

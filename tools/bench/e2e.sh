@@ -18,8 +18,11 @@
 #   LOSS=1 tools/bench/e2e.sh ...                     1% of packets lost each way on s's
 #                                                     link to the client (nft numgen; 0.1 too)
 #
-# Every figure is the median of RUNS runs of SECONDS each; ratios are against
-# the kernel's own path (direct) and HAProxy.
+# vpmtun runs twice: with one worker ([tun] queues = 1), then with two
+# (queues = 2, one per core here). Every figure is the median of RUNS runs of
+# SECONDS each; ratios are against the kernel's own path (direct) and
+# HAProxy; "many streams" is iperf3 -P 4, whose scaling from one worker to
+# two is printed against linear (2x).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 build="${1:-$root/build-bench}"
@@ -100,12 +103,14 @@ backend iperf
 backend short
   server b 127.0.0.1:5300
 CFG
+write_vpm_config() {  # write_vpm_config QUEUES
 cat >"$work/vpm.toml" <<TOML
 [vpm]
 control_socket = "$work/vpm.sock"
 [tun]
 name = "vpmb0"
 address = "10.99.0.1/24"
+queues = $1
 [[app]]
 name = "iperf"
 aid = 1
@@ -125,18 +130,26 @@ listen = ["10.99.0.10:9003"]
 clients = ["10.201.0.0/24"]
 forward = "127.0.0.1:5300"
 TOML
+}
 
 # Servers are started without the in_s function: a backgrounded function
 # would wait in a subshell and report "Terminated" when cleanup kills them.
 ip netns exec "$s" iperf3 -s -p 5201 >/dev/null 2>&1 &
 ip netns exec "$s" "$bench" serve 0.0.0.0:5300 &
 ip netns exec "$s" haproxy -f "$work/haproxy.cfg" -db 2>"$work/haproxy.log" &
-ip netns exec "$s" "$vpmtun" run -c "$work/vpm.toml" 2>"$work/vpmtun.log" &
-for _ in $(seq 50); do ip -n "$s" route show 10.99.0.0/24 | grep -q vpmb0 && break; sleep 0.1; done
+vpmtun_pid=""
+start_vpmtun() {  # start_vpmtun QUEUES
+  write_vpm_config "$1"
+  ip netns exec "$s" "$vpmtun" run -c "$work/vpm.toml" 2>>"$work/vpmtun.log" &
+  vpmtun_pid=$!
+  for _ in $(seq 50); do ip -n "$s" route show 10.99.0.0/24 | grep -q vpmb0 && break; sleep 0.1; done
+  sleep 1
+}
+stop_vpmtun() { kill "$vpmtun_pid"; wait "$vpmtun_pid" || true; }
 sleep 1
 
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-iperf_gbps() {  # iperf_gbps HOST PORT [-R]: receiver Gbit/s, median of $runs
+iperf_gbps() {  # iperf_gbps HOST PORT [iperf3 options]: receiver Gbit/s, median of $runs
   for _ in $(seq "$runs"); do
     in_c iperf3 -c "$1" -p "$2" -t "$secs" -J "${@:3}" |
       /usr/bin/python3 -c 'import json,sys; r = json.load(sys.stdin); print(r["end"]["sum_received"]["bits_per_second"] / 1e9 if "sum_received" in r.get("end", {}) else sys.exit("iperf3: " + r.get("error", "no result")))'
@@ -161,15 +174,25 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 
 echo "e2e: $(nproc) cores, $(date -u +%FT%TZ), median of $runs runs of $secs s, client MTU $mtu, loss $loss% each way"
 printf "%-34s %10s %10s %9s %9s\n" "single TCP stream" "up Gbit/s" "down" "vs kernel" "vs HAProxy"
-declare -A up down
-measure() {  # measure LABEL HOST PORT
+declare -A up down many_up many_down rate
+measure() {  # measure LABEL HOST PORT: one stream each way, then four
   up[$1]=$(iperf_gbps "$2" "$3")
   down[$1]=$(iperf_gbps "$2" "$3" -R)
+  many_up[$1]=$(iperf_gbps "$2" "$3" -P 4)
+  many_down[$1]=$(iperf_gbps "$2" "$3" -P 4 -R)
 }
 measure kernel 10.201.0.1 5201
 measure nft 10.201.0.1 9000
 measure haproxy 10.201.0.1 9001
-measure vpmtun 10.99.0.10 9000
+rate[direct]=$(conn_rate 10.201.0.1 5300)
+rate[haproxy]=$(conn_rate 10.201.0.1 9003)
+for q in 1 2; do
+  start_vpmtun "$q"
+  measure "vpmtun$q" 10.99.0.10 9000
+  rate[vpmtun$q]=$(conn_rate 10.99.0.10 9003)
+  [ "$q" -eq 1 ] && sink=$(sink_gbps 10.99.0.10 9002)
+  stop_vpmtun
+done
 row() {  # row LABEL KEY
   printf "%-34s %10.2f %10.2f %4s/%-4s %4s/%-4s\n" "$1" "${up[$2]}" "${down[$2]}" \
     "$(ratio "${up[$2]}" "${up[kernel]}")" "$(ratio "${down[$2]}" "${down[kernel]}")" \
@@ -178,17 +201,29 @@ row() {  # row LABEL KEY
 row "kernel direct" kernel
 row "nft redirect 9000 -> 5201" nft
 row "HAProxy mode tcp, src ACL" haproxy
-row "vpmtun forward" vpmtun
-sink=$(sink_gbps 10.99.0.10 9002)
+row "vpmtun forward, 1 worker" vpmtun1
+row "vpmtun forward, 2 workers" vpmtun2
 printf "%-34s %10.2f %10s %4s\n" "vpmtun built-in discard (socat)" "$sink" "-" "$(ratio "$sink" "${up[kernel]}")"
 
 echo
+printf "%-34s %10s %10s %9s %9s\n" "many streams (iperf3 -P 4)" "up Gbit/s" "down" "vs kernel" "vs HAProxy"
+many_row() {  # many_row LABEL KEY
+  printf "%-34s %10.2f %10.2f %4s/%-4s %4s/%-4s\n" "$1" "${many_up[$2]}" "${many_down[$2]}" \
+    "$(ratio "${many_up[$2]}" "${many_up[kernel]}")" "$(ratio "${many_down[$2]}" "${many_down[kernel]}")" \
+    "$(ratio "${many_up[$2]}" "${many_up[haproxy]}")" "$(ratio "${many_down[$2]}" "${many_down[haproxy]}")"
+}
+many_row "kernel direct" kernel
+many_row "HAProxy mode tcp, src ACL" haproxy
+many_row "vpmtun forward, 1 worker" vpmtun1
+many_row "vpmtun forward, 2 workers" vpmtun2
+scaling() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / (2 * b); else print "-" }'; }
+echo "2 workers against 1, of linear: up $(scaling "${many_up[vpmtun2]}" "${many_up[vpmtun1]}"), down $(scaling "${many_down[vpmtun2]}" "${many_down[vpmtun1]}")"
+
+echo
 printf "%-34s %10s %9s\n" "short connections (32 in flight)" "conn/s" "vs HAProxy"
-direct=$(conn_rate 10.201.0.1 5300)
-haproxy=$(conn_rate 10.201.0.1 9003)
-vpm=$(conn_rate 10.99.0.10 9003)
-printf "%-34s %10.0f %9s\n" "kernel direct" "$direct" "$(ratio "$direct" "$haproxy")"
-printf "%-34s %10.0f %9s\n" "HAProxy mode tcp" "$haproxy" "1.00"
-printf "%-34s %10.0f %9s\n" "vpmtun forward" "$vpm" "$(ratio "$vpm" "$haproxy")"
+printf "%-34s %10.0f %9s\n" "kernel direct" "${rate[direct]}" "$(ratio "${rate[direct]}" "${rate[haproxy]}")"
+printf "%-34s %10.0f %9s\n" "HAProxy mode tcp" "${rate[haproxy]}" "1.00"
+printf "%-34s %10.0f %9s\n" "vpmtun forward, 1 worker" "${rate[vpmtun1]}" "$(ratio "${rate[vpmtun1]}" "${rate[haproxy]}")"
+printf "%-34s %10.0f %9s\n" "vpmtun forward, 2 workers" "${rate[vpmtun2]}" "$(ratio "${rate[vpmtun2]}" "${rate[haproxy]}")"
 grep -v " 0 failed" "$work/connect.log" | sed "s/^/failures: /" || true
 grep -iE "assert|error" "$work/vpmtun.log" || true

@@ -93,6 +93,9 @@ void describe_config(const vpm::Config& cfg) {
   if (!hooks.empty())
     fmt::print("  node {}, hooks:{} (each killed after {} ms)\n", cfg.daemon.name, hooks,
                cfg.daemon.hook_timeout_ms);
+  if (cfg.tun.queues > 1)
+    fmt::print("  {} workers, one per TUN queue, each with 1/{} of max_flows and stack_memory_mb\n",
+               cfg.tun.queues, cfg.tun.queues);
 }
 
 // A question for the running daemon over its control socket: the answer
@@ -181,7 +184,11 @@ int main(int argc, char** argv) {
       "Operating it: 'vpmtun stats', 'table' and 'apps' ask it over [vpm] control_socket;\n"
       "[metrics] listen serves Prometheus text at /metrics; with [daemon] user it drops\n"
       "all privileges once the TUN and sockets are set up. SIGHUP or 'vpmtun reload'\n"
-      "re-reads the file: new rules for new flows, open flows keep theirs.\n\n"
+      "re-reads the file: new rules for new flows, open flows keep theirs.\n"
+      "With [tun] queues = N (N > 1) the TUN has N queues and one worker process\n"
+      "serves each (its own engine and embedded stack; the kernel keeps each flow on\n"
+      "one queue); this process supervises them and answers for all of them. Signal\n"
+      "this process, not a worker.\n\n"
       "Examples:\n"
       "  vpmtun run -c /etc/vpmtun/vpm.toml\n"
       "  vpmtun run -c vpm.toml --log-level debug --log-format json\n"
