@@ -152,6 +152,11 @@ void Supervisor::work(size_t q, int channel) {
   if (::getppid() != self_) ::_exit(1);  // the supervisor died before the line above
   device_.use_queue(q);
   close_inherited({device_.fd(), channel});
+  sigset_t child;
+  sigemptyset(&child);
+  sigaddset(&child, SIGCHLD);
+  sigprocmask(SIG_UNBLOCK, &child, nullptr);
+  spdlog::set_default_logger(spdlog::default_logger()->clone(fmt::format("vpmtun worker {}", q)));
   int code = 1;
   try {
     DaemonOptions opt = opt_;
@@ -160,11 +165,11 @@ void Supervisor::work(size_t q, int channel) {
     daemon.serve_supervisor(channel);
     code = daemon.run();
     const auto& c = daemon.engine().counters();
-    spdlog::info("worker {} stopped: {} packets in, {} out, {} translated, {} dropped, {} refused",
-                 q, c.packets[vpm::to_stack_side], c.packets[vpm::to_tun_side], c.translated,
+    spdlog::info("stopped: {} packets in, {} out, {} translated, {} dropped, {} refused",
+                 c.packets[vpm::to_stack_side], c.packets[vpm::to_tun_side], c.translated,
                  c.dropped, c.refused);
   } catch (const std::exception& e) {
-    spdlog::error("worker {}: {}", q, e.what());
+    spdlog::error("{}", e.what());
   }
   spdlog::default_logger()->flush();
   ::_exit(code);

@@ -179,8 +179,8 @@ daemon_pid=""
 check "SIGTERM: the supervisor exits 0 once every worker is done" test "$rc" = 0
 check "hooks ran once each, in the supervisor" test "$(tr '\n' ' ' <"$work/hooks")" = "ready stopped "
 spread() {  # every worker's closing line counts packets
-  grep -E "worker [01] stopped: [0-9]+ packets in" "$work/vpm.log"
-  [ "$(grep -cE "worker [01] stopped: [1-9][0-9]* packets in" "$work/vpm.log")" -ge 2 ]
+  grep -E "worker [01]: info: stopped: [0-9]+ packets in" "$work/vpm.log"
+  [ "$(grep -cE "worker [01]: info: stopped: [1-9][0-9]* packets in" "$work/vpm.log")" -ge 2 ]
 }
 check "both workers carried traffic" spread
 check "no TUN left behind" bash -c "! ip -n '$d' link show vpm0 2>/dev/null"

@@ -122,7 +122,7 @@ int ask(const std::string& socket, const std::string& config_path, const std::st
 
 int main(int argc, char** argv) {
   spdlog::set_default_logger(spdlog::stderr_color_st("vpmtun"));
-  spdlog::set_pattern("vpmtun: %^%l%$: %v");
+  spdlog::set_pattern("%n: %^%l%$: %v");  // a worker is named "vpmtun worker N"
   CLI::App app{
       "vpmtun - a virtual port multiplexer over a Linux TUN device.\n\n"
       "Many application instances share one port (p1, say 9000) on a virtual address;\n"
