@@ -136,7 +136,7 @@ void Stack::Impl::arrive(std::span<uint8_t> packet, uint16_t flow_app, bool veri
       Tuple key = make_tuple(v.src(), v.src_port(), v.dst(), v.dst_port());
       if (connecting.count(key)) return;  // its backend is still connecting
       if (!admitted.count(key)) {         // else a retransmission: lwIP knows it
-        if (half_open() >= kMaxHalfOpen) return answer_with_cookie(v);
+        if (half_open() >= kMaxHalfOpen / workers) return answer_with_cookie(v);
         uint16_t app = take_turn(ep);
         if (app == vpm::kNoApp) return;
         std::vector<uint8_t> copy(packet.begin(), packet.end());

@@ -267,8 +267,8 @@ void Stack::poll() {
 // and options, still fits a 64 KiB packet and the netif's MTU. (TCP_MSS
 // itself is capped by a sanity check about the socket API's low-water mark,
 // which we do not use.)
-void Stack::share_memory(uint32_t workers) {
-  impl_->memory_share = std::max<uint32_t>(1, workers);
+void Stack::set_workers(uint32_t workers) {
+  impl_->workers = std::max<uint32_t>(1, workers);
   impl_->limit_memory();
 }
 

@@ -152,8 +152,9 @@ class Stack {
   void send_large_segments();
 
   // One worker of `workers` (tun/supervisor.hpp): its lwIP may hold its
-  // share of [vpm] stack_memory_mb, now and after each reload.
-  void share_memory(uint32_t workers);
+  // share of [vpm] stack_memory_mb (now and after each reload), and its
+  // share of the handshakes that may be pending before SYN cookies.
+  void set_workers(uint32_t workers);
 
   // After the engine has taken the rules of a reload (the Ruleset given to
   // the constructor now holds them): binds the new endpoints, closes those

@@ -192,9 +192,9 @@ struct Stack::Impl {
   StackCounters counters;
   std::vector<AppStackCounters> apps;
   bool per_connection = false;
-  uint32_t memory_share = 1;  // workers splitting stack_memory_mb
+  uint32_t workers = 1;  // workers splitting stack_memory_mb and kMaxHalfOpen
   void limit_memory() {
-    stack_memory().limit = (size_t{rules.config().vpm.stack_memory_mb} << 20) / memory_share;
+    stack_memory().limit = (size_t{rules.config().vpm.stack_memory_mb} << 20) / workers;
   }
   bool accepting = true;   // false once draining
   uint16_t large_mss = 0;  // with send_large_segments(): lwIP's MSS towards every client

@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
@@ -29,6 +30,16 @@ sockaddr_un unix_address(const std::string& path) {
 }
 
 }  // namespace
+
+std::vector<std::string> request_words(const std::string& request) {
+  std::vector<std::string> words;
+  for (size_t at = 0; at < request.size();) {
+    size_t end = std::min(request.find(' ', at), request.size());
+    if (end > at) words.push_back(request.substr(at, end - at));
+    at = end + 1;
+  }
+  return words;
+}
 
 // A connected client socket, or -1 with errno set.
 int connect_to(const std::string& path, int type) {

@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "stack/stack.hpp"
 
@@ -53,6 +54,8 @@ class ControlServer {
 // std::runtime_error naming `what`, the path, and the config `key` to change.
 int listen_unix(const std::string& path, int type, mode_t mode, const std::string& what,
                 const std::string& key);
+// The words of a request line, split at spaces.
+std::vector<std::string> request_words(const std::string& request);
 // A connected client socket of `type`, or -1 with errno set.
 int connect_to(const std::string& path, int type);
 

@@ -10,8 +10,8 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <charconv>
+#include <chrono>
 #include <cstring>
 #include <stdexcept>
 
@@ -90,7 +90,7 @@ Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions
       engine_.rules(), device.mtu(), [this](std::span<uint8_t> p) { from_stack(p); }, this,
       instances_.get());
   if (device.segments()) stack_->send_large_segments();
-  stack_->share_memory(opt.share.count);
+  stack_->set_workers(opt.share.count);
   if (vpm::uses_cooperation(cfg)) {
     if (opt.coop_key.empty()) throw std::runtime_error("cooperative mode needs its key");
     coop_server_ = std::make_unique<CoopServer>(engine_.rules(), opt.coop_key);
@@ -353,17 +353,12 @@ void Daemon::serve_supervisor(int channel) {
 }
 
 void Daemon::serve_metrics(const vpm::Endpoint& listen) {
-  metrics_ =
-      std::make_unique<MetricsServer>(listen, *this, [this] { return render_metrics(*this, figures_of(*this)); });
+  metrics_ = std::make_unique<MetricsServer>(
+      listen, *this, [this] { return render_metrics(*this, figures_of(*this)); });
 }
 
 std::pair<bool, std::string> Daemon::answer(const std::string& request) {
-  std::vector<std::string> words;
-  for (size_t at = 0; at < request.size();) {
-    size_t end = std::min(request.find(' ', at), request.size());
-    if (end > at) words.push_back(request.substr(at, end - at));
-    at = end + 1;
-  }
+  std::vector<std::string> words = request_words(request);
   if (words.empty()) return {false, "empty request\n"};
   bool json = false;
   TableFilter filter;

@@ -276,9 +276,8 @@ std::string encode(const Figures& f) {
   std::string out = fmt::format("u {}\n", f.uptime_s);
   for (auto& c : f.counters) out += fmt::format("c {} {} {}\n", c.group, c.name, c.value);
   for (auto& a : f.apps)
-    out += fmt::format("a {} {} {} {} {} {} {} {} {}\n", a.active, a.flows, a.port_waits,
-                       a.refused, a.accepted, a.open, a.backend_failures, a.syn_cookies,
-                       a.backend_up + 1);
+    out += fmt::format("a {} {} {} {} {} {} {} {} {}\n", a.active, a.flows, a.port_waits, a.refused,
+                       a.accepted, a.open, a.backend_failures, a.syn_cookies, a.backend_up + 1);
   for (size_t i = 0; i < f.ports.size(); ++i)
     out += fmt::format("p {} {}\n", f.ports_in_use[i], f.ports[i]);
   for (auto& [key, n] : f.flows_by_state)
@@ -484,14 +483,14 @@ std::string render_apps(const Daemon& d, const Figures& f, bool json) {
       if (cfg.vpm.allocation == vpm::Allocation::per_app)
         p2s.push_back(std::to_string(p2));
       else
-        p2s.push_back(fmt::format("{}-{} ({} in use)", l.slice_lo, l.slice_hi,
-                                  f.ports_in_use.at(li)));
+        p2s.push_back(
+            fmt::format("{}-{} ({} in use)", l.slice_lo, l.slice_hi, f.ports_in_use.at(li)));
     }
     std::string service = app.forward ? "forward " + app.forward->str() : app.serve;
-    const char* health = !app.forward                    ? "-"
+    const char* health = !app.forward          ? "-"
                          : fig.backend_up == 1 ? "up"
                          : fig.backend_up == 0 ? "down"
-                                                         : "unknown";
+                                               : "unknown";
     if (json) {
       j.open('{')
           .field("name", app.name)
@@ -539,13 +538,11 @@ std::string render_apps(const Daemon& d, const Figures& f, bool json) {
       }
       text += fmt::format(
           "{} (aid {}{}): {}{}\n", app.name, app.aid, app.draining ? ", draining" : "", service,
-          app.forward ? fmt::format(" [{}; {} failures]", health, fig.backend_failures)
-                      : "");
+          app.forward ? fmt::format(" [{}; {} failures]", health, fig.backend_failures) : "");
       text += fmt::format("  listens  {}\n  p2s      {}\n", joined_listens, joined_p2s);
       text += fmt::format(
           "  flows    {} active, {} total; tcp {} open, {} accepted; {} port waits, {} refused\n",
-          fig.active, fig.flows, fig.open, fig.accepted,
-          fig.port_waits, fig.refused);
+          fig.active, fig.flows, fig.open, fig.accepted, fig.port_waits, fig.refused);
       if (fig.syn_cookies)
         text += fmt::format(
             "  handshakes past the bound of pending ones: {} completed with SYN cookies\n",

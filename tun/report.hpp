@@ -34,13 +34,13 @@ struct Figures {
     uint64_t value;
   };
   struct App {
-    uint64_t active = 0, flows = 0, port_waits = 0, refused = 0;  // the engine's
+    uint64_t active = 0, flows = 0, port_waits = 0, refused = 0;             // the engine's
     uint64_t accepted = 0, open = 0, backend_failures = 0, syn_cookies = 0;  // the stack's
     int backend_up = -1;  // forward: up (1), down (0), not known yet (-1)
   };
   uint64_t uptime_s = 0;
-  std::vector<Counter> counters;  // in stats order
-  std::vector<App> apps;          // per app of the configuration
+  std::vector<Counter> counters;              // in stats order
+  std::vector<App> apps;                      // per app of the configuration
   std::vector<uint64_t> ports_in_use, ports;  // per listen (per-connection allocation)
   std::map<std::pair<std::string, std::string>, uint64_t> flows_by_state;  // (proto, state)
 };

@@ -236,9 +236,12 @@ std::optional<Figures> Supervisor::summed(std::string& why) {
   // What the supervisor counts replaces the workers' own.
   const auto& h = hooks_->counters();
   std::vector<std::pair<const char*, uint64_t>> own = {
-      {"reloads", counters_.reloads},   {"reloads_refused", counters_.reloads_refused},
-      {"hooks_run", h.run},             {"hooks_failed", h.failed},
-      {"hooks_timed_out", h.timed_out}, {"workers", running()},
+      {"reloads", counters_.reloads},
+      {"reloads_refused", counters_.reloads_refused},
+      {"hooks_run", h.run},
+      {"hooks_failed", h.failed},
+      {"hooks_timed_out", h.timed_out},
+      {"workers", running()},
       {"worker_restarts", counters_.worker_restarts}};
   auto& list = sum->counters;
   auto last = list.begin();
@@ -254,12 +257,7 @@ std::optional<Figures> Supervisor::summed(std::string& why) {
 }
 
 std::pair<bool, std::string> Supervisor::answer(const std::string& request) {
-  std::vector<std::string> words;
-  for (size_t at = 0; at < request.size();) {
-    size_t end = std::min(request.find(' ', at), request.size());
-    if (end > at) words.push_back(request.substr(at, end - at));
-    at = end + 1;
-  }
+  std::vector<std::string> words = request_words(request);
   if (words.empty()) return {false, "empty request\n"};
   if (words[0] == "reload") return reload_all();
   // Worker 0 checks the request, and its rules render what is summed.

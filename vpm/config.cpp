@@ -157,8 +157,9 @@ std::optional<Prefix> prefix_key(Checker& c, const toml::table& t, std::string_v
 }
 
 void parse_tun(Checker& c, const toml::table& t, TunConfig& tun) {
-  c.only_keys(t, "tun",
-              {"name", "mtu", "address", "address6", "configure", "offload", "txqueuelen", "queues"});
+  c.only_keys(
+      t, "tun",
+      {"name", "mtu", "address", "address6", "configure", "offload", "txqueuelen", "queues"});
   if (auto s = c.string(t, "name", "tun.name")) {
     if (s->empty() || s->size() > 15 || s->find('/') != std::string::npos)
       c.fail(t.get("name"), "tun.name",
@@ -466,8 +467,9 @@ void cross_check(Checker& c, const toml::table& root, Config& cfg) {
     for (auto& app : cfg.apps)
       if (runs_programs(app))
         c.fail(n, "tun.queues",
-               "app '" + app.name + "' runs programs (serve = \"exec\" or remote), which one "
-               "worker serves for now; set queues = 1");
+               "app '" + app.name +
+                   "' runs programs (serve = \"exec\" or remote), which one "
+                   "worker serves for now; set queues = 1");
     if (cooperates && std::none_of(cfg.apps.begin(), cfg.apps.end(), runs_programs))
       c.fail(n, "tun.queues", "cooperative mode is served by one worker for now; set queues = 1");
   }

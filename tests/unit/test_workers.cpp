@@ -103,8 +103,9 @@ TEST_CASE("[tun] queues: what workers do not serve yet, and too many, are errors
       for (auto& x : *e) out += x.str() + "\n";
     return out;
   };
-  std::string app = "[[app]]\nname = \"prog\"\naid = 1\nlisten = [\"192.0.2.10:9000\"]\n"
-                    "clients = [\"198.51.100.0/24\"]\n";
+  std::string app =
+      "[[app]]\nname = \"prog\"\naid = 1\nlisten = [\"192.0.2.10:9000\"]\n"
+      "clients = [\"198.51.100.0/24\"]\n";
   CHECK(errors_of("[tun]\nqueues = 2\n" + app + "serve = \"echo\"\n").empty());
   CHECK(errors_of("[tun]\nqueues = 2\n" + app + "serve = \"exec\"\n")
             .find("w.toml:2: tun.queues: app 'prog' runs programs") != std::string::npos);
@@ -112,6 +113,7 @@ TEST_CASE("[tun] queues: what workers do not serve yet, and too many, are errors
         std::string::npos);
   // Per-connection: every worker needs a port of each slice.
   CHECK(errors_of("[tun]\nqueues = 2\n[vpm]\nallocation = \"per-connection\"\n"
-                  "port_range = \"20000-20000\"\n" + app + "serve = \"echo\"\n")
+                  "port_range = \"20000-20000\"\n" +
+                  app + "serve = \"echo\"\n")
             .find("needs at least 2 ports") != std::string::npos);
 }

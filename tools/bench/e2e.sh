@@ -193,10 +193,11 @@ for q in 1 2; do
   [ "$q" -eq 1 ] && sink=$(sink_gbps 10.99.0.10 9002)
   stop_vpmtun
 done
-row() {  # row LABEL KEY
-  printf "%-34s %10.2f %10.2f %4s/%-4s %4s/%-4s\n" "$1" "${up[$2]}" "${down[$2]}" \
-    "$(ratio "${up[$2]}" "${up[kernel]}")" "$(ratio "${down[$2]}" "${down[kernel]}")" \
-    "$(ratio "${up[$2]}" "${up[haproxy]}")" "$(ratio "${down[$2]}" "${down[haproxy]}")"
+row() {  # row LABEL KEY [UP-ARRAY DOWN-ARRAY]: Gbit/s and ratios
+  local -n u="${3:-up}" d="${4:-down}"
+  printf "%-34s %10.2f %10.2f %4s/%-4s %4s/%-4s\n" "$1" "${u[$2]}" "${d[$2]}" \
+    "$(ratio "${u[$2]}" "${u[kernel]}")" "$(ratio "${d[$2]}" "${d[kernel]}")" \
+    "$(ratio "${u[$2]}" "${u[haproxy]}")" "$(ratio "${d[$2]}" "${d[haproxy]}")"
 }
 row "kernel direct" kernel
 row "nft redirect 9000 -> 5201" nft
@@ -207,11 +208,7 @@ printf "%-34s %10.2f %10s %4s\n" "vpmtun built-in discard (socat)" "$sink" "-" "
 
 echo
 printf "%-34s %10s %10s %9s %9s\n" "many streams (iperf3 -P 4)" "up Gbit/s" "down" "vs kernel" "vs HAProxy"
-many_row() {  # many_row LABEL KEY
-  printf "%-34s %10.2f %10.2f %4s/%-4s %4s/%-4s\n" "$1" "${many_up[$2]}" "${many_down[$2]}" \
-    "$(ratio "${many_up[$2]}" "${many_up[kernel]}")" "$(ratio "${many_down[$2]}" "${many_down[kernel]}")" \
-    "$(ratio "${many_up[$2]}" "${many_up[haproxy]}")" "$(ratio "${many_down[$2]}" "${many_down[haproxy]}")"
-}
+many_row() { row "$1" "$2" many_up many_down; }
 many_row "kernel direct" kernel
 many_row "HAProxy mode tcp, src ACL" haproxy
 many_row "vpmtun forward, 1 worker" vpmtun1

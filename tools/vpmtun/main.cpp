@@ -94,7 +94,8 @@ void describe_config(const vpm::Config& cfg) {
     fmt::print("  node {}, hooks:{} (each killed after {} ms)\n", cfg.daemon.name, hooks,
                cfg.daemon.hook_timeout_ms);
   if (cfg.tun.queues > 1)
-    fmt::print("  {} workers, one per TUN queue, each with 1/{} of max_flows and stack_memory_mb\n",
+    fmt::print("  {} workers, one per TUN queue, each with 1/{} of max_flows, stack_memory_mb and pending "
+        "handshakes\n",
                cfg.tun.queues, cfg.tun.queues);
 }
 
