@@ -245,11 +245,12 @@ std::optional<Figures> Supervisor::summed(std::string& why) {
       {"worker_restarts", counters_.worker_restarts}};
   auto& list = sum->counters;
   auto last = list.begin();
-  for (auto [name, value] : own) {
-    auto it = std::find_if(list.begin(), list.end(), [&](const Figures::Counter& c) {
-      return c.group == "daemon" && c.name == name;
+  for (const auto& [name, value] : own) {
+    std::string_view wanted = name;  // a lambda may not capture a structured binding (C++20)
+    auto it = std::find_if(list.begin(), list.end(), [wanted](const Figures::Counter& c) {
+      return c.group == "daemon" && c.name == wanted;
     });
-    if (it == list.end()) it = list.insert(last + 1, {"daemon", name, 0});
+    if (it == list.end()) it = list.insert(last + 1, {"daemon", std::string(wanted), 0});
     it->value = value;
     last = it;
   }
