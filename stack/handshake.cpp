@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "lwip/priv/tcp_priv.h"  // tcp_tw_pcbs: TIME_WAIT reuse and its limit
+#include "vpmtun_hooks.h"
 #include "stack_impl.hpp"
 #include "vpm/refusal.hpp"
 
@@ -99,18 +100,15 @@ void Stack::Impl::refuse(const Held& held) {
 // is past the old one's (Linux clients' ISNs grow with time).
 void Stack::Impl::reuse_time_wait(const vpm::PacketView& v) {
   uint32_t seq = vpm::load32(v.l4_ptr() + 4);
-  for (tcp_pcb* pcb = tcp_tw_pcbs; pcb; pcb = pcb->next) {
-    if (pcb->local_port != v.dst_port() || pcb->remote_port != v.src_port() ||
-        from_lwip(&pcb->remote_ip) != v.src() || from_lwip(&pcb->local_ip) != v.dst())
-      continue;
-    if (TCP_SEQ_GT(seq, pcb->rcv_nxt)) tcp_abort(pcb);  // no callbacks: its Conn is gone
-    return;
-  }
+  ip_addr_t remote = to_lwip(v.src()), local = to_lwip(v.dst());
+  tcp_pcb* pcb = vpmtun_tcp_tw_find(&remote, v.src_port(), &local, v.dst_port());
+  if (pcb && TCP_SEQ_GT(seq, pcb->rcv_nxt)) tcp_abort(pcb);  // no callbacks: its Conn is gone
 }
 
-// Each TIME_WAIT pcb costs every SYN a comparison (and each removal a
-// walk): keep the newest kMaxTimeWait (lwIP adds them at the list head).
+// Each TIME_WAIT pcb costs memory, and lwIP's slow timer visits each:
+// keep the newest kMaxTimeWait (lwIP adds them at the list head).
 void Stack::Impl::limit_time_wait() {
+  if (vpmtun_tcp_tw_count() <= kMaxTimeWait) return;
   size_t n = 0;
   for (tcp_pcb* pcb = tcp_tw_pcbs; pcb; pcb = pcb->next) {
     if (++n < kMaxTimeWait) continue;

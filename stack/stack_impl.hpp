@@ -55,7 +55,7 @@ constexpr uint64_t kHandshakeMs = 20000;  // lwIP's SYN_RCVD timeout: then a hel
 // holds at most this many pcbs (and their SYN-ACK retransmissions) and
 // makes at most this many backend connects at a time.
 constexpr size_t kMaxHalfOpen = 256;
-constexpr size_t kMaxTimeWait = 1024;  // lwIP searches TIME_WAIT pcbs linearly
+constexpr size_t kMaxTimeWait = 1024;  // TIME_WAIT pcbs kept (the newest)
 constexpr size_t kRelayChunk = 65536;
 // Under memory pressure a connection holding this much the endpoint has not
 // passed on takes no more data (stack_memory.hpp).
@@ -329,8 +329,8 @@ struct Stack::Impl {
   // is past the old one's (Linux clients' ISNs grow with time).
   void reuse_time_wait(const vpm::PacketView& v);
 
-  // Each TIME_WAIT pcb costs every SYN a comparison (and each removal a
-  // walk): keep the newest kMaxTimeWait (lwIP adds them at the list head).
+  // Each TIME_WAIT pcb costs memory, and lwIP's slow timer visits each:
+  // keep the newest kMaxTimeWait (lwIP adds them at the list head).
   void limit_time_wait();
 
   // One packet in. A new SYN is given its app here, and held while a

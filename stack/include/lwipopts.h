@@ -92,9 +92,10 @@
  * 100 ms ticks instead of the default 500, which on a lossy path is the
  * difference between a stall and a hiccup. */
 #define TCP_TMR_INTERVAL 50
-/* TIME_WAIT lasts 2 * TCP_MSL. lwIP keeps TIME_WAIT pcbs in a list every
- * SYN searches, so 20 s instead of 120; the stack also lets a newer SYN
- * reuse a TIME_WAIT 4-tuple and keeps at most 1024 of them (stack.cpp). */
+/* TIME_WAIT lasts 2 * TCP_MSL: 20 s instead of 120, as each TIME_WAIT pcb
+ * is memory the slow timer visits (segments find theirs through an index,
+ * stack/pcb_index.cpp); the stack also lets a newer SYN reuse a TIME_WAIT
+ * 4-tuple and keeps at most 1024 of them (handshake.cpp). */
 #define TCP_MSL 10000UL
 /* SO_REUSEADDR for the endpoints' listeners (and the connections they
  * accept): a reload may bind a p2 again while connections of its last
@@ -127,6 +128,9 @@
 #define LWIP_HOOK_TCP_ACTIVE_ADDED vpmtun_tcp_active_added
 #define LWIP_HOOK_TCP_ACTIVE_UNLINK vpmtun_tcp_active_unlink
 #define LWIP_HOOK_TCP_ACTIVE_FIND vpmtun_tcp_active_find
+#define LWIP_HOOK_TCP_TW_ADDED vpmtun_tcp_tw_added
+#define LWIP_HOOK_TCP_TW_UNLINK vpmtun_tcp_tw_unlink
+#define LWIP_HOOK_TCP_TW_FIND vpmtun_tcp_tw_find
 
 /* Random numbers for ports come from the port file; memory accounting from
  * stack/stack_memory.cpp. */

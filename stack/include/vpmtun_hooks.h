@@ -21,6 +21,13 @@ void vpmtun_tcp_active_added(struct tcp_pcb* pcb);
 void vpmtun_tcp_active_unlink(struct tcp_pcb* pcb);
 struct tcp_pcb* vpmtun_tcp_active_find(const ip_addr_t* remote_ip, u16_t remote_port,
                                        const ip_addr_t* local_ip, u16_t local_port);
+/* The same for TIME-WAIT pcbs (0002-tcp-time-wait-index.patch), and how
+ * many there are. */
+void vpmtun_tcp_tw_added(struct tcp_pcb* pcb);
+void vpmtun_tcp_tw_unlink(struct tcp_pcb* pcb);
+struct tcp_pcb* vpmtun_tcp_tw_find(const ip_addr_t* remote_ip, u16_t remote_port,
+                                   const ip_addr_t* local_ip, u16_t local_port);
+size_t vpmtun_tcp_tw_count(void);
 #ifdef __cplusplus
 }
 #endif

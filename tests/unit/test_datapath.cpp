@@ -63,9 +63,10 @@ struct DataPath {
 }  // namespace
 
 // A whole HTTP exchange with the stack: handshake, request, reply up to its
-// FIN (checked on the way: only p1 is seen, checksums hold). Returns the reply.
+// FIN (checked on the way: only p1 is seen, checksums hold). Returns the
+// reply; `fin_seq`, if given, is set to the sequence number of the FIN.
 std::string http_get(DataPath& dp, const std::string& client, const std::string& vip,
-                     uint16_t port) {
+                     uint16_t port, uint32_t* fin_seq = nullptr) {
   Spec syn{client, vip, 6, port, 9000, 0x02};
   syn.seq = 1000;
   REQUIRE(dp.from_client(build(syn)).verdict == vpm::Verdict::translated);
@@ -92,7 +93,9 @@ std::string http_get(DataPath& dp, const std::string& client, const std::string&
     CHECK(l4_checksum_ok(p));
     Bytes pl = payload_of(p);
     reply.append(pl.begin(), pl.end());
-    fin |= (p[l4_of(p) + 13] & 0x01) != 0;
+    bool this_fin = (p[l4_of(p) + 13] & 0x01) != 0;
+    if (this_fin && fin_seq) *fin_seq = get32(p, l4_of(p) + 4) + static_cast<uint32_t>(pl.size());
+    fin |= this_fin;
   }
   CHECK(fin);
   return reply;
@@ -431,4 +434,28 @@ forward = "127.0.0.1:{}"
   daemon.tick(tun::monotonic_ms());
   CHECK(daemon.stack().counters().udp_sessions_expired == 1);
   ::close(backend);
+}
+
+TEST_CASE("TIME_WAIT: a SYN older than the closed connection is only acknowledged, a newer one gets in") {
+  DataPath dp(config(kConfig));
+  uint32_t fin_seq = 0;
+  http_get(dp, "198.51.100.5", "192.0.2.10", 40000, &fin_seq);
+  // The client acknowledges the server's FIN and closes: the server side is in TIME_WAIT.
+  Spec fin{"198.51.100.5", "192.0.2.10", 6, 40000, 9000, 0x11};
+  fin.seq = 1001 + static_cast<uint32_t>(std::string("GET / HTTP/1.1\r\nHost: x\r\n\r\n").size());
+  fin.ack = fin_seq + 1;
+  REQUIRE(dp.from_client(build(fin)).verdict == vpm::Verdict::translated);
+  dp.take();
+
+  auto answer_to_syn = [&](uint32_t isn) {
+    Spec syn{"198.51.100.5", "192.0.2.10", 6, 40000, 9000, 0x02};
+    syn.seq = isn;
+    dp.from_client(build(syn));
+    auto out = dp.take();
+    REQUIRE(out.size() == 1);
+    return out[0][l4_of(out[0]) + 13];
+  };
+  CHECK(answer_to_syn(500) == 0x10);      // an old duplicate: TIME_WAIT acknowledges it
+  CHECK(answer_to_syn(900000) == 0x12);   // a new connection: SYN-ACK
+  CHECK(answer_to_syn(900000) == 0x12);   // its SYN again (no TIME_WAIT left to find)
 }
