@@ -63,7 +63,10 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
     ++s->counters.negotiation_connections;
     tcp_poll(pcb, on_negotiation_idle, 10);  // every 5 s
   }
-  if (s->large_mss) pcb->mss = s->large_mss;  // the device cuts them to the client's MSS
+  if (s->large_mss) {  // the device cuts them to the client's MSS
+    pcb->wire_mss = pcb->mss;  // what loss recovery counts in (patch 0003)
+    pcb->mss = s->large_mss;
+  }
   // The PROXY header, and start watching the backend.
   if (relayed(c->service) && !s->to_backend(c)) return ERR_ABRT;
   return ERR_OK;
