@@ -45,6 +45,7 @@ Bytes be32(uint32_t v) {
 struct Segment {
   uint32_t seq;
   size_t len;
+  uint8_t flags;
 };
 
 struct SegmentingDevice : tun::FakeDevice {
@@ -72,7 +73,10 @@ struct Client {
   std::vector<Segment> take() {
     std::vector<Segment> out;
     for (auto& w : device.written)
-      if (size_t len = payload_of(w).size(); len > 0) out.push_back({get32(w, 24), len});
+      if (size_t len = payload_of(w).size(); len > 0) {
+        if (len <= 1460) CHECK(l4_checksum_ok(w));  // larger ones: the device completes it
+        out.push_back({get32(w, 24), len, w[33]});
+      }
     device.written.clear();
     return out;
   }
@@ -111,29 +115,44 @@ struct Client {
 
 }  // namespace
 
-TEST_CASE("one SACK of a large segment past a lost one: the lost one goes again at once") {
+TEST_CASE("one SACK past a hole: the hole goes again at once, and only the hole") {
   // (One stack at a time: lwIP is one instance per process.)
-  {
-    Client c;
+  auto two_segments = [](Client& c) {
     c.handshake();
     auto sent = c.echo(60000);
     auto more = c.echo(60000);
     sent.insert(sent.end(), more.begin(), more.end());
     REQUIRE(sent.size() >= 2);
     CHECK(sent[0].len > 1460);  // large: the device cuts it
-    // The first is lost; the client holds the second and says so, once.
+    return sent;
+  };
+  SECTION("a whole segment lost") {
+    Client c;
+    auto sent = two_segments(c);
     auto again = c.acknowledge(c.server_next, &sent[1]);
     REQUIRE(!again.empty());
     CHECK(again[0].seq == sent[0].seq);
     CHECK(again[0].len == sent[0].len);
+    CHECK((again[0].flags & 0x10) != 0);  // ACK, as every segment after the handshake
   }
-  // Without the SACK block, one duplicate ACK is not enough (RFC 5681's three).
-  Client plain;
-  plain.handshake();
-  auto first = plain.echo(60000);
-  plain.echo(60000);
-  REQUIRE(!first.empty());
-  CHECK(plain.acknowledge(plain.server_next).empty());
+  SECTION("one packet of a segment lost") {
+    Client c;
+    auto sent = two_segments(c);
+    // The client got two packets of the first segment, lost the third,
+    // and holds the rest.
+    uint32_t hole = sent[0].seq + 2 * 1460;
+    Segment rest{hole + 1460, sent[0].len - 3 * 1460, 0};
+    c.acknowledge(hole);
+    auto again = c.acknowledge(hole, &rest);
+    REQUIRE(!again.empty());
+    CHECK(again[0].seq == hole);
+    CHECK(again[0].len == 1460);  // one packet of the client's MSS, not the segment
+  }
+  SECTION("without a SACK block, one duplicate ACK is not enough (RFC 5681's three)") {
+    Client c;
+    two_segments(c);
+    CHECK(c.acknowledge(c.server_next).empty());
+  }
 }
 
 TEST_CASE("an ACK that never comes: one probe after two fast-timer ticks, not a timeout") {
