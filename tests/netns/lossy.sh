@@ -4,8 +4,8 @@
 # forward app, with and without the TUN's offloads (large segments towards
 # the client are cut by the kernel, and a lost piece means a retransmission),
 # and 5 MB through the built-in echo (lwIP sends and receives at once): every
-# byte arrives, in order (sha256). How long each took is printed: lwIP's loss
-# recovery is slow (README "Performance").
+# byte arrives, in order (sha256). How long each took is printed (README
+# "Performance", under loss).
 #
 #   c1  10.200.1.5 ---- v1 (1% loss each way) ---- d: vpmtun run, TUN vpm0, 10.99.0.10:
 #                                                     9000 forward -> 127.0.0.1:19001 (sends the file)

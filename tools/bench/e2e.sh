@@ -16,7 +16,15 @@
 #   tools/bench/e2e.sh [BUILD_DIR] [SECONDS] [RUNS]   (defaults: build-bench, 5, 3)
 #   MTU=65520 tools/bench/e2e.sh ...                  clients on the same host (veth MTU)
 #   LOSS=1 tools/bench/e2e.sh ...                     1% of packets lost each way on s's
-#                                                     link to the client (nft numgen; 0.1 too)
+#                                                     link to the client (nft numgen; 0.1 too),
+#                                                     as s forwards them: a TSO or TUN segment
+#                                                     of 64 KiB is one packet there
+#   LOSS=1 LOSS_AT=wire tools/bench/e2e.sh ...        the same per packet of the link's MTU: a
+#                                                     namespace m between c and s forwards and
+#                                                     drops; c and s do not offload segmentation
+#                                                     towards it
+#   STREAMS_ONLY=1 tools/bench/e2e.sh ...             one stream each way through HAProxy and
+#                                                     one worker, nothing else (tools/bench/loss.sh)
 #
 # vpmtun runs twice: with one worker ([tun] queues = 1), then with two
 # (queues = 2, one per core here). Every figure is the median of RUNS runs of
@@ -30,6 +38,8 @@ secs="${2:-5}"
 runs="${3:-3}"
 mtu="${MTU:-1500}"
 loss="${LOSS:-0}"  # percent, each way
+loss_at="${LOSS_AT:-router}"  # router: as s forwards (a large segment is one packet); wire: per MTU packet
+streams_only="${STREAMS_ONLY:-0}"
 [ "$(id -u)" -eq 0 ] || { echo "e2e.sh: needs root (network namespaces)" >&2; exit 1; }
 for t in iperf3 haproxy nft socat; do
   command -v "$t" >/dev/null || { echo "e2e.sh: $t missing (tools/install-deps)" >&2; exit 1; }
@@ -41,14 +51,13 @@ if [ ! -x "$build/tools/vpmtun" ] || [ ! -x "$build/tools/bench/vpmtun-bench" ];
 fi
 vpmtun="$build/tools/vpmtun" bench="$build/tools/bench/vpmtun-bench"
 
-c="vpmb$$-c" s="vpmb$$-s"
+c="vpmb$$-c" s="vpmb$$-s" m="vpmb$$-m"
 work="$(mktemp -d)"
 cleanup() {
   ip netns pids "$s" 2>/dev/null | xargs -r kill 2>/dev/null || true
   wait 2>/dev/null || true
   sleep 0.5
-  ip netns del "$c" 2>/dev/null || true
-  ip netns del "$s" 2>/dev/null || true
+  for ns in "$c" "$s" "$m"; do ip netns del "$ns" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -57,10 +66,41 @@ in_c() { ip netns exec "$c" "$@"; }
 
 ip netns add "$c"; ip netns add "$s"
 ip -n "$c" link set lo up; ip -n "$s" link set lo up
-ip -n "$s" link add eth0 type veth peer name eth0 netns "$c"
-ip -n "$s" addr add 10.201.0.1/24 dev eth0; ip -n "$c" addr add 10.201.0.2/24 dev eth0
-ip -n "$s" link set eth0 mtu "$mtu" up; ip -n "$c" link set eth0 mtu "$mtu" up
-ip -n "$c" route add 10.99.0.0/24 via 10.201.0.1
+if [ "$loss" != 0 ] && [ "$loss_at" = wire ]; then
+  # A lossy network m between c and s, which drops packet by packet what it
+  # forwards: nobody offloads segmentation towards it. What reaches s comes
+  # packet by packet too (veth gathers no trains), also into the TUN.
+  # s keeps 10.201.0.1.
+  ip netns add "$m"
+  ip -n "$m" link set lo up
+  ip -n "$m" link add eth0 type veth peer name eth0 netns "$c"
+  ip -n "$m" link add eth1 type veth peer name eth0 netns "$s"
+  ip -n "$c" addr add 10.201.0.2/24 dev eth0; ip -n "$m" addr add 10.201.0.254/24 dev eth0
+  ip -n "$m" addr add 10.202.0.1/24 dev eth1; ip -n "$s" addr add 10.202.0.2/24 dev eth0
+  ip -n "$s" addr add 10.201.0.1/32 dev lo
+  for link in "$c eth0" "$m eth0" "$m eth1" "$s eth0"; do
+    set -- $link
+    ip -n "$1" link set "$2" mtu "$mtu" up
+  done
+  ip -n "$c" route add 10.201.0.1/32 via 10.201.0.254
+  ip -n "$c" route add 10.99.0.0/24 via 10.201.0.254
+  ip -n "$m" route add 10.201.0.1/32 via 10.202.0.2
+  ip -n "$m" route add 10.99.0.0/24 via 10.202.0.2
+  ip -n "$s" route add 10.201.0.0/24 via 10.202.0.1
+  ip netns exec "$m" sysctl -qw net.ipv4.ip_forward=1
+  ip netns exec "$c" ethtool -K eth0 tso off gso off >/dev/null
+  ip netns exec "$s" ethtool -K eth0 tso off gso off >/dev/null
+  ip netns exec "$m" nft -f - <<NFT
+table inet loss {
+  chain drops { type filter hook forward priority 0; numgen random mod 1000 < $(awk -v l="$loss" 'BEGIN { printf "%d", l * 10 }') drop; }
+}
+NFT
+else
+  ip -n "$s" link add eth0 type veth peer name eth0 netns "$c"
+  ip -n "$s" addr add 10.201.0.1/24 dev eth0; ip -n "$c" addr add 10.201.0.2/24 dev eth0
+  ip -n "$s" link set eth0 mtu "$mtu" up; ip -n "$c" link set eth0 mtu "$mtu" up
+  ip -n "$c" route add 10.99.0.0/24 via 10.201.0.1
+fi
 in_s sysctl -qw net.ipv4.ip_forward=1
 
 in_s nft -f - <<'NFT'
@@ -71,7 +111,7 @@ table ip bench {
   }
 }
 NFT
-if [ "$loss" != 0 ]; then
+if [ "$loss" != 0 ] && [ "$loss_at" = router ]; then
   permille=$(awk -v l="$loss" 'BEGIN { printf "%d", l * 10 }')
   in_s nft -f - <<NFT
 table inet loss {
@@ -172,15 +212,31 @@ conn_rate() {  # conn_rate HOST PORT: short connections per second, 32 in flight
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
-echo "e2e: $(nproc) cores, $(date -u +%FT%TZ), median of $runs runs of $secs s, client MTU $mtu, loss $loss% each way"
+echo "e2e: $(nproc) cores, $(date -u +%FT%TZ), median of $runs runs of $secs s, client MTU $mtu, loss $loss% each way$([ "$loss" = 0 ] || echo " (at the $loss_at)")"
 printf "%-34s %10s %10s %9s %9s\n" "single TCP stream" "up Gbit/s" "down" "vs kernel" "vs HAProxy"
 declare -A up down many_up many_down rate
 measure() {  # measure LABEL HOST PORT: one stream each way, then four
   up[$1]=$(iperf_gbps "$2" "$3")
   down[$1]=$(iperf_gbps "$2" "$3" -R)
+  [ "$streams_only" = 1 ] && return
   many_up[$1]=$(iperf_gbps "$2" "$3" -P 4)
   many_down[$1]=$(iperf_gbps "$2" "$3" -P 4 -R)
 }
+if [ "$streams_only" = 1 ]; then
+  up[kernel]=0 down[kernel]=0
+  measure haproxy 10.201.0.1 9001
+  start_vpmtun 1
+  measure vpmtun1 10.99.0.10 9000
+  stop_vpmtun
+  row() {  # row LABEL KEY: Gbit/s and ratios to HAProxy
+    printf "%-34s %10.2f %10.2f %9s %4s/%-4s\n" "$1" "${up[$2]}" "${down[$2]}" "-" \
+      "$(ratio "${up[$2]}" "${up[haproxy]}")" "$(ratio "${down[$2]}" "${down[haproxy]}")"
+  }
+  row "HAProxy mode tcp, src ACL" haproxy
+  row "vpmtun forward, 1 worker" vpmtun1
+  grep -iE "assert|error" "$work/vpmtun.log" || true
+  exit 0
+fi
 measure kernel 10.201.0.1 5201
 measure nft 10.201.0.1 9000
 measure haproxy 10.201.0.1 9001
