@@ -41,7 +41,7 @@ loss="${LOSS:-0}"  # percent, each way
 loss_at="${LOSS_AT:-router}"  # router: as s forwards (a large segment is one packet); wire: per MTU packet
 streams_only="${STREAMS_ONLY:-0}"
 [ "$(id -u)" -eq 0 ] || { echo "e2e.sh: needs root (network namespaces)" >&2; exit 1; }
-for t in iperf3 haproxy nft socat; do
+for t in iperf3 haproxy nft socat ethtool; do
   command -v "$t" >/dev/null || { echo "e2e.sh: $t missing (tools/install-deps)" >&2; exit 1; }
 done
 if [ ! -x "$build/tools/vpmtun" ] || [ ! -x "$build/tools/bench/vpmtun-bench" ]; then

@@ -11,7 +11,6 @@
 #   tools/bench/loss.sh [BUILD_DIR] [SECONDS] [RUNS]   (defaults: build-bench, 5, 5)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-command -v ethtool >/dev/null || { echo "loss.sh: ethtool missing (tools/install-deps)" >&2; exit 1; }
 for at in router wire; do
   for loss in 0.1 1; do
     LOSS=$loss LOSS_AT=$at STREAMS_ONLY=1 "$here/e2e.sh" "${1:-}" "${2:-5}" "${3:-5}"
