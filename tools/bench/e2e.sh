@@ -222,16 +222,18 @@ measure() {  # measure LABEL HOST PORT: one stream each way, then four
   many_up[$1]=$(iperf_gbps "$2" "$3" -P 4)
   many_down[$1]=$(iperf_gbps "$2" "$3" -P 4 -R)
 }
+row() {  # row LABEL KEY [UP-ARRAY DOWN-ARRAY]: Gbit/s and ratios
+  local -n u="${3:-up}" d="${4:-down}"
+  printf "%-34s %10.2f %10.2f %4s/%-4s %4s/%-4s\n" "$1" "${u[$2]}" "${d[$2]}" \
+    "$(ratio "${u[$2]}" "${u[kernel]}")" "$(ratio "${d[$2]}" "${d[kernel]}")" \
+    "$(ratio "${u[$2]}" "${u[haproxy]}")" "$(ratio "${d[$2]}" "${d[haproxy]}")"
+}
 if [ "$streams_only" = 1 ]; then
-  up[kernel]=0 down[kernel]=0
+  up[kernel]=0 down[kernel]=0  # not measured: those ratios print "-"
   measure haproxy 10.201.0.1 9001
   start_vpmtun 1
   measure vpmtun1 10.99.0.10 9000
   stop_vpmtun
-  row() {  # row LABEL KEY: Gbit/s and ratios to HAProxy
-    printf "%-34s %10.2f %10.2f %9s %4s/%-4s\n" "$1" "${up[$2]}" "${down[$2]}" "-" \
-      "$(ratio "${up[$2]}" "${up[haproxy]}")" "$(ratio "${down[$2]}" "${down[haproxy]}")"
-  }
   row "HAProxy mode tcp, src ACL" haproxy
   row "vpmtun forward, 1 worker" vpmtun1
   grep -iE "assert|error" "$work/vpmtun.log" || true
@@ -249,12 +251,6 @@ for q in 1 2; do
   [ "$q" -eq 1 ] && sink=$(sink_gbps 10.99.0.10 9002)
   stop_vpmtun
 done
-row() {  # row LABEL KEY [UP-ARRAY DOWN-ARRAY]: Gbit/s and ratios
-  local -n u="${3:-up}" d="${4:-down}"
-  printf "%-34s %10.2f %10.2f %4s/%-4s %4s/%-4s\n" "$1" "${u[$2]}" "${d[$2]}" \
-    "$(ratio "${u[$2]}" "${u[kernel]}")" "$(ratio "${d[$2]}" "${d[kernel]}")" \
-    "$(ratio "${u[$2]}" "${u[haproxy]}")" "$(ratio "${d[$2]}" "${d[haproxy]}")"
-}
 row "kernel direct" kernel
 row "nft redirect 9000 -> 5201" nft
 row "HAProxy mode tcp, src ACL" haproxy
