@@ -1,6 +1,8 @@
 // The relay to a host socket (a forward backend or an exec'd instance): TCP spliced, UDP sessions.
 #include <netinet/in.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -84,13 +86,19 @@ bool Stack::Impl::to_backend(Conn* c) {
     c->preamble.erase(0, static_cast<size_t>(n));
   }
   while (c->preamble.empty() && c->pending) {
-    ssize_t n = ::send(c->sock, c->pending->payload, c->pending->len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    // The whole chain in one system call (as far as kMaxIov pbufs).
+    iovec iov[kMaxIov];
+    msghdr msg{};
+    msg.msg_iov = iov;
+    for (pbuf* q = c->pending; q && msg.msg_iovlen < kMaxIov; q = q->next)
+      iov[msg.msg_iovlen++] = {q->payload, q->len};
+    ssize_t n = ::sendmsg(c->sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       abort(c);  // backend gone: the client gets a RST
       return false;
     }
-    consumed(c, static_cast<u16_t>(n));
+    consumed(c, static_cast<size_t>(n));
   }
   bool blocked = !c->preamble.empty() || c->pending;
   if (!blocked && c->fin_seen) ::shutdown(c->sock, SHUT_WR);

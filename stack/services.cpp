@@ -21,6 +21,7 @@ std::string Stack::Impl::info_json(uint16_t p1, uint16_t p2, uint16_t app, const
 void Stack::Impl::forget(Conn* c) {
   if (!c->who.empty()) spdlog::debug("tcp closed: {}", c->who);
   if (c->pending) pbuf_free(c->pending);
+  if (c->unsent) std::erase(unsent, c);
   if (c->sock >= 0) close_relay(c->sock);
   conns.erase(c);
   open_tuples.erase(c->key);
@@ -51,16 +52,25 @@ void Stack::Impl::close(Conn* c) {
 // Data from the client that the endpoint has not passed on yet.
 void Stack::Impl::hold(Conn* c, pbuf* p) {
   c->pending_bytes += p->tot_len;
+  // Linked at the tail we keep, not with pbuf_cat, which walks the whole
+  // chain to update every tot_len: nothing reads the tot_len of this chain
+  // (pending_bytes counts it), and a train of small packets makes it long.
   if (c->pending)
-    pbuf_cat(c->pending, p);
+    c->pending_tail->next = p;
   else
     c->pending = p;
+  for (c->pending_tail = p; c->pending_tail->next;) c->pending_tail = c->pending_tail->next;
 }
 
-void Stack::Impl::consumed(Conn* c, u16_t n) {
-  tcp_recved(c->pcb, n);
+void Stack::Impl::consumed(Conn* c, size_t n) {
   c->pending_bytes -= n;
-  c->pending = pbuf_free_header(c->pending, n);
+  while (n > 0) {  // both take 16-bit counts
+    auto part = static_cast<u16_t>(std::min<size_t>(n, 0xffff));
+    tcp_recved(c->pcb, part);
+    c->pending = pbuf_free_header(c->pending, part);
+    n -= part;
+  }
+  if (!c->pending) c->pending_tail = nullptr;
 }
 
 // Echo: queue back what was read, as far as the send buffer allows, and
@@ -114,6 +124,11 @@ err_t on_tcp_recv(void* arg, tcp_pcb* pcb, pbuf* p, err_t err) {
     case Service::forward:
     case Service::exec:
       s->hold(c, p);
+      if (s->batching && c->pending_bytes < kBatchBytes) {
+        if (!c->unsent) s->unsent.push_back(c);
+        c->unsent = true;
+        return ERR_OK;
+      }
       return s->to_backend(c) ? ERR_OK : ERR_ABRT;
     case Service::echo:
       s->hold(c, p);

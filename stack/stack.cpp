@@ -256,6 +256,21 @@ void Stack::input(std::span<uint8_t> packet, uint16_t app, bool verified) {
   impl_->arrive(packet, app, verified);
 }
 
+void Stack::begin_batch() { impl_->batching = true; }
+
+void Stack::end_batch() {
+  impl_->batching = false;
+  std::vector<Conn*> unsent;
+  unsent.swap(impl_->unsent);
+  // to_backend() frees only the connection it is given.
+  for (Conn* c : unsent) {
+    c->unsent = false;
+    impl_->to_backend(c);
+  }
+  unsent.clear();
+  if (impl_->unsent.empty()) impl_->unsent.swap(unsent);  // keep its capacity
+}
+
 void Stack::poll() {
   sys_check_timeouts();
   impl_->limit_time_wait();

@@ -140,6 +140,11 @@ class Stack {
   // modified, and copied; the caller keeps its buffer. `verified`: the
   // TCP/UDP checksum is known to be good, lwIP need not check it.
   void input(std::span<uint8_t> packet, uint16_t app = vpm::kNoApp, bool verified = false);
+  // Between these, input() holds client data for backends (forward, exec)
+  // and end_batch() sends each connection's in one system call: for a
+  // train of packets read from the device one after another.
+  void begin_batch();
+  void end_batch();
   // lwIP's timers (TCP retransmission, delayed ACKs, reassembly), backend
   // connect timeouts and UDP session expiry. Call at least every 100 ms.
   void poll();

@@ -57,6 +57,10 @@ constexpr uint64_t kHandshakeMs = 20000;  // lwIP's SYN_RCVD timeout: then a hel
 constexpr size_t kMaxHalfOpen = 256;
 constexpr size_t kMaxTimeWait = 1024;  // TIME_WAIT pcbs kept (the newest)
 constexpr size_t kRelayChunk = 65536;
+constexpr size_t kMaxIov = 64;  // pbufs of client data passed to one sendmsg
+// Client data a connection holds back within a batch: beyond it, it goes
+// now, while it is still in the cache.
+constexpr size_t kBatchBytes = 65536;
 // Under memory pressure a connection holding this much the endpoint has not
 // passed on takes no more data (stack_memory.hpp).
 constexpr size_t kPressedPending = 64 * 1024;
@@ -141,6 +145,7 @@ struct Conn {
   Service service = Service::discard;
   tcp_pcb* pcb = nullptr;
   pbuf* pending = nullptr;  // echo: read, not yet queued back; forward: not yet sent to the backend
+  pbuf* pending_tail = nullptr;  // its last pbuf, where hold() appends
   size_t pending_bytes = 0;
   std::string request;  // http-info; negotiate: bytes not taken yet
   uint64_t last_ms = 0;  // negotiate: when the peer last said something
@@ -152,6 +157,7 @@ struct Conn {
   std::string from_backend;  // read from the backend, not yet taken by lwIP
   bool backend_fin = false;
   bool sent_fin = false;
+  bool unsent = false;  // in Impl::unsent: sent to the backend when the batch ends
   std::string who;  // "client > vaddr:p1 (app, p2)", kept for the debug log only
 };
 
@@ -204,6 +210,10 @@ struct Stack::Impl {
   std::map<std::tuple<vpm::IpAddr, uint16_t, vpm::Proto>, Endpoint*> by_port;
   std::unordered_set<Conn*> conns;
   std::unordered_set<Tuple, TupleHash> open_tuples;  // the keys of conns
+  // Within a batch of input (Stack::begin_batch), client data for backends
+  // waits here, so a train of small packets leaves in one send.
+  bool batching = false;
+  std::vector<Conn*> unsent;
   std::vector<uint8_t> out;
   vpm::SynCookies cookies;
   uint64_t last_cookie_ms = 0;       // when a SYN was last answered with a cookie
@@ -364,7 +374,7 @@ struct Stack::Impl {
 
   // Data from the client that the endpoint has not passed on yet.
   void hold(Conn* c, pbuf* p);
-  void consumed(Conn* c, u16_t n);
+  void consumed(Conn* c, size_t n);
 
   // Echo: queue back what was read, as far as the send buffer allows, and
   // acknowledge only that much (the client's window is our back-pressure).

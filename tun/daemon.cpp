@@ -113,8 +113,17 @@ Daemon::~Daemon() {
 }
 
 void Daemon::send(std::span<uint8_t> packet, uint16_t mss) {
+  flush_acks();
+  write_out(packet, mss);
+}
+
+void Daemon::write_out(std::span<uint8_t> packet, uint16_t mss) {
   if (capture_tun_) capture_tun_->write(packet);
   if (!device_.write(packet, mss)) ++counters_.device_write_errors;
+}
+
+void Daemon::flush_acks() {
+  if (!acks_.empty()) acks_.flush([this](std::span<uint8_t> ack) { write_out(ack, 0); });
 }
 
 void Daemon::from_device(std::span<uint8_t> packet, bool verified, uint64_t now_ms) {
@@ -199,19 +208,26 @@ void log_reload(bool ok, const std::string& said) {
 void Daemon::from_stack(std::span<uint8_t> packet) {
   if (capture_stack_) capture_stack_->write(packet);
   vpm::Result r = engine_.to_tun(packet, now_ms_);
-  if (r.verdict == vpm::Verdict::translated || r.verdict == vpm::Verdict::passed)
-    send(packet, r.mss);
+  if (r.verdict != vpm::Verdict::translated && r.verdict != vpm::Verdict::passed) return;
+  if (!batching_ || !acks_.take(packet)) send(packet, r.mss);
 }
 
 void Daemon::drain_device(uint64_t now_ms) {
   now_ms_ = now_ms;
   // Bounded, so timers and signals are not starved under a flood.
+  stack_->begin_batch();
+  // While capturing, no ACK is merged: the two captures stay packet for
+  // packet what replay makes of one from the other.
+  batching_ = !capture_tun_ && !capture_stack_;
   for (int i = 0; i < 1024; ++i) {
     bool verified = false;
     size_t n = device_.read(buffer_, verified);
     if (n == 0) break;
     from_device({buffer_.data(), n}, verified, now_ms);
   }
+  stack_->end_batch();
+  batching_ = false;
+  flush_acks();
   release_held(now_ms);
 }
 

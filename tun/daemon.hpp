@@ -34,6 +34,7 @@
 #include "stack/stack.hpp"
 #include "tun/device.hpp"
 #include "tun/event_loop.hpp"
+#include "vpm/ack_merge.hpp"
 #include "vpm/engine.hpp"
 
 namespace tun {
@@ -105,6 +106,8 @@ class Daemon : public EventLoop {
   const vpm::Engine& engine() const { return engine_; }
   const stack::Stack& stack() const { return *stack_; }
   const DaemonCounters& counters() const { return counters_; }
+  // The stack's pure ACKs that a later one of the same batch made redundant (vpm::AckMerger).
+  uint64_t acks_merged() const { return acks_.merged(); }
   const PacketDevice& device() const { return device_; }
   // The library socket and its instances: set when an app has serve = "exec".
   const InstanceRegistry* instances() const { return instances_.get(); }
@@ -125,7 +128,10 @@ class Daemon : public EventLoop {
   void from_device(std::span<uint8_t> packet, bool verified, uint64_t now_ms);
   void from_stack(std::span<uint8_t> packet);
   void release_held(uint64_t now_ms);
+  // To the device, after the ACKs held (acks_).
   void send(std::span<uint8_t> packet, uint16_t mss = 0);
+  void write_out(std::span<uint8_t> packet, uint16_t mss);
+  void flush_acks();
   void log_verdict(const char* what, std::span<uint8_t> packet, vpm::Drop reason, uint64_t now_ms);
   void end_log_second(uint64_t now_ms);
   std::pair<bool, std::string> read_and_reload(const std::vector<size_t>* busy);
@@ -139,6 +145,8 @@ class Daemon : public EventLoop {
   std::unique_ptr<stack::Stack> stack_;
   std::vector<uint8_t> buffer_;
   std::vector<uint8_t> refusal_;
+  bool batching_ = false;  // in drain_device: the stack's pure ACKs are merged (acks_)
+  vpm::AckMerger acks_;
   uint64_t now_ms_ = 0;
   DaemonCounters counters_;
   uint64_t started_ms_;

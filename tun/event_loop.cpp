@@ -20,6 +20,8 @@ void EventLoop::watch(int fd, uint32_t epoll_events, std::function<void(uint32_t
   auto [it, fresh] = watched_.try_emplace(fd);
   if (fresh) it->second.generation = ++generation_;
   it->second.ready = std::move(ready);
+  if (!fresh && it->second.events == epoll_events) return;
+  it->second.events = epoll_events;
   epoll_event e{};
   e.events = epoll_events;
   e.data.u64 = it->second.generation << 32 | static_cast<uint32_t>(fd);

@@ -39,6 +39,7 @@ class EventLoop : public stack::IoLoop {
  private:
   struct Watch {
     uint64_t generation = 0;
+    uint32_t events = 0;  // as epoll has them, so an unchanged watch costs no system call
     std::function<void(uint32_t)> ready;
   };
   int epoll_fd_ = -1;

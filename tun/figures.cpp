@@ -38,6 +38,7 @@ std::vector<Counter> counters_of(const Daemon& d) {
       {"tun", "packets_out", e.packets[vpm::to_tun_side]},
       {"tun", "bytes_out", e.bytes[vpm::to_tun_side]},
       {"tun", "write_errors", d.counters().device_write_errors},
+      {"tun", "acks_merged", d.acks_merged()},
       {"tun", "queue_drops", d.device().queue_drops()},
       {"engine", "translated", e.translated},
       {"engine", "passed", e.passed},
