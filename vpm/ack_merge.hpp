@@ -29,13 +29,18 @@ class AckMerger {
   // ticking.
   static constexpr uint32_t kMaxStretch = 65535;
   static constexpr size_t kMaxHeld = 64;  // connections with an ACK held
+  // ACKs with SACK blocks one held ACK may stand for (Linux's tcp_comp_sack_nr).
+  static constexpr uint8_t kMaxSacksMerged = 44;
 
   // Takes `packet` (a complete IP packet, as it will be written) when it is
-  // a pure ACK: TCP, no payload, only the ACK flag, no SACK blocks (those
-  // report loss and each one counts). It replaces the ACK held for its
-  // connection when it acknowledges more, within kMaxStretch; otherwise it
-  // is held after it. False when `packet` is anything else, or
-  // there is no room: the caller then flushes and writes it itself.
+  // a pure ACK: TCP, no payload, only the ACK flag, options that can be
+  // read. It replaces the ACK held for its connection when it acknowledges
+  // more (within kMaxStretch), or, when both carry SACK blocks (a hole at
+  // the receiver), as much or more: a SACK-capable sender counts SACKed
+  // segments, not duplicate ACKs. A duplicate ACK without SACK blocks
+  // counts towards the sender's fast retransmit: it is held after the
+  // others. False when `packet` is anything else, or there is no room:
+  // the caller then flushes and writes it itself.
   bool take(std::span<uint8_t> packet);
   // Hands what is held to `write(std::span<uint8_t>)`, oldest first.
   template <class Write>
@@ -53,6 +58,8 @@ class AckMerger {
     uint16_t sport = 0, dport = 0;
     uint32_t first_ack = 0;  // of the first ACK held for it: the stretch starts there
     uint32_t ack = 0;
+    bool sack = false;                 // it carries SACK blocks
+    uint8_t sacks_merged = 0;          // ACKs with SACK blocks it replaced
     std::array<uint8_t, 120> bytes{};  // IPv6 + TCP with 40 bytes of options at most
     size_t len = 0;
   };
