@@ -80,6 +80,9 @@
 #define TCP_QUEUE_OOSEQ 1
 #define TCP_OOSEQ_BYTES_LIMIT(pcb) vpmtun_ooseq_bytes_limit()
 #define TCP_OOSEQ_PBUFS_LIMIT(pcb) vpmtun_ooseq_pbufs_limit()
+/* Out-of-order segments that continue each other are queued as one, up to
+ * 64 KiB (stack/patches/0004-tcp-ooseq-merge.patch). */
+#define TCP_OOSEQ_MERGE 1
 /* Tell senders which segments arrived past a loss (RFC 2018), so they
  * resend only the holes. */
 #define LWIP_TCP_SACK_OUT 1
