@@ -69,7 +69,7 @@ int Stack::Impl::open_relay_in_stream(Endpoint* ep, uint16_t& app, vpm::Proto pr
 }
 
 void Stack::Impl::close_relay(int fd) {
-  io->unwatch(fd);
+  io->closing(fd);
   if (instances) instances->closing(fd);
   ::close(fd);
 }
@@ -132,11 +132,13 @@ Stack::Impl::Outcome Stack::Impl::from_backend(Conn* c) {
     abort(c);
     return Outcome::aborted;
   }
-  tcp_output(c->pcb);
   if (c->backend_fin && c->from_backend.empty() && !c->sent_fin) {
+    // Pass the backend's FIN on, before tcp_output: lwIP sets it on the
+    // last segment not yet sent, so a reply and its end leave as one packet.
     c->sent_fin = true;
-    tcp_shutdown(c->pcb, 0, 1);  // pass the backend's FIN on
+    tcp_shutdown(c->pcb, 0, 1);
   }
+  tcp_output(c->pcb);
   if (c->sent_fin && c->fin_seen && !c->pending && c->sock >= 0) {
     // Both ways are done with the backend. lwIP may still hold data for
     // the client: it finishes on its own (LAST_ACK, then on_tcp_err with

@@ -61,6 +61,11 @@ class IoLoop {
   virtual ~IoLoop() = default;
   virtual void watch(int fd, uint32_t epoll_events, std::function<void(uint32_t)> ready) = 0;
   virtual void unwatch(int fd) = 0;
+  // `fd`, watched or not, is about to be closed, which takes it out of the
+  // epoll set: its watch ends without a system call. (Our sockets are
+  // close-on-exec and never duplicated, so no other descriptor keeps them
+  // in the set.)
+  virtual void closing(int fd) = 0;
 };
 
 // Where the connections and datagrams of serve = "exec" apps go: the

@@ -32,6 +32,8 @@ void EventLoop::unwatch(int fd) {
   if (watched_.erase(fd)) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
 }
 
+void EventLoop::closing(int fd) { watched_.erase(fd); }
+
 void EventLoop::add_own(int fd) {
   epoll_event e{};
   e.events = EPOLLIN;

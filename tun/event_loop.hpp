@@ -26,6 +26,7 @@ class EventLoop : public stack::IoLoop {
 
   void watch(int fd, uint32_t epoll_events, std::function<void(uint32_t)> ready) override;
   void unwatch(int fd) override;
+  void closing(int fd) override;
 
   // Reports `fd` readable to wait(), for the loop to handle.
   void add_own(int fd);
