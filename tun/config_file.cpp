@@ -3,18 +3,32 @@
 
 #include <fcntl.h>
 #include <fmt/core.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 #include "vpm/coop_wire.hpp"
 
 namespace tun {
+
+namespace {
+
+// The cores this process may run on (taskset, cpusets), not all the machine's.
+unsigned usable_cores() {
+  cpu_set_t set;
+  if (::sched_getaffinity(0, sizeof set, &set) == 0) return static_cast<unsigned>(CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+}  // namespace
 
 vpm::ConfigResult read_config(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -24,11 +38,13 @@ vpm::ConfigResult read_config(const std::string& path) {
   std::ostringstream text;
   text << in.rdbuf();
   auto parsed = vpm::parse_config(text.str(), path);
-  if (auto* cfg = std::get_if<vpm::Config>(&parsed); cfg && cfg->daemon.name.empty()) {
+  auto* cfg = std::get_if<vpm::Config>(&parsed);
+  if (cfg && cfg->daemon.name.empty()) {
     char host[256] = {};
     ::gethostname(host, sizeof host - 1);
     cfg->daemon.name = vpm::node_name_ok(host) ? host : "vpmtun";
   }
+  if (cfg && cfg->tun.queues_auto) cfg->tun.queues = vpm::auto_queues(*cfg, usable_cores());
   return parsed;
 }
 
@@ -42,7 +58,6 @@ std::vector<std::string> error_report(const std::string& path,
   return lines;
 }
 
-
 std::vector<uint8_t> read_coop_key(const vpm::Config& cfg, std::string* warning) {
   std::string path = cfg.cooperative.key_file;
   if (!path.starts_with("/") && cfg.file.find('/') != std::string::npos)
@@ -50,7 +65,7 @@ std::vector<uint8_t> read_coop_key(const vpm::Config& cfg, std::string* warning)
   std::string where = cfg.file + ": [cooperative] key_file " + path;
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw std::runtime_error(where + ": " + std::strerror(errno));
-  struct stat st{};
+  struct stat st {};
   ::fstat(fd, &st);
   std::vector<uint8_t> key(4096);
   ssize_t n = S_ISREG(st.st_mode) ? ::read(fd, key.data(), key.size()) : -1;

@@ -11,7 +11,9 @@
 namespace tun {
 
 // Parses FILE; a file that cannot be read is one error (line 0). Without
-// [daemon] name, the node's name is the host name.
+// [daemon] name, the node's name is the host name; with [tun] queues =
+// "auto" (the default), queues is vpm::auto_queues() of the cores this
+// process may run on.
 vpm::ConfigResult read_config(const std::string& path);
 
 // Lines that report them: each error as FILE:LINE: KEY: message, then

@@ -181,15 +181,20 @@ void parse_tun(Checker& c, const toml::table& t, TunConfig& tun) {
   if (auto b = c.boolean(t, "offload", "tun.offload")) tun.offload = *b;
   if (auto v = c.integer(t, "txqueuelen", "tun.txqueuelen", 1, 1 << 20))
     tun.txqueuelen = static_cast<uint32_t>(*v);
-  if (auto v = c.integer(t, "queues", "tun.queues", 1, kMaxQueues))
+  if (const toml::node* n = t.get("queues"); n && n->is_string()) {
+    if (c.string(t, "queues", "tun.queues") != "auto")
+      c.fail(n, "tun.queues",
+             "must be \"auto\" (one worker per core) or a number 1.." + std::to_string(kMaxQueues));
+  } else if (auto v = c.integer(t, "queues", "tun.queues", 1, kMaxQueues)) {
     tun.queues = static_cast<uint32_t>(*v);
+    tun.queues_auto = false;
+  }
 }
 
 void parse_vpm(Checker& c, const toml::table& t, VpmConfig& vpm) {
-  c.only_keys(
-      t, "vpm",
-      {"port_range", "allocation", "queue_timeout_ms", "unmatched", "control_socket", "app_socket", "max_flows",
-       "stack_memory_mb"});
+  c.only_keys(t, "vpm",
+              {"port_range", "allocation", "queue_timeout_ms", "unmatched", "control_socket",
+               "app_socket", "max_flows", "stack_memory_mb"});
   if (auto s = c.string(t, "port_range", "vpm.port_range")) {
     unsigned lo = 0, hi = 0;
     auto dash = s->find('-');
@@ -227,9 +232,9 @@ void parse_vpm(Checker& c, const toml::table& t, VpmConfig& vpm) {
 }
 
 void parse_timeouts(Checker& c, const toml::table& t, Timeouts& to) {
-  c.only_keys(t, "timeouts",
-              {"tcp_established", "tcp_transitory", "tcp_closed", "tcp_handshake", "udp",
-               "udp_unreplied"});
+  c.only_keys(
+      t, "timeouts",
+      {"tcp_established", "tcp_transitory", "tcp_closed", "tcp_handshake", "udp", "udp_unreplied"});
   c.duration(t, "tcp_established", "timeouts.tcp_established", to.tcp_established_ms);
   c.duration(t, "tcp_transitory", "timeouts.tcp_transitory", to.tcp_transitory_ms);
   c.duration(t, "tcp_closed", "timeouts.tcp_closed", to.tcp_closed_ms);
@@ -501,6 +506,20 @@ bool uses_cooperation(const Config& cfg) {
                      [](const AppConfig& a) { return a.cooperative || !a.remote.empty(); });
 }
 
+uint32_t auto_queues(const Config& cfg, unsigned cores) {
+  if (uses_cooperation(cfg) || std::any_of(cfg.apps.begin(), cfg.apps.end(), runs_programs))
+    return 1;
+  size_t n = std::clamp<size_t>(cores, 1, kMaxQueues);
+  if (cfg.vpm.allocation == Allocation::per_connection) {
+    size_t range = size_t{cfg.vpm.range_hi} - cfg.vpm.range_lo + 1;
+    std::map<IpAddr, std::set<uint16_t>> p1s;
+    for (auto& app : cfg.apps)
+      for (auto& l : app.listen) p1s[l.at.addr].insert(l.at.port);
+    for (auto& [addr, ports] : p1s) n = std::min(n, std::max<size_t>(1, range / ports.size()));
+  }
+  return static_cast<uint32_t>(n);
+}
+
 std::string app_socket_path(const VpmConfig& vpm) {
   if (!vpm.app_socket.empty()) return vpm.app_socket;
   std::string_view base = vpm.control_socket;
@@ -509,11 +528,9 @@ std::string app_socket_path(const VpmConfig& vpm) {
 }
 
 bool node_name_ok(std::string_view name) {
-  return !name.empty() && name.size() <= 64 &&
-         std::all_of(name.begin(), name.end(), [](char ch) {
-           return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' ||
-                  ch == '_';
-         });
+  return !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char ch) {
+    return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' || ch == '_';
+  });
 }
 
 ConfigResult parse_config(std::string_view text, const std::string& file) {
@@ -548,8 +565,7 @@ ConfigResult parse_config(std::string_view text, const std::string& file) {
     }
   }
   if (auto t = c.section(root, "daemon")) {
-    c.only_keys(*t, "daemon",
-                {"user", "name", "on_ready", "on_drain", "on_stop", "hook_timeout"});
+    c.only_keys(*t, "daemon", {"user", "name", "on_ready", "on_drain", "on_stop", "hook_timeout"});
     if (auto s = c.string(*t, "user", "daemon.user")) {
       if (s->empty()) c.fail(t->get("user"), "daemon.user", "must not be empty (or leave it out)");
       cfg.daemon.user = *s;

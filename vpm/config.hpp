@@ -37,6 +37,9 @@ struct TunConfig {
   // Queues of the device (IFF_MULTI_QUEUE), one worker process each, every
   // one with its own engine and embedded stack (tun/supervisor.hpp).
   uint32_t queues = 1;
+  // queues = "auto", the default: one per core, as auto_queues() finds
+  // (tun::read_config sets `queues` so).
+  bool queues_auto = true;
 };
 
 struct VpmConfig {
@@ -143,6 +146,11 @@ struct Config {
 // them (serve = "exec") or its programs reach servers cooperatively.
 bool runs_programs(const AppConfig& app);
 bool uses_cooperation(const Config& cfg);
+// What queues = "auto" means with `cores` cores: one worker each (at most
+// kMaxQueues), but one in all where workers cannot serve yet (apps that run
+// programs, cooperative mode), and no more than every per-connection slice
+// can give each a port.
+uint32_t auto_queues(const Config& cfg, unsigned cores);
 
 // The application library's socket: [vpm] app_socket, or the control
 // socket's path with "-app" before its ".sock" ("/run/vpmtun-app.sock").

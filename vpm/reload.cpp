@@ -61,7 +61,10 @@ std::vector<ConfigError> reload_errors(const Config& running, const Config& next
   fixed("tun.address6", shown(a.tun.address6), shown(b.tun.address6));
   fixed("tun.configure", flag(a.tun.configure), flag(b.tun.configure));
   fixed("tun.offload", flag(a.tun.offload), flag(b.tun.offload));
-  fixed("tun.queues", std::to_string(a.tun.queues), std::to_string(b.tun.queues));
+  auto queues = [](const TunConfig& t) {
+    return t.queues_auto ? "\"auto\" (" + std::to_string(t.queues) + ")" : std::to_string(t.queues);
+  };
+  fixed("tun.queues", queues(a.tun), queues(b.tun));
   auto range = [](const VpmConfig& v) {
     return std::to_string(v.range_lo) + "-" + std::to_string(v.range_hi);
   };
@@ -76,7 +79,7 @@ std::vector<ConfigError> reload_errors(const Config& running, const Config& next
   auto exec_socket = [](const Config& c) {
     bool any = std::any_of(c.apps.begin(), c.apps.end(), runs_programs);
     return any ? app_socket_path(c.vpm)
-                : std::string("none (no app has serve = \"exec\" or remote)");
+               : std::string("none (no app has serve = \"exec\" or remote)");
   };
   fixed("vpm.app_socket", exec_socket(a), exec_socket(b));
   // The cooperative key is read at start, and only when something cooperates.

@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "packets.hpp"
+#include "tun/config_file.hpp"
 #include "tun/daemon.hpp"
 #include "vpm/engine.hpp"
 #include "vpm/reload.hpp"
@@ -203,7 +204,7 @@ TEST_CASE("a daemon reloads its file under way") {
   ::close(fd);
   auto write = [&](const std::string& text) { std::ofstream(path, std::ios::trunc) << text; };
   write(kBefore);
-  auto parsed = vpm::parse_config(kBefore, path);
+  auto parsed = tun::read_config(path);  // as vpmtun run reads it ([tun] queues = "auto")
   tun::FakeDevice device;
   tun::Daemon daemon(std::get<vpm::Config>(parsed), device, {});
   auto exchange = [&](Bytes packet, uint64_t now) {

@@ -117,3 +117,35 @@ TEST_CASE("[tun] queues: what workers do not serve yet, and too many, are errors
                   app + "serve = \"echo\"\n")
             .find("needs at least 2 ports") != std::string::npos);
 }
+
+TEST_CASE("[tun] queues = \"auto\", the default: one worker per core where workers can serve") {
+  auto parse = [](const std::string& text) {
+    auto r = vpm::parse_config(text, "w.toml");
+    REQUIRE(std::holds_alternative<vpm::Config>(r));
+    return std::get<vpm::Config>(r);
+  };
+  std::string app =
+      "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.10:9000\", \"192.0.2.10:9001\"]\n"
+      "clients = [\"198.51.100.0/24\"]\n";
+  vpm::Config plain = parse(app + "serve = \"echo\"\n");
+  CHECK(plain.tun.queues_auto);
+  CHECK(vpm::auto_queues(plain, 2) == 2);
+  CHECK(vpm::auto_queues(plain, 64) == vpm::kMaxQueues);
+  CHECK(vpm::auto_queues(plain, 0) == 1);
+  CHECK(parse("[tun]\nqueues = \"auto\"\n" + app + "serve = \"echo\"\n").tun.queues_auto);
+  vpm::Config fixed = parse("[tun]\nqueues = 3\n" + app + "serve = \"echo\"\n");
+  CHECK_FALSE(fixed.tun.queues_auto);
+  CHECK(fixed.tun.queues == 3);
+  // What workers cannot serve yet: one.
+  CHECK(vpm::auto_queues(parse(app + "serve = \"exec\"\n"), 8) == 1);
+  // Per-connection: no more workers than each slice has ports (two p1s share 5 ports).
+  vpm::Config narrow =
+      parse("[vpm]\nallocation = \"per-connection\"\nport_range = \"20000-20004\"\n" + app +
+            "serve = \"echo\"\n");
+  CHECK(vpm::auto_queues(narrow, 8) == 2);
+  // Anything else is an error naming the key.
+  auto r = vpm::parse_config("[tun]\nqueues = \"many\"\n" + app + "serve = \"echo\"\n", "w.toml");
+  REQUIRE(std::holds_alternative<std::vector<vpm::ConfigError>>(r));
+  CHECK(std::get<std::vector<vpm::ConfigError>>(r)[0].str().find(
+            "w.toml:2: tun.queues: must be \"auto\"") != std::string::npos);
+}

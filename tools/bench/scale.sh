@@ -49,6 +49,7 @@ max_flows = $((count * 2 + 1000))
 [tun]
 name = "vpm0"
 address = "10.99.0.1/24"
+queues = 1  # one process, whose RSS is read
 [[app]]
 name = "hold"
 aid = 1

@@ -94,9 +94,17 @@ void describe_config(const vpm::Config& cfg) {
     fmt::print("  node {}, hooks:{} (each killed after {} ms)\n", cfg.daemon.name, hooks,
                cfg.daemon.hook_timeout_ms);
   if (cfg.tun.queues > 1)
-    fmt::print("  {} workers, one per TUN queue, each with 1/{} of max_flows, stack_memory_mb and pending "
-        "handshakes\n",
-               cfg.tun.queues, cfg.tun.queues);
+    fmt::print(
+        "  {} workers{}, one per TUN queue, each with 1/{} of max_flows, stack_memory_mb and "
+        "pending handshakes\n",
+        cfg.tun.queues, cfg.tun.queues_auto ? " (queues = \"auto\": one per core)" : "",
+        cfg.tun.queues);
+  else if (cfg.tun.present && cfg.tun.queues_auto)
+    fmt::print("  one worker (queues = \"auto\": {})\n",
+               vpm::uses_cooperation(cfg) ? "cooperative mode needs one"
+               : std::any_of(cfg.apps.begin(), cfg.apps.end(), vpm::runs_programs)
+                   ? "apps that run programs need one"
+                   : "one core, or a per-connection slice too small for more");
 }
 
 // A question for the running daemon over its control socket: the answer
@@ -189,7 +197,9 @@ int main(int argc, char** argv) {
       "With [tun] queues = N (N > 1) the TUN has N queues and one worker process\n"
       "serves each (its own engine and embedded stack; the kernel keeps each flow on\n"
       "one queue); this process supervises them and answers for all of them. Signal\n"
-      "this process, not a worker.\n\n"
+      "this process, not a worker. The default, queues = \"auto\", is one per core,\n"
+      "or one in all when an app runs programs or cooperates (vpmtun check says\n"
+      "which); captures need queues = 1.\n\n"
       "Examples:\n"
       "  vpmtun run -c /etc/vpmtun/vpm.toml\n"
       "  vpmtun run -c vpm.toml --log-level debug --log-format json\n"

@@ -88,7 +88,11 @@ std::string serving_line(const vpm::Config& cfg, const std::string& library_sock
 int run_workers(const vpm::Config& cfg, const tun::DaemonOptions& opt) {
   if (!opt.capture_tun.empty() || !opt.capture_stack.empty())
     throw std::runtime_error(
-        "--capture-tun and --capture-stack need one worker: set [tun] queues = 1 in " + cfg.file);
+        "--capture-tun and --capture-stack need one worker" +
+        std::string(cfg.tun.queues_auto
+                        ? "; [tun] queues is \"auto\", " + std::to_string(cfg.tun.queues) + " here"
+                        : "") +
+        ": set [tun] queues = 1 in " + cfg.file);
   tun::TunDevice device(cfg.tun);
   tun::Supervisor supervisor(cfg, device, opt);
   std::vector<std::string> sockets;
