@@ -499,40 +499,6 @@ void cross_check(Checker& c, const toml::table& root, Config& cfg) {
 
 }  // namespace
 
-bool runs_programs(const AppConfig& app) { return app.serve == "exec" || !app.remote.empty(); }
-
-bool uses_cooperation(const Config& cfg) {
-  return std::any_of(cfg.apps.begin(), cfg.apps.end(),
-                     [](const AppConfig& a) { return a.cooperative || !a.remote.empty(); });
-}
-
-uint32_t auto_queues(const Config& cfg, unsigned cores) {
-  if (uses_cooperation(cfg) || std::any_of(cfg.apps.begin(), cfg.apps.end(), runs_programs))
-    return 1;
-  size_t n = std::clamp<size_t>(cores, 1, kMaxQueues);
-  if (cfg.vpm.allocation == Allocation::per_connection) {
-    size_t range = size_t{cfg.vpm.range_hi} - cfg.vpm.range_lo + 1;
-    std::map<IpAddr, std::set<uint16_t>> p1s;
-    for (auto& app : cfg.apps)
-      for (auto& l : app.listen) p1s[l.at.addr].insert(l.at.port);
-    for (auto& [addr, ports] : p1s) n = std::min(n, std::max<size_t>(1, range / ports.size()));
-  }
-  return static_cast<uint32_t>(n);
-}
-
-std::string app_socket_path(const VpmConfig& vpm) {
-  if (!vpm.app_socket.empty()) return vpm.app_socket;
-  std::string_view base = vpm.control_socket;
-  if (base.ends_with(".sock")) base.remove_suffix(5);
-  return std::string(base) + "-app.sock";
-}
-
-bool node_name_ok(std::string_view name) {
-  return !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char ch) {
-    return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' || ch == '_';
-  });
-}
-
 ConfigResult parse_config(std::string_view text, const std::string& file) {
   Checker c(file);
   toml::table root;
