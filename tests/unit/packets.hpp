@@ -143,6 +143,20 @@ inline bool l4_checksum_ok(const Bytes& p) {
   return r == 0 || r == 0xffff;
 }
 
+// `p` (IPv4 TCP without options, as build() makes it) with `options`
+// appended to its TCP header; lengths and checksums redone.
+inline Bytes with_options(Bytes p, const Bytes& options) {
+  p.insert(p.begin() + 40, options.begin(), options.end());
+  p[32] = static_cast<uint8_t>(((20 + options.size()) / 4) << 4);
+  put16(p, 2, static_cast<uint16_t>(p.size()));
+  put16(p, 10, 0);
+  put16(p, 10, reference_checksum(Bytes(p.begin(), p.begin() + 20)));
+  put16(p, 36, 0);
+  Bytes tcp(p.begin() + 20, p.end());
+  put16(p, 36, l4_checksum(false, vpm::IpAddr::v4(&p[12]), vpm::IpAddr::v4(&p[16]), 6, tcp));
+  return p;
+}
+
 // An ICMP error from `from` to `to` quoting `quoted` (whole), checksums correct.
 inline Bytes icmp_error(const std::string& from, const std::string& to, const Bytes& quoted) {
   bool v6 = !addr(from).is_v4();

@@ -18,14 +18,6 @@ Bytes ack(uint32_t ackno, uint16_t dport = 40000, uint8_t flags = 0x10, Bytes pa
   return build(s);
 }
 
-// The same IPv4 packet with TCP options after its 20-byte header.
-Bytes with_options(Bytes p, const Bytes& options) {
-  p.insert(p.begin() + 40, options.begin(), options.end());
-  p[32] = static_cast<uint8_t>((20 + options.size()) / 4 << 4);
-  put16(p, 2, static_cast<uint16_t>(p.size()));
-  return p;
-}
-
 struct Written {
   std::vector<uint32_t> acks;
   void operator()(std::span<uint8_t> p) { acks.push_back(vpm::load32(p.data() + 28)); }

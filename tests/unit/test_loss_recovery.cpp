@@ -23,20 +23,6 @@ clients = ["203.0.113.0/24"]
 serve = "echo"
 )";
 
-// `p` (IPv4 TCP without options, as build() makes it) with `options`
-// appended to its TCP header; lengths and checksums redone.
-Bytes with_options(Bytes p, const Bytes& options) {
-  p.insert(p.begin() + 40, options.begin(), options.end());
-  p[32] = static_cast<uint8_t>(((20 + options.size()) / 4) << 4);
-  put16(p, 2, static_cast<uint16_t>(p.size()));
-  put16(p, 10, 0);
-  put16(p, 10, reference_checksum(Bytes(p.begin(), p.begin() + 20)));
-  put16(p, 36, 0);
-  Bytes tcp(p.begin() + 20, p.end());
-  put16(p, 36, l4_checksum(false, vpm::IpAddr::v4(&p[12]), vpm::IpAddr::v4(&p[16]), 6, tcp));
-  return p;
-}
-
 Bytes be32(uint32_t v) {
   return {static_cast<uint8_t>(v >> 24), static_cast<uint8_t>(v >> 16),
           static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v)};
