@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -234,7 +235,9 @@ void CaptureRewriter::run_classic(const RecordFn& fn) {
     int buf;
     size_t at, n;
   };
-  std::vector<std::vector<uint8_t>> bufs(kBuffers, std::vector<uint8_t>(kHeadroom + kChunk));
+  // Left uninitialized: a page is touched only when a read or a carried record fills it.
+  std::unique_ptr<uint8_t[]> bufs[kBuffers];
+  for (auto& b : bufs) b.reset(new uint8_t[kHeadroom + kChunk]);
   Channel<int> free_bufs;
   Channel<Filled> filled;
   Channel<Write> writes;
@@ -245,7 +248,7 @@ void CaptureRewriter::run_classic(const RecordFn& fn) {
     for (;;) {
       auto b = free_bufs.pop();
       if (!b) return;
-      uint8_t* at = bufs[static_cast<size_t>(*b)].data() + kHeadroom;
+      uint8_t* at = bufs[*b].get() + kHeadroom;
       size_t n = 0;
       while (n < kChunk) {
         ssize_t r = ::read(in_fd_, at + n, kChunk - n);
@@ -269,7 +272,7 @@ void CaptureRewriter::run_classic(const RecordFn& fn) {
     while (auto w = writes.pop()) {
       if (write_error.empty()) {
         try {
-          write_all(bufs[static_cast<size_t>(w->buf)].data() + w->at, w->n);
+          write_all(bufs[w->buf].get() + w->at, w->n);
         } catch (const std::exception& e) {
           write_error = e.what();
         }
@@ -299,7 +302,7 @@ void CaptureRewriter::run_classic(const RecordFn& fn) {
         break;
       }
       if (f->error) throw std::runtime_error(in_path_ + ": " + std::strerror(f->error));
-      uint8_t* buf = bufs[static_cast<size_t>(f->buf)].data();
+      uint8_t* buf = bufs[f->buf].get();
       size_t start = kHeadroom - carried, end = kHeadroom + f->n;
       std::memcpy(buf + start, carry.data(), carried);
       size_t pos = start, kept = start;
