@@ -48,18 +48,22 @@ void Stack::Impl::hold_syn(std::vector<uint8_t> syn, std::vector<uint8_t> ack, c
     return;
   }
   connecting[key] = Held{std::move(syn), fd, app, now_ms(), std::move(ack), p1, tries};
-  io->watch(fd, EPOLLOUT, [this, key](uint32_t) { backend_answered(key); });
+  // One shot: epoll stops reporting the socket until on_tcp_accept
+  // watches it for the relay, so nothing is taken out of the set between.
+  io->watch(fd, EPOLLOUT | EPOLLONESHOT,
+            [this, key](uint32_t ready) { backend_answered(key, ready); });
 }
 
-void Stack::Impl::backend_answered(const Tuple& key) {
+void Stack::Impl::backend_answered(const Tuple& key, uint32_t ready) {
   auto it = connecting.find(key);
   if (it == connecting.end()) return;
   Held c = std::move(it->second);
   connecting.erase(it);
-  io->unwatch(c.sock);
+  // A connection that failed reports an error or a hang-up; asking which
+  // costs a system call only then.
   int err = 0;
   socklen_t len = sizeof err;
-  ::getsockopt(c.sock, SOL_SOCKET, SO_ERROR, &err, &len);
+  if (ready & (EPOLLERR | EPOLLHUP)) ::getsockopt(c.sock, SOL_SOCKET, SO_ERROR, &err, &len);
   if (err != 0) {
     if (instances) instances->refused(c.sock);
     close_relay(c.sock);

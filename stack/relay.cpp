@@ -79,6 +79,7 @@ void Stack::Impl::close_relay(int fd) {
 // false when it had to abort the connection (lwIP callbacks then return
 // ERR_ABRT, as lwIP requires).
 bool Stack::Impl::to_backend(Conn* c) {
+  if (c->sock < 0) return true;  // done with the backend already
   while (!c->preamble.empty()) {
     ssize_t n =
         ::send(c->sock, c->preamble.data(), c->preamble.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -100,13 +101,20 @@ bool Stack::Impl::to_backend(Conn* c) {
     }
     consumed(c, static_cast<size_t>(n));
   }
-  bool blocked = !c->preamble.empty() || c->pending;
-  if (!blocked && c->fin_seen) ::shutdown(c->sock, SHUT_WR);
-  rewatch(c, blocked);
+  if (c->preamble.empty() && !c->pending && c->fin_seen) {
+    if (c->sent_fin) {
+      // The backend ended first: both ways are done, and close() sends
+      // its FIN (what it sent has all been read, so no RST).
+      close_relay(c->sock);
+      c->sock = -1;
+    } else {
+      ::shutdown(c->sock, SHUT_WR);
+    }
+  }
   return true;
 }
 
-Stack::Impl::Outcome Stack::Impl::from_backend(Conn* c) {
+Stack::Impl::Outcome Stack::Impl::from_backend(Conn* c, bool peer_closed) {
   for (;;) {
     if (!c->from_backend.empty()) {
       u16_t n =
@@ -116,12 +124,15 @@ Stack::Impl::Outcome Stack::Impl::from_backend(Conn* c) {
       c->from_backend.erase(0, n);
       continue;
     }
-    if (c->backend_fin || send_room(c->pcb) == 0) break;
+    if (c->backend_fin || c->sock < 0 || send_room(c->pcb) == 0) break;
     char buf[kRelayChunk];
     size_t want = std::min<size_t>(sizeof buf, send_room(c->pcb));
     ssize_t n = ::recv(c->sock, buf, want, MSG_DONTWAIT);
     if (n > 0) {
       c->from_backend.assign(buf, static_cast<size_t>(n));
+      // The backend's FIN had come when epoll reported it, so everything
+      // before it was queued: a read that did not fill `buf` took it all.
+      if (peer_closed && static_cast<size_t>(n) < want) c->backend_fin = true;
       continue;
     }
     if (n == 0) {
@@ -148,31 +159,24 @@ Stack::Impl::Outcome Stack::Impl::from_backend(Conn* c) {
     c->sock = -1;
     return Outcome::alive;
   }
-  if (c->sock < 0) return Outcome::alive;
-  rewatch(c, !c->preamble.empty() || c->pending);
   return Outcome::alive;
 }
 
-// Watch the backend for what we can use now: input only while lwIP has
-// room (back-pressure towards the backend), output only while blocked.
-void Stack::Impl::rewatch(Conn* c, bool want_out) {
-  uint32_t ev = 0;
-  if (!c->backend_fin && send_room(c->pcb) > 0) ev |= EPOLLIN;
-  if (want_out) ev |= EPOLLOUT;
-  if (ev == 0 && c->backend_fin) {
-    // Nothing left to read or write: epoll would still report the hang-up,
-    // again and again.
-    io->unwatch(c->sock);
-    return;
-  }
-  io->watch(c->sock, ev, [this, c](uint32_t ready) {
+// Edge-triggered, set once for the connection's life: epoll reports what
+// changed, and to_backend and from_backend go on until the socket (or
+// lwIP) has no more. What stops them resumes without epoll: lwIP's sent
+// callback reads again once it has room (back-pressure towards the
+// backend), and new client data is sent as it comes.
+void Stack::Impl::watch_backend(Conn* c) {
+  io->watch(c->sock, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, [this, c](uint32_t ready) {
     if (ready & EPOLLERR) {
       abort(c);
       return;
     }
-    if (ready & EPOLLOUT) to_backend(c);
+    if ((ready & EPOLLOUT) && (c->pending || !c->preamble.empty()) && !to_backend(c)) return;
     // A hang-up reads as end of stream.
-    if (conns.count(c) && (ready & (EPOLLIN | EPOLLHUP))) from_backend(c);
+    if (conns.count(c) && (ready & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)))
+      from_backend(c, ready & (EPOLLRDHUP | EPOLLHUP));
   });
 }
 

@@ -67,8 +67,10 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
     pcb->wire_mss = pcb->mss;  // what loss recovery counts in (patch 0003)
     pcb->mss = s->large_mss;
   }
-  // The PROXY header, and start watching the backend.
-  if (relayed(c->service) && !s->to_backend(c)) return ERR_ABRT;
+  if (relayed(c->service)) {
+    s->watch_backend(c);
+    if (!c->preamble.empty() && !s->to_backend(c)) return ERR_ABRT;  // the PROXY header
+  }
   return ERR_OK;
 }
 

@@ -278,12 +278,12 @@ struct Stack::Impl {
   bool to_backend(Conn* c);
 
   // Forward, backend to client: read only as much as lwIP can queue.
+  // `peer_closed`: epoll reported the backend's FIN.
   enum class Outcome { alive, aborted };
-  Outcome from_backend(Conn* c);
+  Outcome from_backend(Conn* c, bool peer_closed = false);
 
-  // Watch the backend for what we can use now: input only while lwIP has
-  // room (back-pressure towards the backend), output only while blocked.
-  void rewatch(Conn* c, bool want_out);
+  // Watches the backend socket of an accepted connection (relay.cpp).
+  void watch_backend(Conn* c);
 
   // A SYN for a forward app: connect to its backend first; lwIP sees the
   // SYN (and, for a cookie handshake, the client's ACK) once the backend
@@ -311,7 +311,8 @@ struct Stack::Impl {
     return "";
   }
 
-  void backend_answered(const Tuple& key);
+  // The backend connection of a held SYN is made, or failed (`ready`: epoll's events).
+  void backend_answered(const Tuple& key, uint32_t ready);
 
   // Tells the client of a held SYN that its app's backend will not answer.
   // A client past a cookie handshake is reset through its ACK's numbers.

@@ -232,6 +232,26 @@ check "forward: c2 reaches the other backend (two) on the same port" said "$c2" 
 check "forward over IPv6 to an IPv4 backend" said "$c1" "[fd00:99::10]" 8000 backend-one
 check "forward with PROXY v2: the backend learns the real client" said "$c1" 10.99.0.10 8004 "proxy-v2 ok 10.200.1.5"
 check "PROXY v2 over IPv6 names the p1 the client used" said "$c1" "[fd00:99::10]" 8004 "-> fd00:99::10 8004"
+closed_both_ways() {  # 50 clients that wait for the backend's end before closing theirs
+  in_ns "$c1" timeout 30 python3 - <<'PY' || return 1
+import socket
+for _ in range(50):
+    s = socket.create_connection(("10.99.0.10", 8000), timeout=5)
+    got = b""
+    while chunk := s.recv(100):
+        got += chunk
+    assert got == b"backend-one\n", got
+    s.close()
+PY
+  sleep 0.5
+  # Our relay socket sees the backend's FIN first and closes once the
+  # client's comes: neither end may be left half-closed.
+  local left
+  left=$(in_ns "$d" ss -tanH state close-wait state fin-wait-2 '( sport = :19001 or dport = :19001 )' | wc -l)
+  echo "     backend connections left in CLOSE-WAIT or FIN-WAIT-2: $left"
+  [ "$left" -eq 0 ]
+}
+check "forward: a backend that ends first, then the client: both connections close" closed_both_ways
 check "forward: backend down -> the client gets a RST at once, no connection" \
   refused_fast "$c1" http://10.99.0.10:8003/
 check "forward: 100 MB each way through an echo backend, sha256 intact" \
