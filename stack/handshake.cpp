@@ -48,15 +48,21 @@ void Stack::Impl::hold_syn(std::vector<uint8_t> syn, std::vector<uint8_t> ack, c
     return;
   }
   connecting[key] = Held{std::move(syn), fd, app, now_ms(), std::move(ack), p1, tries};
-  // One shot: epoll stops reporting the socket until on_tcp_accept
-  // watches it for the relay, so nothing is taken out of the set between.
-  io->watch(fd, EPOLLOUT | EPOLLONESHOT,
-            [this, key](uint32_t ready) { backend_answered(key, ready); });
+  // Watched as the relay will watch it (edge-triggered), so that the
+  // connection's one epoll_ctl is this one: the connect's outcome is an
+  // edge; edges between it and lwIP's accept are ignored, and
+  // on_tcp_accept reads what they announced.
+  io->watch(fd, kRelayEvents, [this, key](uint32_t ready) { backend_answered(key, ready); });
 }
 
 void Stack::Impl::backend_answered(const Tuple& key, uint32_t ready) {
   auto it = connecting.find(key);
-  if (it == connecting.end()) return;
+  if (it == connecting.end()) {
+    // Connected; until lwIP accepts, what epoll reports is kept for it.
+    if (auto held = admitted.find(key); held != admitted.end()) held->second.events |= ready;
+    return;
+  }
+  if (!(ready & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
   Held c = std::move(it->second);
   connecting.erase(it);
   // A connection that failed reports an error or a hang-up; asking which
@@ -77,6 +83,7 @@ void Stack::Impl::backend_answered(const Tuple& key, uint32_t ready) {
   }
   apps[c.app].backend_up = 1;
   c.started_ms = now_ms();
+  c.events = ready;
   std::vector<uint8_t> syn = std::move(c.syn), ack = std::move(c.ack);
   admitted[key] = std::move(c);
   if (ack.empty())

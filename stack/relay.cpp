@@ -114,7 +114,8 @@ bool Stack::Impl::to_backend(Conn* c) {
   return true;
 }
 
-Stack::Impl::Outcome Stack::Impl::from_backend(Conn* c, bool peer_closed) {
+Stack::Impl::Outcome Stack::Impl::from_backend(Conn* c) {
+  bool drained = false;
   for (;;) {
     if (!c->from_backend.empty()) {
       u16_t n =
@@ -124,15 +125,20 @@ Stack::Impl::Outcome Stack::Impl::from_backend(Conn* c, bool peer_closed) {
       c->from_backend.erase(0, n);
       continue;
     }
-    if (c->backend_fin || c->sock < 0 || send_room(c->pcb) == 0) break;
+    if (c->backend_fin || drained || c->sock < 0 || send_room(c->pcb) == 0) break;
     char buf[kRelayChunk];
     size_t want = std::min<size_t>(sizeof buf, send_room(c->pcb));
     ssize_t n = ::recv(c->sock, buf, want, MSG_DONTWAIT);
     if (n > 0) {
       c->from_backend.assign(buf, static_cast<size_t>(n));
-      // The backend's FIN had come when epoll reported it, so everything
-      // before it was queued: a read that did not fill `buf` took it all.
-      if (peer_closed && static_cast<size_t>(n) < want) c->backend_fin = true;
+      // A read that did not fill `buf` took all there was, and no recv
+      // need ask again: what comes later is an edge of its own. If epoll
+      // has reported the backend's FIN, everything before it was queued,
+      // so this was the end.
+      if (static_cast<size_t>(n) < want) {
+        drained = true;
+        c->backend_fin = c->backend_hung_up;
+      }
       continue;
     }
     if (n == 0) {
@@ -162,21 +168,20 @@ Stack::Impl::Outcome Stack::Impl::from_backend(Conn* c, bool peer_closed) {
   return Outcome::alive;
 }
 
-// Edge-triggered, set once for the connection's life: epoll reports what
-// changed, and to_backend and from_backend go on until the socket (or
-// lwIP) has no more. What stops them resumes without epoll: lwIP's sent
-// callback reads again once it has room (back-pressure towards the
-// backend), and new client data is sent as it comes.
+// Edge-triggered (kRelayEvents, set by hold_syn for the connection's
+// life): epoll reports what changed, and to_backend and from_backend go on
+// until the socket (or lwIP) has no more. What stops them resumes without
+// epoll: lwIP's sent callback reads again once it has room (back-pressure
+// towards the backend), and new client data is sent as it comes.
 void Stack::Impl::watch_backend(Conn* c) {
-  io->watch(c->sock, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, [this, c](uint32_t ready) {
+  io->watch(c->sock, kRelayEvents, [this, c](uint32_t ready) {
     if (ready & EPOLLERR) {
       abort(c);
       return;
     }
     if ((ready & EPOLLOUT) && (c->pending || !c->preamble.empty()) && !to_backend(c)) return;
-    // A hang-up reads as end of stream.
-    if (conns.count(c) && (ready & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)))
-      from_backend(c, ready & (EPOLLRDHUP | EPOLLHUP));
+    if (ready & (EPOLLRDHUP | EPOLLHUP)) c->backend_hung_up = true;
+    if (conns.count(c) && (ready & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))) from_backend(c);
   });
 }
 

@@ -36,6 +36,7 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
   c->pcb = pcb;
   c->app = held->second.app;
   c->sock = held->second.sock;
+  c->backend_hung_up = held->second.events & (EPOLLRDHUP | EPOLLHUP);
   c->service = s->service_at(ep, c->app);
   s->admitted.erase(held);
   const auto& app = s->rules.config().apps[c->app];
@@ -70,6 +71,8 @@ err_t on_tcp_accept(void* arg, tcp_pcb* pcb, err_t err) {
   if (relayed(c->service)) {
     s->watch_backend(c);
     if (!c->preamble.empty() && !s->to_backend(c)) return ERR_ABRT;  // the PROXY header
+    // What the backend sent before now: its edges have passed (Held::events).
+    if (s->from_backend(c) == Stack::Impl::Outcome::aborted) return ERR_ABRT;
   }
   return ERR_OK;
 }

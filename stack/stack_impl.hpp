@@ -13,6 +13,7 @@
 #pragma once
 
 #include <netinet/in.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -58,6 +59,9 @@ constexpr size_t kMaxHalfOpen = 256;
 constexpr size_t kMaxTimeWait = 1024;  // TIME_WAIT pcbs kept (the newest)
 constexpr size_t kRelayChunk = 65536;
 constexpr size_t kMaxIov = 64;  // pbufs of client data passed to one sendmsg
+// How a relay's backend socket is watched, from its connect() on: one
+// epoll_ctl per connection (relay.cpp, Stack::Impl::watch_backend).
+constexpr uint32_t kRelayEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 // Client data a connection holds back within a batch: beyond it, it goes
 // now, while it is still in the cache.
 constexpr size_t kBatchBytes = 65536;
@@ -155,7 +159,8 @@ struct Conn {
   int sock = -1;
   std::string preamble;      // PROXY header still to send
   std::string from_backend;  // read from the backend, not yet taken by lwIP
-  bool backend_fin = false;
+  bool backend_fin = false;     // read to its end
+  bool backend_hung_up = false;  // epoll has reported its FIN (or a hang-up)
   bool sent_fin = false;
   bool unsent = false;  // in Impl::unsent: sent to the backend when the batch ends
   std::string who;  // "client > vaddr:p1 (app, p2)", kept for the debug log only
@@ -171,6 +176,7 @@ struct Held {
   std::vector<uint8_t> ack;  // a cookie handshake: the client's ACK, which follows `syn`
   uint16_t p1 = 0;
   uint8_t tries = 0;  // exec: instances that refused it so far
+  uint32_t events = 0;  // forward: what epoll reported of `sock` since it connected
 };
 
 inline vpm::TcpTuple tcp_tuple(const vpm::PacketView& v) {
@@ -278,9 +284,8 @@ struct Stack::Impl {
   bool to_backend(Conn* c);
 
   // Forward, backend to client: read only as much as lwIP can queue.
-  // `peer_closed`: epoll reported the backend's FIN.
   enum class Outcome { alive, aborted };
-  Outcome from_backend(Conn* c, bool peer_closed = false);
+  Outcome from_backend(Conn* c);
 
   // Watches the backend socket of an accepted connection (relay.cpp).
   void watch_backend(Conn* c);

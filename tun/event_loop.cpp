@@ -50,8 +50,6 @@ bool EventLoop::deliver(const epoll_event& e) {
   if (generation == 0) return false;
   auto w = watched_.find(fd_of(e));
   if (w == watched_.end() || w->second.generation != generation) return true;  // closed since
-  // A one-shot watch is disarmed now: watching again must tell epoll.
-  if (w->second.events & EPOLLONESHOT) w->second.events = 0;
   auto ready = w->second.ready;  // the callback may unwatch (and erase) itself
   ready(e.events);
   return true;
