@@ -73,11 +73,19 @@ capture_stop() {  # capture_stop NAME
   cp "$work/$1.pcap" "$out/$1.pcap"
 }
 spawn() { ip netns exec "$@" & pids+=("$!"); }  # spawn NS CMD...
+listening() {  # listening NS -t|-u PORT: waits (up to 10 s) for a server to bind PORT
+  for _ in $(seq 100); do
+    ip netns exec "$1" ss -Hln "$2" "sport = :$3" | grep -q . && return 0
+    sleep 0.1
+  done
+  echo "make-captures: nothing listens on port $3 in $1" >&2
+  return 1
+}
 
 # --- tcp-http: HTTP over TCP, IPv4 and IPv6, both apps, an exact pair, an unmatched client
 mkdir -p "$work/www"; echo "hello from the virtual address" > "$work/www/index.html"
 spawn "$vip" "$py" -m http.server 9000 --bind :: --directory "$work/www"
-sleep 1
+listening "$vip" -t 9000  # python starts slowly on a loaded machine
 capture_start tcp-http
 in_ns "$c1" curl -s -o /dev/null http://10.99.0.10:9000/
 in_ns "$c2" curl -s -o /dev/null http://10.99.0.10:9000/
@@ -92,7 +100,7 @@ editcap -F pcap -C 14 -T rawip "$out/tcp-http.pcap" "$out/tcp-http-raw.pcap"
 # --- udp: datagrams to a UDP echo service, IPv4 and IPv6, both apps
 spawn "$vip" socat UDP6-RECVFROM:9000,ipv6only=0,reuseaddr,fork SYSTEM:cat
 echo_pid=$!
-sleep 1
+listening "$vip" -u 9000
 capture_start udp
 echo "blue says hi" | in_ns "$c1" nc -u -w1 10.99.0.10 9000 >/dev/null
 echo "green says hi" | in_ns "$c2" nc -u -w1 10.99.0.10 9000 >/dev/null
