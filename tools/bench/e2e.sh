@@ -25,6 +25,8 @@
 #                                                     towards it
 #   STREAMS_ONLY=1 tools/bench/e2e.sh ...             one stream each way through HAProxy and
 #                                                     one worker, nothing else (tools/bench/loss.sh)
+#   SHORT_ONLY=1 tools/bench/e2e.sh ...               short connections only: direct, HAProxy,
+#                                                     vpmtun with one worker and with two
 #
 # vpmtun runs twice: with one worker ([tun] queues = 1), then with two
 # (queues = 2, one per core here). Every figure is the median of RUNS runs of
@@ -40,6 +42,7 @@ mtu="${MTU:-1500}"
 loss="${LOSS:-0}"  # percent, each way
 loss_at="${LOSS_AT:-router}"  # router: as s forwards (a large segment is one packet); wire: per MTU packet
 streams_only="${STREAMS_ONLY:-0}"
+short_only="${SHORT_ONLY:-0}"
 [ "$(id -u)" -eq 0 ] || { echo "e2e.sh: needs root (network namespaces)" >&2; exit 1; }
 for t in iperf3 haproxy nft socat ethtool; do
   command -v "$t" >/dev/null || { echo "e2e.sh: $t missing (tools/install-deps)" >&2; exit 1; }
@@ -213,7 +216,8 @@ conn_rate() {  # conn_rate HOST PORT: short connections per second, 32 in flight
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 echo "e2e: $(nproc) cores, $(date -u +%FT%TZ), median of $runs runs of $secs s, client MTU $mtu, loss $loss% each way$([ "$loss" = 0 ] || echo " (at the $loss_at)")"
-printf "%-34s %10s %10s %9s %9s\n" "single TCP stream" "up Gbit/s" "down" "vs kernel" "vs HAProxy"
+[ "$short_only" = 1 ] ||
+  printf "%-34s %10s %10s %9s %9s\n" "single TCP stream" "up Gbit/s" "down" "vs kernel" "vs HAProxy"
 declare -A up down many_up many_down rate
 measure() {  # measure LABEL HOST PORT: one stream each way, then four
   up[$1]=$(iperf_gbps "$2" "$3")
@@ -239,18 +243,35 @@ if [ "$streams_only" = 1 ]; then
   grep -iE "assert|error" "$work/vpmtun.log" || true
   exit 0
 fi
-measure kernel 10.201.0.1 5201
-measure nft 10.201.0.1 9000
-measure haproxy 10.201.0.1 9001
+short_rows() {
+  printf "%-34s %10s %9s\n" "short connections (32 in flight)" "conn/s" "vs HAProxy"
+  printf "%-34s %10.0f %9s\n" "kernel direct" "${rate[direct]}" "$(ratio "${rate[direct]}" "${rate[haproxy]}")"
+  printf "%-34s %10.0f %9s\n" "HAProxy mode tcp" "${rate[haproxy]}" "1.00"
+  printf "%-34s %10.0f %9s\n" "vpmtun forward, 1 worker" "${rate[vpmtun1]}" "$(ratio "${rate[vpmtun1]}" "${rate[haproxy]}")"
+  printf "%-34s %10.0f %9s\n" "vpmtun forward, 2 workers" "${rate[vpmtun2]}" "$(ratio "${rate[vpmtun2]}" "${rate[haproxy]}")"
+  grep -v " 0 failed" "$work/connect.log" | sed "s/^/failures: /" || true
+  grep -iE "assert|error" "$work/vpmtun.log" || true
+}
+if [ "$short_only" != 1 ]; then
+  measure kernel 10.201.0.1 5201
+  measure nft 10.201.0.1 9000
+  measure haproxy 10.201.0.1 9001
+fi
 rate[direct]=$(conn_rate 10.201.0.1 5300)
 rate[haproxy]=$(conn_rate 10.201.0.1 9003)
 for q in 1 2; do
   start_vpmtun "$q"
-  measure "vpmtun$q" 10.99.0.10 9000
+  if [ "$short_only" != 1 ]; then
+    measure "vpmtun$q" 10.99.0.10 9000
+    [ "$q" -eq 1 ] && sink=$(sink_gbps 10.99.0.10 9002)
+  fi
   rate[vpmtun$q]=$(conn_rate 10.99.0.10 9003)
-  [ "$q" -eq 1 ] && sink=$(sink_gbps 10.99.0.10 9002)
   stop_vpmtun
 done
+if [ "$short_only" = 1 ]; then
+  short_rows
+  exit 0
+fi
 row "kernel direct" kernel
 row "nft redirect 9000 -> 5201" nft
 row "HAProxy mode tcp, src ACL" haproxy
@@ -269,10 +290,4 @@ scaling() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / (2 * 
 echo "2 workers against 1, of linear: up $(scaling "${many_up[vpmtun2]}" "${many_up[vpmtun1]}"), down $(scaling "${many_down[vpmtun2]}" "${many_down[vpmtun1]}")"
 
 echo
-printf "%-34s %10s %9s\n" "short connections (32 in flight)" "conn/s" "vs HAProxy"
-printf "%-34s %10.0f %9s\n" "kernel direct" "${rate[direct]}" "$(ratio "${rate[direct]}" "${rate[haproxy]}")"
-printf "%-34s %10.0f %9s\n" "HAProxy mode tcp" "${rate[haproxy]}" "1.00"
-printf "%-34s %10.0f %9s\n" "vpmtun forward, 1 worker" "${rate[vpmtun1]}" "$(ratio "${rate[vpmtun1]}" "${rate[haproxy]}")"
-printf "%-34s %10.0f %9s\n" "vpmtun forward, 2 workers" "${rate[vpmtun2]}" "$(ratio "${rate[vpmtun2]}" "${rate[haproxy]}")"
-grep -v " 0 failed" "$work/connect.log" | sed "s/^/failures: /" || true
-grep -iE "assert|error" "$work/vpmtun.log" || true
+short_rows
