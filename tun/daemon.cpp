@@ -302,7 +302,9 @@ std::pair<bool, std::string> Daemon::read_and_reload(const std::vector<size_t>* 
       out += line + "\n";
     return {false, out};
   }
-  auto [ok, said] = reload(std::get<vpm::Config>(parsed), busy);
+  auto& next = std::get<vpm::Config>(parsed);
+  one_worker_for_captures(next, capture_tun_ || capture_stack_);
+  auto [ok, said] = reload(next, busy);
   return {ok, (ok ? "reloaded " + path + ": " : "") + said};
 }
 

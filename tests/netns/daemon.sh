@@ -48,13 +48,14 @@ ip -n "$c1" route add default via 10.200.1.1; ip -n "$c1" -6 route add default v
 ip -n "$c2" route add default via 10.200.2.1; ip -n "$c2" -6 route add default via fd00:200:2::1
 in_ns "$d" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
 
+queues_setting="${VPMTUN_TEST_QUEUES:-\"auto\"}"
 cat >"$work/vpm.toml" <<TOML
 [vpm]
 control_socket = "$work/vpm.sock"
 [metrics]
 listen = "127.0.0.1:9464"
 [tun]
-queues = ${VPMTUN_TEST_QUEUES:-1}
+queues = $queues_setting
 name = "vpm0"
 address = "10.99.0.1/24"
 address6 = "fd00:99::1/64"
@@ -163,7 +164,9 @@ stop_daemon() {  # stop_daemon: SIGTERM, then its exit code
   daemon_pid=""
   return "$rc"
 }
-# With workers (VPMTUN_TEST_QUEUES=2) the first run has no captures: they need one worker.
+# With workers (VPMTUN_TEST_QUEUES=2) the first run has no captures: they
+# need one worker. Without it the file says queues = "auto", which the
+# captures make one worker.
 queues="${VPMTUN_TEST_QUEUES:-1}"
 captures=(--capture-tun "$work/tun.pcap" --capture-stack "$work/stack.pcap")
 [ "$queues" -eq 1 ] || captures=()
@@ -171,6 +174,11 @@ start_daemon "$work/vpm.toml" "${captures[@]}"
 with_captures() {  # with_captures DESCRIPTION CHECK...: check, or say why not
   if [ "$queues" -eq 1 ]; then check "$@"; else echo "skip $1 (captures need [tun] queues = 1)"; fi
 }
+one_worker() {  # the daemon serves alone: no worker processes, and it said why
+  [ -z "$(pgrep -P "$daemon_pid")" ] || return 1
+  [ "$(nproc)" -eq 1 ] || grep -q 'captures: one worker (\[tun\] queues = "auto" would be' "$work/daemon.log"
+}
+with_captures "queues = \"auto\" with --capture-tun and --capture-stack: one worker" one_worker
 
 # tshark without TCP stream analysis: the captures hold 100 MB transfers.
 tshark_r() { tshark -o tcp.analyze_sequence_numbers:FALSE -o tcp.desegment_tcp_streams:FALSE -r "$@" 2>/dev/null; }

@@ -259,6 +259,45 @@ TEST_CASE("a daemon reloads its file under way") {
   ::unlink(path);
 }
 
+// Captures record one process's traffic: with queues = "auto" they make it
+// one worker, at start (vpmtun run) and at every reload, which would
+// otherwise refuse the file as changing the number of queues. (Where this
+// process may run on one core only, "auto" is one anyway.)
+TEST_CASE("captures make queues = \"auto\" one worker, at start and at every reload") {
+  char path[] = "/tmp/vpmtun-reload-XXXXXX";
+  char capture[] = "/tmp/vpmtun-capture-XXXXXX";
+  for (char* name : {path, capture}) {
+    int fd = ::mkstemp(name);
+    REQUIRE(fd >= 0);
+    ::close(fd);
+  }
+  std::ofstream(path, std::ios::trunc) << kBefore;
+  auto cfg = std::get<vpm::Config>(tun::read_config(path));
+  REQUIRE(cfg.tun.queues_auto);
+  uint32_t cores_worth = cfg.tun.queues;
+  tun::one_worker_for_captures(cfg, false);
+  CHECK(cfg.tun.queues == cores_worth);
+  tun::one_worker_for_captures(cfg, true);
+  CHECK(cfg.tun.queues == 1);
+  vpm::Config fixed = cfg;
+  fixed.tun.queues_auto = false;
+  fixed.tun.queues = 2;
+  tun::one_worker_for_captures(fixed, true);
+  CHECK(fixed.tun.queues == 2);  // an explicit count is vpmtun run's to refuse
+
+  tun::FakeDevice device;
+  tun::DaemonOptions opt;
+  opt.capture_tun = capture;
+  {
+    tun::Daemon daemon(cfg, device, opt);
+    auto [ok, said] = daemon.answer("reload");
+    CHECK(ok);
+    CHECK(said == "reloaded " + std::string(path) + ": nothing changed\n");
+  }
+  ::unlink(path);
+  ::unlink(capture);
+}
+
 // Per-connection: the ports flows hold stay theirs across a reload, and the
 // pool goes on from where it was.
 TEST_CASE("a reload under per-connection allocation keeps the ports flows hold") {

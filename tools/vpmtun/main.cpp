@@ -199,7 +199,7 @@ int main(int argc, char** argv) {
       "one queue); this process supervises them and answers for all of them. Signal\n"
       "this process, not a worker. The default, queues = \"auto\", is one per core,\n"
       "or one in all when an app runs programs or cooperates (vpmtun check says\n"
-      "which); captures need queues = 1.\n\n"
+      "which, and with --capture-tun or --capture-stack).\n\n"
       "Examples:\n"
       "  vpmtun run -c /etc/vpmtun/vpm.toml\n"
       "  vpmtun run -c vpm.toml --log-level debug --log-format json\n"

@@ -7,6 +7,6 @@
 namespace vpmtun {
 
 // Returns the process exit code.
-int run_daemon(const vpm::Config& cfg, tun::DaemonOptions opt);
+int run_daemon(vpm::Config cfg, tun::DaemonOptions opt);
 
 }  // namespace vpmtun
