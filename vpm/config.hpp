@@ -151,6 +151,9 @@ bool uses_cooperation(const Config& cfg);
 // programs, cooperative mode), and no more than every per-connection slice
 // can give each a port.
 uint32_t auto_queues(const Config& cfg, unsigned cores);
+// Why workers cannot serve `cfg` yet ("apps that run programs need one"),
+// or empty when they can.
+std::string_view needs_one_worker(const Config& cfg);
 
 // The application library's socket: [vpm] app_socket, or the control
 // socket's path with "-app" before its ".sock" ("/run/vpmtun-app.sock").

@@ -138,6 +138,9 @@ TEST_CASE("[tun] queues = \"auto\", the default: one worker per core where worke
   CHECK(fixed.tun.queues == 3);
   // What workers cannot serve yet: one.
   CHECK(vpm::auto_queues(parse(app + "serve = \"exec\"\n"), 8) == 1);
+  CHECK(vpm::needs_one_worker(parse(app + "serve = \"exec\"\n")) ==
+        "apps that run programs need one");
+  CHECK(vpm::needs_one_worker(plain).empty());
   // Per-connection: no more workers than each slice has ports (two p1s share 5 ports).
   vpm::Config narrow =
       parse("[vpm]\nallocation = \"per-connection\"\nport_range = \"20000-20004\"\n" + app +

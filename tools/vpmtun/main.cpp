@@ -99,12 +99,11 @@ void describe_config(const vpm::Config& cfg) {
         "pending handshakes\n",
         cfg.tun.queues, cfg.tun.queues_auto ? " (queues = \"auto\": one per core)" : "",
         cfg.tun.queues);
-  else if (cfg.tun.present && cfg.tun.queues_auto)
+  else if (cfg.tun.present && cfg.tun.queues_auto) {
+    std::string_view why = vpm::needs_one_worker(cfg);
     fmt::print("  one worker (queues = \"auto\": {})\n",
-               vpm::uses_cooperation(cfg) ? "cooperative mode needs one"
-               : std::any_of(cfg.apps.begin(), cfg.apps.end(), vpm::runs_programs)
-                   ? "apps that run programs need one"
-                   : "one core, or a per-connection slice too small for more");
+               why.empty() ? "one core, or a per-connection slice too small for more" : why);
+  }
 }
 
 // A question for the running daemon over its control socket: the answer
