@@ -15,6 +15,7 @@ bool IpAddr::is_v4() const {
 }
 
 std::optional<IpAddr> IpAddr::parse(std::string_view text) {
+  if (text.find('\0') != std::string_view::npos) return std::nullopt;  // inet_pton would stop there
   std::string s(text);
   uint8_t buf[16];
   if (inet_pton(AF_INET, s.c_str(), buf) == 1) return v4(buf);

@@ -123,6 +123,8 @@ TEST_CASE("VPMTUN_LISTEN round-trips, and bad text is refused") {
     INFO(bad);
     CHECK_FALSE(parse_listens(bad));
   }
+  using namespace std::string_view_literals;
+  CHECK_FALSE(parse_listens("tcp/192.0.2.10\0junk/9000"sv));  // inet_pton alone would stop at the NUL
 }
 
 TEST_CASE("the peer table maps relay ports to clients and UDP clients back") {
