@@ -12,6 +12,8 @@
 // 65536).
 #pragma once
 
+#include <bit>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -29,14 +31,27 @@ struct FlowKey {
   uint8_t proto = 0;
   uint8_t pad_[3] = {};  // kept zero: keys are compared and hashed as bytes
 
+  // Sets the last word (client_port, p1, proto) with one 8-byte store: the
+  // table reads the key as words, and a word read over smaller stores
+  // waits for them.
+  void set_ports(uint16_t cport, uint16_t p1_, uint8_t proto_) {
+    static_assert(std::endian::native == std::endian::little);
+    uint64_t tail = uint64_t{cport} | uint64_t{p1_} << 16 | uint64_t{proto_} << 32;
+    std::memcpy(&client_port, &tail, sizeof tail);
+  }
+  // The i-th of the key's five 8-byte words, read in place (copying the
+  // key to an array first makes the compiler spill and reload it).
+  uint64_t word(size_t i) const {
+    uint64_t w;
+    std::memcpy(&w, reinterpret_cast<const char*>(this) + 8 * i, sizeof w);
+    return w;
+  }
   bool operator==(const FlowKey& o) const {
-    uint64_t a[5], b[5];
-    std::memcpy(a, this, sizeof a);
-    std::memcpy(b, &o, sizeof b);
-    return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0;
+    return ((word(0) ^ o.word(0)) | (word(1) ^ o.word(1)) | (word(2) ^ o.word(2)) |
+            (word(3) ^ o.word(3)) | (word(4) ^ o.word(4))) == 0;
   }
 };
-static_assert(sizeof(FlowKey) == 40);
+static_assert(sizeof(FlowKey) == 40 && offsetof(FlowKey, client_port) == 32);
 
 // TCP progress as seen from both directions. Timeouts follow the state.
 enum class FlowState : uint8_t {
@@ -61,7 +76,7 @@ struct alignas(64) Flow {
   uint16_t app = 0;     // index into Config::apps
   FlowState state = FlowState::established;
   uint8_t seen = 0;  // flow_seen bits: TCP flags from each side; UDP: seen_out
-  uint16_t mss = 0;      // TCP: the MSS the client's SYN announced
+  uint16_t mss = 0;  // TCP: the MSS the client's SYN announced
 };
 static_assert(sizeof(Flow) == 64);
 
@@ -141,12 +156,10 @@ class FlowTable {
 
  private:
   static uint32_t hash(const FlowKey& key) {
-    uint64_t w[5];
-    std::memcpy(w, &key, sizeof w);
     // Independent multiplies (no chain between words), then one final mix.
-    uint64_t h = (w[0] * 0x9e3779b97f4a7c15ull) ^ (w[1] * 0xc2b2ae3d27d4eb4full) ^
-                 (w[2] * 0x165667b19e3779f9ull) ^ (w[3] * 0xd6e8feb86659fd93ull) ^
-                 (w[4] * 0xff51afd7ed558ccdull);
+    uint64_t h = (key.word(0) * 0x9e3779b97f4a7c15ull) ^ (key.word(1) * 0xc2b2ae3d27d4eb4full) ^
+                 (key.word(2) * 0x165667b19e3779f9ull) ^ (key.word(3) * 0xd6e8feb86659fd93ull) ^
+                 (key.word(4) * 0xff51afd7ed558ccdull);
     h ^= h >> 29;
     h *= 0xbf58476d1ce4e5b9ull;
     h ^= h >> 32;
