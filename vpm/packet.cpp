@@ -124,14 +124,6 @@ bool walk_ipv6_chain(PacketView& v, size_t end) {
 const char* drop_name(Drop d) { return kDrops[static_cast<size_t>(d)].name; }
 const char* drop_description(Drop d) { return kDrops[static_cast<size_t>(d)].description; }
 
-IpAddr PacketView::src() const {
-  return v6 ? IpAddr::v6(bytes.data() + 8) : IpAddr::v4(bytes.data() + 12);
-}
-
-IpAddr PacketView::dst() const {
-  return v6 ? IpAddr::v6(bytes.data() + 24) : IpAddr::v4(bytes.data() + 16);
-}
-
 bool is_icmp_error(bool v6, uint8_t type) {
   if (v6) return type >= 1 && type <= 4;  // unreachable, too big, time exceeded, parameter
   // unreachable, source quench, redirect, time exceeded, parameter problem

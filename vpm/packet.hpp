@@ -20,25 +20,25 @@ namespace vpm {
 // Why a packet did not make it through. Every value has a counter.
 enum class Drop : uint8_t {
   none,
-  ip_truncated,        // shorter than the fixed IP header
-  ip_version,          // version nibble is neither 4 nor 6
-  ipv4_header_length,  // IHL below 5 or past the end of the packet
-  ip_total_length,     // total/payload length disagrees with the bytes received
-  ipv6_jumbogram,      // payload length 0 (jumbograms cannot cross a TUN MTU)
-  ipv6_ext_chain,      // extension header runs past the packet, or too many of them
-  l4_truncated,        // TCP/UDP/ICMP header cut short in an unfragmented packet
-  tiny_fragment,       // first fragment too short to hold ports and checksum (RFC 1858)
-  tcp_header_length,   // TCP data offset below 5 or past the segment
-  udp_length,          // UDP length field below 8 or past the datagram
-  icmp_quote,          // ICMP error whose quoted packet is unusable for translation
-  hidden_port,         // a client addressed a hidden port (p2) directly
-  stack_used_p1,       // the stack sent from/to a multiplexed p1 instead of its p2
-  unassigned_p2,       // the stack used a hidden port no translation owns
-  unmatched,           // no app claims this client and unmatched = "reset"
-  no_flow,             // mid-connection packet for a translation we do not hold
-  port_wait,           // new connection waiting for a free p2; the client retransmits
-  port_wait_timeout,   // no p2 became free within queue_timeout_ms
-  table_full,          // the flow table is at max_flows
+  ip_truncated,         // shorter than the fixed IP header
+  ip_version,           // version nibble is neither 4 nor 6
+  ipv4_header_length,   // IHL below 5 or past the end of the packet
+  ip_total_length,      // total/payload length disagrees with the bytes received
+  ipv6_jumbogram,       // payload length 0 (jumbograms cannot cross a TUN MTU)
+  ipv6_ext_chain,       // extension header runs past the packet, or too many of them
+  l4_truncated,         // TCP/UDP/ICMP header cut short in an unfragmented packet
+  tiny_fragment,        // first fragment too short to hold ports and checksum (RFC 1858)
+  tcp_header_length,    // TCP data offset below 5 or past the segment
+  udp_length,           // UDP length field below 8 or past the datagram
+  icmp_quote,           // ICMP error whose quoted packet is unusable for translation
+  hidden_port,          // a client addressed a hidden port (p2) directly
+  stack_used_p1,        // the stack sent from/to a multiplexed p1 instead of its p2
+  unassigned_p2,        // the stack used a hidden port no translation owns
+  unmatched,            // no app claims this client and unmatched = "reset"
+  no_flow,              // mid-connection packet for a translation we do not hold
+  port_wait,            // new connection waiting for a free p2; the client retransmits
+  port_wait_timeout,    // no p2 became free within queue_timeout_ms
+  table_full,           // the flow table is at max_flows
   coop_not_negotiated,  // a connection to a cooperative p2 nobody negotiated for that client
   coop_late,            // negotiated, but the connection came after its window
   coop_pending,         // negotiated, the acknowledgement not yet in: the client retransmits
@@ -65,8 +65,9 @@ struct PacketView {
   bool fragment = false;  // part of a fragmented datagram
   bool has_l4 = false;    // the upper-layer header starts in this packet (not a later fragment)
 
-  IpAddr src() const;
-  IpAddr dst() const;
+  // Inline: the engine reads them for every packet.
+  IpAddr src() const { return v6 ? IpAddr::v6(bytes.data() + 8) : IpAddr::v4(bytes.data() + 12); }
+  IpAddr dst() const { return v6 ? IpAddr::v6(bytes.data() + 24) : IpAddr::v4(bytes.data() + 16); }
   size_t l4_len() const { return bytes.size() - l4; }
   uint8_t* l4_ptr() const { return bytes.data() + l4; }
   uint16_t src_port() const { return load16(l4_ptr()); }
