@@ -42,7 +42,7 @@ vpm::ConfigResult read_config(const std::string& path) {
   if (cfg && cfg->daemon.name.empty()) {
     char host[256] = {};
     ::gethostname(host, sizeof host - 1);
-    cfg->daemon.name = vpm::node_name_ok(host) ? host : "vpmtun";
+    cfg->daemon.name = vpm::name_ok(host) ? host : "vpmtun";
   }
   if (cfg && cfg->tun.queues_auto) cfg->tun.queues = vpm::auto_queues(*cfg, usable_cores());
   return parsed;

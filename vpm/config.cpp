@@ -44,6 +44,22 @@ std::optional<uint64_t> parse_duration(std::string_view text) {
 
 namespace {
 
+// A name as an error message may quote it: bytes that are not printable
+// ASCII as \xNN, and no longer than 80 characters.
+std::string printable(std::string_view text) {
+  std::string out;
+  for (char c : text.substr(0, 80)) {
+    auto ch = static_cast<unsigned char>(c);
+    if (ch >= 0x20 && ch < 0x7f) {
+      out += c;
+    } else {
+      constexpr char kHex[] = "0123456789abcdef";
+      out += {'\\', 'x', kHex[ch >> 4], kHex[ch & 15]};
+    }
+  }
+  return text.size() > 80 ? out + "..." : out;
+}
+
 // Collects errors while walking the document; one per offending key.
 class Checker {
  public:
@@ -270,7 +286,12 @@ void parse_app(Checker& c, const toml::table& t, const std::string& where, AppCo
               {"name", "aid", "listen", "clients", "serve", "forward", "proxy_protocol", "users",
                "cooperative", "remote"});
   app.line = static_cast<int>(t.source().begin.line);
-  if (auto s = c.string(t, "name", where + ".name")) app.name = *s;
+  if (auto s = c.string(t, "name", where + ".name")) {
+    app.name = *s;
+    if (!s->empty() && !name_ok(*s))
+      c.fail(t.get("name"), where + ".name",
+             "'" + printable(*s) + "': 1 to 64 letters, digits, '.', '-' or '_'");
+  }
   if (app.name.empty()) c.fail_line(app.line, where + ".name", "every app needs a non-empty name");
   if (auto v = c.integer(t, "aid", where + ".aid", 0, 0xffffffffll))
     app.aid = static_cast<uint32_t>(*v);
@@ -537,9 +558,10 @@ ConfigResult parse_config(std::string_view text, const std::string& file) {
       cfg.daemon.user = *s;
     }
     if (auto s = c.string(*t, "name", "daemon.name")) {
-      if (!node_name_ok(*s))
-        c.fail(t->get("name"), "daemon.name",
-               "'" + *s + "': 1 to 64 letters, digits, '.', '-' or '_' (or leave it out)");
+      if (!name_ok(*s))
+        c.fail(
+            t->get("name"), "daemon.name",
+            "'" + printable(*s) + "': 1 to 64 letters, digits, '.', '-' or '_' (or leave it out)");
       cfg.daemon.name = *s;
     }
     for (auto [key, out] : {std::pair{"on_ready", &cfg.daemon.on_ready},

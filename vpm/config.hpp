@@ -91,7 +91,7 @@ struct AppConfig {
   uint32_t aid = 0;
   std::vector<ListenSpec> listen;
   std::vector<ClientRule> clients;
-  std::string serve;                // echo | discard | http-info, or "exec": programs under `vpmtun exec`
+  std::string serve;  // echo | discard | http-info, or "exec": programs under `vpmtun exec`
   std::optional<Endpoint> forward;  // or a real backend
   bool proxy_protocol_v2 = false;
   // exec: who may run instances (user names or numeric uids); empty: the
@@ -118,8 +118,8 @@ struct MetricsConfig {
 // VPMTUN_NAME, VPMTUN_DEVICE, VPMTUN_PREFIXES and VPMTUN_CONFIG set, one at
 // a time, killed after hook_timeout_ms. Empty: none.
 struct DaemonConfig {
-  std::string user;  // drop to this user once set up; empty: stay root
-  std::string name;  // this node, for hooks and http-info; empty: the host name
+  std::string user;      // drop to this user once set up; empty: stay root
+  std::string name;      // this node, for hooks and http-info; empty: the host name
   std::string on_ready;  // once the daemon serves (announce the prefix)
   std::string on_drain;  // on SIGTERM, before the listeners close (withdraw it)
   std::string on_stop;   // after the last connection, before the TUN goes
@@ -169,9 +169,10 @@ struct ConfigError {
 
 using ConfigResult = std::variant<Config, std::vector<ConfigError>>;
 
-// A [daemon] name: 1 to 64 letters, digits, '.', '-' or '_' (it goes into
-// JSON and the environment of hooks as it is).
-bool node_name_ok(std::string_view name);
+// An app's or the [daemon]'s name: 1 to 64 letters, digits, '.', '-' or
+// '_'. Names go as they are into JSON, metrics labels, the control
+// socket's lines and words (`table app=NAME`) and the environment of hooks.
+bool name_ok(std::string_view name);
 
 // Parses and validates configuration text. `file` is only used in messages.
 // Cross-app checks (duplicate rules, port ranges) are done here too, so a

@@ -44,7 +44,7 @@ std::string app_socket_path(const VpmConfig& vpm) {
   return std::string(base) + "-app.sock";
 }
 
-bool node_name_ok(std::string_view name) {
+bool name_ok(std::string_view name) {
   return !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char ch) {
     return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' || ch == '_';
   });

@@ -182,6 +182,9 @@ TEST_CASE("configuration errors name line and key") {
        "[[app]]\nname = \"a\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nclients = "
        "[\"198.51.100.5/24\"]\nserve = \"echo\"\n",
        5, "app[0].clients[0]", "198.51.100.0/24"},
+      {"an app name that would break a control line or a metrics label",
+       "[[app]]\nname = \"shop a\\n\"\naid = 1\nlisten = [\"192.0.2.1:9000\"]\nserve = \"echo\"\n",
+       2, "app[0].name", "'shop a\\x0a': 1 to 64 letters"},
       {"no aid", "[[app]]\nname = \"a\"\nlisten = [\"192.0.2.1:9000\"]\nserve = \"echo\"\n", 1,
        "app[0].aid", "needs an aid"},
       {"serve and forward",
