@@ -24,6 +24,7 @@ const char* kConfig = R"(
 [vpm]
 port_range = "20000-20099"
 max_flows = 512
+stack_memory_mb = 16
 control_socket = ""
 [[app]]
 name = "blue"
