@@ -19,6 +19,7 @@
 #include "tun/control.hpp"
 #include "tun/coop.hpp"
 #include "tun/hooks.hpp"
+#include "tun/instance_channel.hpp"
 #include "tun/instances.hpp"
 #include "tun/metrics.hpp"
 #include "tun/report.hpp"
@@ -83,20 +84,26 @@ Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions
   hooks_ = std::make_unique<Hooks>(hooks_of(cfg, opt), tun ? tun->name() : "");
   if (!opt.capture_tun.empty()) capture_tun_ = std::make_unique<Capture>(opt.capture_tun);
   if (!opt.capture_stack.empty()) capture_stack_ = std::make_unique<Capture>(opt.capture_stack);
-  if (std::any_of(cfg.apps.begin(), cfg.apps.end(), vpm::runs_programs))
-    instances_ =
-        std::make_unique<InstanceRegistry>(vpm::app_socket_path(cfg.vpm), *this, engine_.rules());
+  auto rules = [this]() -> const vpm::Config& { return engine_.rules().config(); };
+  stack::Instances* programs = nullptr;
+  if (opt.instances.channel >= 0) {
+    remote_instances_ = std::make_unique<RemoteInstances>(opt.instances, *this, rules);
+    programs = remote_instances_.get();
+  } else if (std::any_of(cfg.apps.begin(), cfg.apps.end(), vpm::runs_programs)) {
+    instances_ = std::make_unique<InstanceRegistry>(vpm::app_socket_path(cfg.vpm), *this, rules);
+    programs = instances_.get();
+  }
   stack_ = std::make_unique<stack::Stack>(
       engine_.rules(), device.mtu(), [this](std::span<uint8_t> p) { from_stack(p); }, this,
-      instances_.get());
+      programs);
   if (device.segments()) stack_->send_large_segments();
   stack_->set_workers(opt.share.count);
   if (vpm::uses_cooperation(cfg)) {
     if (opt.coop_key.empty()) throw std::runtime_error("cooperative mode needs its key");
     coop_server_ = std::make_unique<CoopServer>(engine_.rules(), opt.coop_key);
-    engine_.admit_with([s = coop_server_.get()](const vpm::Endpoint& client,
-                                                const vpm::IpAddr& vaddr, uint16_t p2,
-                                                uint32_t isn) { return s->admit(client, vaddr, p2, isn); });
+    engine_.admit_with(
+        [s = coop_server_.get()](const vpm::Endpoint& client, const vpm::IpAddr& vaddr, uint16_t p2,
+                                 uint32_t isn) { return s->admit(client, vaddr, p2, isn); });
     stack_->negotiate_with(coop_server_.get());
     coop_client_ = std::make_unique<CoopClient>(*this, opt.coop_key);
     if (instances_) instances_->dial_with(coop_client_.get());
@@ -109,6 +116,7 @@ Daemon::~Daemon() {
   control_.reset();
   stack_.reset();
   instances_.reset();
+  remote_instances_.reset();
   coop_client_.reset();
 }
 
@@ -347,6 +355,7 @@ void Daemon::serve_supervisor(int channel) {
         out += fmt::format("{}{}{}", a ? " " : "", mine[a], apps[a].draining ? "d" : "");
       reply = {true, out};
     } else if (read_busy("reload")) {
+      if (remote_instances_) remote_instances_->hear();  // the peer tables of apps it adds
       reply = reload_file(&busy);
       log_reload(reply.first, reply.second);
     } else if (read_busy("settle")) {

@@ -34,6 +34,7 @@
 #include "stack/stack.hpp"
 #include "tun/device.hpp"
 #include "tun/event_loop.hpp"
+#include "tun/instance_channel.hpp"
 #include "vpm/ack_merge.hpp"
 #include "vpm/engine.hpp"
 
@@ -47,11 +48,14 @@ class InstanceRegistry;
 class MetricsServer;
 
 struct DaemonOptions {
-  vpm::Share share;           // a worker's part (tun/supervisor.hpp); it runs no hooks
-  std::string capture_tun;    // pcap of the TUN side, or empty
-  std::string capture_stack;  // pcap of the stack side, or empty
-  uint64_t drain_ms = 5000;   // how long SIGTERM waits for open connections
+  vpm::Share share;               // a worker's part (tun/supervisor.hpp); it runs no hooks
+  std::string capture_tun;        // pcap of the TUN side, or empty
+  std::string capture_stack;      // pcap of the stack side, or empty
+  uint64_t drain_ms = 5000;       // how long SIGTERM waits for open connections
   std::vector<uint8_t> coop_key;  // cooperative mode's shared secret (tun::read_coop_key)
+  // A worker's mirror of its supervisor's exec-app instances
+  // (tun/instance_channel.hpp); the daemon takes the channel.
+  InstanceFeed instances;
 };
 
 struct DaemonCounters {
@@ -109,8 +113,11 @@ class Daemon : public EventLoop {
   // The stack's pure ACKs that a later one of the same batch made redundant (vpm::AckMerger).
   uint64_t acks_merged() const { return acks_.merged(); }
   const PacketDevice& device() const { return device_; }
-  // The library socket and its instances: set when an app has serve = "exec".
+  // The library socket and its instances: set when an app runs programs,
+  // unless this is a worker (its supervisor has them).
   const InstanceRegistry* instances() const { return instances_.get(); }
+  // A worker's relays to them: set when its supervisor has the registry.
+  const RemoteInstances* remote_instances() const { return remote_instances_.get(); }
   // Cooperative mode: set when something cooperates ([cooperative] key_file).
   const CoopServer* coop_server() const { return coop_server_.get(); }
   const CoopClient* coop_client() const { return coop_client_.get(); }
@@ -122,6 +129,7 @@ class Daemon : public EventLoop {
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<MetricsServer> metrics_;
   std::unique_ptr<InstanceRegistry> instances_;
+  std::unique_ptr<RemoteInstances> remote_instances_;
   std::unique_ptr<CoopServer> coop_server_;
   std::unique_ptr<CoopClient> coop_client_;
   std::unique_ptr<Hooks> hooks_;

@@ -1,7 +1,5 @@
 // Gathering a daemon's figures (every counter, per app, per listen, flows
 // by state), and summing and carrying those of several workers.
-#include "tun/report.hpp"
-
 #include <fmt/core.h>
 
 #include <algorithm>
@@ -12,6 +10,7 @@
 #include "tun/daemon.hpp"
 #include "tun/hooks.hpp"
 #include "tun/instances.hpp"
+#include "tun/report.hpp"
 #include "vpm/flow_table.hpp"
 
 namespace tun {
@@ -77,31 +76,28 @@ std::vector<Counter> counters_of(const Daemon& d) {
       {"daemon", "hooks_failed", d.hooks().counters().failed},
       {"daemon", "hooks_timed_out", d.hooks().counters().timed_out},
   };
-  if (const auto* reg = d.instances()) {
-    const auto& ic = reg->counters();
-    list.insert(list.end(), {
-                                {"library", "instances", reg->instances().size()},
-                                {"library", "registered", ic.registered},
-                                {"library", "refused", ic.refused},
-                                {"library", "bad_messages", ic.bad_messages},
-                                {"library", "peers_dropped", ic.peers_dropped},
-                                {"library", "instance_refusals", ic.instance_refusals},
-                            });
+  const Relays* relays = d.instances()          ? &d.instances()->relays()
+                         : d.remote_instances() ? &d.remote_instances()->relays()
+                                                : nullptr;
+  if (relays) {
+    auto more = library_counters(d.instances(), *relays);
+    list.insert(list.end(), more.begin(), more.end());
   }
   if (const auto* cs = d.coop_server()) {
     for (size_t o = 0; o < kOutcomes; ++o)
       list.push_back({"cooperative", vpm::coop::outcome_name(static_cast<vpm::coop::Outcome>(o)),
                       cs->outcomes()[o]});
     const auto& w = cs->wire();
-    list.insert(list.end(), {
-                                {"cooperative", "plain_clients", w.plain_clients},
-                                {"cooperative", "bad_mac", w.bad_mac},
-                                {"cooperative", "expired", w.expired},
-                                {"cooperative", "replayed", w.replayed},
-                                {"cooperative", "malformed", w.malformed},
-                                {"cooperative", "negotiation_connections", s.negotiation_connections},
-                                {"cooperative", "negotiation_idle", s.negotiation_idle},
-                            });
+    list.insert(list.end(),
+                {
+                    {"cooperative", "plain_clients", w.plain_clients},
+                    {"cooperative", "bad_mac", w.bad_mac},
+                    {"cooperative", "expired", w.expired},
+                    {"cooperative", "replayed", w.replayed},
+                    {"cooperative", "malformed", w.malformed},
+                    {"cooperative", "negotiation_connections", s.negotiation_connections},
+                    {"cooperative", "negotiation_idle", s.negotiation_idle},
+                });
   }
   if (const auto* cc = d.coop_client()) {
     const auto& c = cc->counters();
@@ -121,8 +117,43 @@ std::vector<Counter> counters_of(const Daemon& d) {
   return list;
 }
 
+// An "i" line (encode), whose command is the rest of `line`.
+bool decode_instance(const std::vector<std::string_view>& w, std::string_view line, Figures& f) {
+  InstanceInfo i;
+  auto num = [&](size_t n, auto& v) {
+    auto [p, ec] = std::from_chars(w[n].data(), w[n].data() + w[n].size(), v);
+    return ec == std::errc() && p == w[n].data() + w[n].size();
+  };
+  std::string why;
+  auto bound = vpm::Endpoint::parse(w[6], &why);
+  auto real = vpm::Endpoint::parse(w[7], &why);
+  if (!num(1, i.id) || !num(3, i.pid) || !num(4, i.uid) || !(w[5] == "tcp" || w[5] == "udp") ||
+      !bound || !real || !num(8, i.relayed) || !num(9, i.open) || !num(10, i.refusals))
+    return false;
+  i.app = w[2];
+  i.proto = w[5] == "tcp" ? vpm::Proto::tcp : vpm::Proto::udp;
+  i.bound = *bound;
+  i.real = *real;
+  // The command: what follows the eleventh word and its space.
+  size_t at = static_cast<size_t>(w[10].data() + w[10].size() - line.data());
+  if (at < line.size()) i.command = line.substr(at + 1);
+  f.instances.push_back(std::move(i));
+  return true;
+}
 
 }  // namespace
+
+std::vector<Counter> library_counters(const InstanceRegistry* reg, const Relays& relays) {
+  InstanceCounters ic = reg ? reg->counters() : InstanceCounters{};
+  return {
+      {"library", "instances", reg ? reg->instances().size() : 0},
+      {"library", "registered", ic.registered},
+      {"library", "refused", ic.refused},
+      {"library", "bad_messages", ic.bad_messages},
+      {"library", "peers_dropped", ic.peers_dropped},
+      {"library", "instance_refusals", relays.refusals()},
+  };
+}
 
 Figures figures_of(const Daemon& d) {
   Figures f;
@@ -156,6 +187,10 @@ Figures figures_of(const Daemon& d) {
     ++f.flows_by_state[{flow.key.proto == vpm::ipproto::tcp ? "tcp" : "udp",
                         vpm::flow_state_name(flow.state)}];
   });
+  if (d.instances())
+    f.instances = d.instances()->instances();
+  else if (d.remote_instances())
+    f.instances = infos_of(d.remote_instances()->relays());
   return f;
 }
 
@@ -191,11 +226,24 @@ bool add(Figures& sum, const Figures& more) {
     if (it == more.flows_by_state.end()) return false;
     n += it->second;
   }
+  for (const auto& i : more.instances) {
+    auto same = std::find_if(sum.instances.begin(), sum.instances.end(),
+                             [&](const InstanceInfo& s) { return s.id == i.id; });
+    if (same == sum.instances.end()) {
+      sum.instances.push_back(i);
+    } else {
+      same->relayed += i.relayed;
+      same->open += i.open;
+      same->refusals += i.refusals;
+    }
+  }
   return true;
 }
 
 // Lines of words: "u SECONDS", "c GROUP NAME VALUE", "a" and the nine
-// figures of an app, "p IN_USE CAPACITY", "s PROTO STATE COUNT".
+// figures of an app, "p IN_USE CAPACITY", "s PROTO STATE COUNT", and "i"
+// and an instance: id, app, pid, uid, protocol, bound, real, relayed,
+// open, refusals and the rest of the line its command (printable: no newline).
 std::string encode(const Figures& f) {
   std::string out = fmt::format("u {}\n", f.uptime_s);
   for (auto& c : f.counters) out += fmt::format("c {} {} {}\n", c.group, c.name, c.value);
@@ -206,6 +254,10 @@ std::string encode(const Figures& f) {
     out += fmt::format("p {} {}\n", f.ports_in_use[i], f.ports[i]);
   for (auto& [key, n] : f.flows_by_state)
     out += fmt::format("s {} {} {}\n", key.first, key.second, n);
+  for (auto& i : f.instances)
+    out += fmt::format("i {} {} {} {} {} {} {} {} {} {} {}\n", i.id, i.app, i.pid, i.uid,
+                       vpm::proto_name(i.proto), i.bound.str(), i.real.str(), i.relayed, i.open,
+                       i.refusals, i.command);
   return out;
 }
 
@@ -240,12 +292,13 @@ std::optional<Figures> decode(std::string_view text) {
       f.ports.push_back(numbers[1]);
     } else if (kind == "s" && words.size() == 4 && !numbers.empty()) {
       f.flows_by_state[{std::string(words[1]), std::string(words[2])}] = numbers.back();
+    } else if (kind == "i" && words.size() >= 11) {
+      if (!decode_instance(words, text.substr(0, end), f)) return std::nullopt;
     } else {
       return std::nullopt;
     }
   }
   return f;
 }
-
 
 }  // namespace tun

@@ -31,6 +31,7 @@ struct InstanceRegistry::AppTable {
   int memfd = -1;
   void* map = nullptr;
   PeerTable table{{}};
+  bool sealed = false;
   ~AppTable() {
     if (map) ::munmap(map, PeerTable::kTableBytes);
     if (memfd >= 0) ::close(memfd);
@@ -47,31 +48,12 @@ struct InstanceRegistry::Peer {
   AppTable* table = nullptr;
   uint64_t id = 0;          // tells a peer from a later one on the same fd
   bool dialing = false;     // a Dial taken: its answer ends the connection
-  bool registered = false;  // a Bind taken
-  uint64_t registered_ms = 0;
-  bool dead = false;  // its port refused long after it registered: dropped at the next expire()
+  bool registered = false;  // a Bind taken: an instance in relays_, of this id
+  bool dead = false;        // a worker found its port refusing: dropped at the next expire()
   Bind bind;
-  uint64_t relayed = 0, open = 0, refusals = 0;
 };
 
 namespace {
-
-// The loopback address of a family, as a socket address with `port`.
-socklen_t loopback(bool ipv6, uint16_t port, sockaddr_storage& ss) {
-  std::memset(&ss, 0, sizeof ss);
-  if (ipv6) {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-    a->sin6_family = AF_INET6;
-    a->sin6_addr = in6addr_loopback;
-    a->sin6_port = htons(port);
-    return sizeof *a;
-  }
-  auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-  a->sin_family = AF_INET;
-  a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a->sin_port = htons(port);
-  return sizeof *a;
-}
 
 vpm::Endpoint endpoint_of(const sockaddr_storage& ss) {
   if (ss.ss_family == AF_INET6) {
@@ -85,11 +67,6 @@ vpm::Endpoint endpoint_of(const sockaddr_storage& ss) {
   return {vpm::IpAddr::v4(reinterpret_cast<const uint8_t*>(&a.sin_addr)), ntohs(a.sin_port)};
 }
 
-uint16_t port_of(const sockaddr_storage& ss) {
-  return ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<const sockaddr_in6&>(ss).sin6_port
-                                        : reinterpret_cast<const sockaddr_in&>(ss).sin_port);
-}
-
 // What a program sent as its command line, fit for a log line or a table.
 std::string printable(std::string s) {
   for (char& ch : s)
@@ -100,10 +77,10 @@ std::string printable(std::string s) {
 }  // namespace
 
 InstanceRegistry::InstanceRegistry(const std::string& path, stack::IoLoop& io,
-                                   const vpm::Ruleset& rules)
+                                   std::function<const vpm::Config&()> config)
     : path_(path),
       io_(io),
-      rules_(rules),
+      config_(std::move(config)),
       fd_(listen_unix(path, SOCK_SEQPACKET, 0666, "library socket", "[vpm] app_socket")),
       daemon_uid_(::geteuid()) {
   io_.watch(fd_, EPOLLIN, [this](uint32_t) { accept_peers(); });
@@ -129,10 +106,10 @@ void InstanceRegistry::accept_peers() {
       ++counters_.peers_dropped;
       if (log_.take())
         spdlog::info("library socket: pid {} uid {} turned away: {}", cred.pid, cred.uid,
-                     !known                         ? "no peer credentials"
-                     : peers_.size() >= kMaxPeers ? "as many connections as it takes"
-                                                  : std::to_string(waiting) +
-                                                        " connections of that uid not registered");
+                     !known ? "no peer credentials"
+                     : peers_.size() >= kMaxPeers
+                         ? "as many connections as it takes"
+                         : std::to_string(waiting) + " connections of that uid not registered");
       ::close(fd);
       continue;
     }
@@ -192,7 +169,7 @@ void InstanceRegistry::serve(int fd) {
 }
 
 const vpm::AppConfig* InstanceRegistry::live_app(const std::string& name) const {
-  for (const auto& a : rules_.config().apps)
+  for (const auto& a : config().apps)
     if (a.name == name && !a.draining) return &a;
   return nullptr;
 }
@@ -211,11 +188,11 @@ const vpm::AppConfig* InstanceRegistry::app_for(const Peer& p, const std::string
   status = Status::ok;
   if (!app) {
     status = Status::unknown_app;
-    reason = "no app '" + name + "' in " + rules_.config().file;
+    reason = "no app '" + name + "' in " + config().file;
   } else if (!vpm::runs_programs(*app)) {
     status = Status::not_exec;
     reason = "app '" + name + "' is not run by programs (set serve = \"exec\", or remote, in " +
-             rules_.config().file + ")";
+             config().file + ")";
   } else if (!allowed(*app, p.uid)) {
     std::string list;
     for (auto& u : app->users) list += (list.empty() ? "" : ", ") + u;
@@ -230,7 +207,8 @@ void InstanceRegistry::hello(Peer& p, const Hello& h) {
   Welcome w;
   const vpm::AppConfig* app = app_for(p, h.app, w.status, w.reason);
   AppTable* table = app ? table_for(app->name) : nullptr;
-  if (app && !table) w = {Status::full, "the daemon could not make the app's peer table", {}, {}};
+  if (app && (!table || !seal(*table)))
+    w = {Status::full, "the daemon could not make the app's peer table", {}, {}};
   if (w.status != Status::ok) {
     ++counters_.refused;
     if (log_.take())
@@ -287,9 +265,13 @@ void InstanceRegistry::bind(Peer& p, const Bind& b, int sock) {
   // b.v6only is the program's own setting: the kernel's now says yes, as
   // it does for every socket bound to one IPv6 address (::1).
   p.bind = b;
-  p.registered_ms = monotonic_ms();
   p.table->table.set_bind(b.proto, b.ipv6, b.real_port,
                           {true, b.requested, 0, {}, b.p1, b.real_port});
+  Instance instance{p.app, b, monotonic_ms(), &p.table->table};
+  // Workers hear of it before the program does, so every one of them has
+  // it by the time the program listens.
+  if (watcher_) watcher_(p.id, &instance);
+  relays_.add(p.id, std::move(instance));
   ++counters_.registered;
   spdlog::info("app {}: instance pid {} ({}) on {}/{} (real port {})", p.app, p.pid, p.command,
                vpm::Endpoint{b.requested, b.p1}.str(), vpm::proto_name(b.proto), b.real_port);
@@ -347,8 +329,10 @@ void InstanceRegistry::drop(int fd) {
     spdlog::info("app {}: instance pid {} ({}) on {}/{} is gone", p.app, p.pid, p.command,
                  vpm::Endpoint{p.bind.requested, p.bind.p1}.str(), vpm::proto_name(p.bind.proto));
   }
-  for (auto& [relay_fd, r] : relays_)
-    if (r.peer == &p) r.peer = nullptr;
+  if (p.registered) {
+    relays_.remove(p.id);
+    if (watcher_) watcher_(p.id, nullptr);
+  }
   io_.unwatch(fd);
   ::close(fd);
   peers_.erase(it);
@@ -365,14 +349,32 @@ InstanceRegistry::AppTable* InstanceRegistry::table_for(const std::string& app) 
     t->map = nullptr;
     return nullptr;
   }
-  // A program could otherwise shrink the file under our mapping (SIGBUS
-  // here) or map it writable and mislead its fellow instances.
-  if (::fcntl(t->memfd, F_ADD_SEALS,
-              F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0)
-    return nullptr;
   t->table = PeerTable({static_cast<uint8_t*>(t->map), PeerTable::kTableBytes});
   slot = std::move(t);
   return slot.get();
+}
+
+bool InstanceRegistry::seal(AppTable& t) {
+  // A program could otherwise shrink the file under our mapping (SIGBUS
+  // here) or map it writable and mislead its fellow instances. Mappings
+  // made before (the workers') stay writable.
+  if (!t.sealed)
+    t.sealed = ::fcntl(t.memfd, F_ADD_SEALS,
+                       F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) == 0;
+  return t.sealed;
+}
+
+std::vector<std::pair<std::string, int>> InstanceRegistry::prepare(const vpm::Config& cfg) {
+  std::vector<std::pair<std::string, int>> fresh;
+  for (auto& app : cfg.apps)
+    if (vpm::runs_programs(app) && !tables_.count(app.name))
+      if (AppTable* t = table_for(app.name)) fresh.push_back({app.name, t->memfd});
+  return fresh;
+}
+
+void InstanceRegistry::seal_all() {
+  for (auto& [app, t] : tables_)
+    if (t) seal(*t);
 }
 
 bool InstanceRegistry::allowed(const vpm::AppConfig& app, uid_t uid) const {
@@ -392,76 +394,23 @@ bool InstanceRegistry::allowed(const vpm::AppConfig& app, uid_t uid) const {
 
 int InstanceRegistry::open(uint16_t app, vpm::Proto proto, const vpm::IpAddr& client,
                            uint16_t cport, const vpm::IpAddr& vaddr, uint16_t p1) {
-  const std::string& name = rules_.config().apps[app].name;
-  std::vector<Peer*> takers;
-  for (auto& [fd, peer] : peers_) {
-    Peer& p = *peer;
-    if (!p.registered || p.dead || p.app != name || p.bind.proto != proto || p.bind.p1 != p1)
-      continue;
-    if (!is_wildcard(p.bind.requested) && !is_loopback(p.bind.requested) &&
-        p.bind.requested != vaddr)
-      continue;
-    // The family its socket takes: AF_INET only IPv4 clients, AF_INET6
-    // IPv6 ones and, unless IPV6_V6ONLY, IPv4 ones as mapped addresses.
-    bool fits = client.is_v4() ? !p.bind.ipv6 || !p.bind.v6only : p.bind.ipv6;
-    if (fits) takers.push_back(&p);
-  }
-  for (size_t tried = 0; tried < takers.size(); ++tried) {
-    Peer& p = *takers[turn_[name]++ % takers.size()];
-    sockaddr_storage ss;
-    socklen_t len = loopback(p.bind.ipv6, p.bind.real_port, ss);
-    int type = proto == vpm::Proto::tcp ? SOCK_STREAM : SOCK_DGRAM;
-    int fd = ::socket(ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    // The kernel picks our port as for any connect (cheaper than bind(0),
-    // which may not share a port); the instance's library waits for the
-    // slot if it accepts before it is written (preload.cpp).
-    sockaddr_storage local{};
-    socklen_t llen = sizeof local;
-    if ((::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0 && errno != EINPROGRESS) ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &llen) < 0) {
-      ++counters_.instance_refusals;
-      ++p.refusals;  // its socket is closed: try the next
-      ::close(fd);
-      continue;
-    }
-    uint16_t lport = port_of(local);
-    PeerTable& t = p.table->table;
-    t.set_relay(proto, p.bind.ipv6, lport, {true, client, cport, vaddr, p1, p.bind.real_port});
-    if (proto == vpm::Proto::udp) t.index_udp(p.bind.ipv6, lport, client, cport, p.bind.real_port);
-    relays_[fd] = {&p, proto, p.bind.ipv6, lport, client, cport, p.table, true};
-    ++p.relayed;
-    ++p.open;
-    return fd;
-  }
-  return -1;
+  return relays_.open(config().apps[app].name, proto, client, cport, vaddr, p1);
 }
 
-void InstanceRegistry::refused(int fd) {
-  auto it = relays_.find(fd);
-  if (it == relays_.end()) return;
-  ++counters_.instance_refusals;
-  Peer* p = it->second.peer;
-  if (!p) return;
-  ++p->refusals;
-  // Its socket is closed: the registration outlived it in a process that
-  // holds the registration but not the socket (one exec'd without it). A
-  // socket that was just bound may not be listening yet; give it time.
-  if (monotonic_ms() - p->registered_ms > kSettleMs) p->dead = true;
+void InstanceRegistry::refused(int fd) { dead(relays_.refused(fd)); }
+
+void InstanceRegistry::closing(int fd) { relays_.closing(fd); }
+
+void InstanceRegistry::dead(uint64_t id) {
+  for (auto& [fd, p] : peers_)
+    if (id && p->id == id) p->dead = true;
 }
 
-void InstanceRegistry::closing(int fd) {
-  auto it = relays_.find(fd);
-  if (it == relays_.end()) return;
-  Relay& r = it->second;
-  PeerTable& t = r.table->table;
-  if (r.proto == vpm::Proto::udp) {
-    PeerSlot s = t.relay(r.proto, r.ipv6, r.local_port);
-    t.unindex_udp(r.ipv6, r.local_port, r.client, r.cport, s.real_port);
-  }
-  t.clear_relay(r.proto, r.ipv6, r.local_port);
-  if (r.peer && r.peer->open > 0 && r.opened) --r.peer->open;
-  relays_.erase(it);
+std::map<std::string, PeerTable*> InstanceRegistry::tables() const {
+  std::map<std::string, PeerTable*> out;
+  for (auto& [app, t] : tables_)
+    if (t) out[app] = &t->table;
+  return out;
 }
 
 void InstanceRegistry::expire(uint64_t now_ms) {
@@ -475,24 +424,33 @@ void InstanceRegistry::expire(uint64_t now_ms) {
   }
 }
 
-std::vector<InstanceInfo> InstanceRegistry::instances() const {
+std::vector<InstanceInfo> infos_of(const Relays& relays) {
   std::vector<InstanceInfo> out;
-  for (auto& [fd, peer] : peers_) {
-    const Peer& p = *peer;
-    if (!p.registered) continue;
-    InstanceInfo i;
-    i.app = p.app;
+  for (auto& [id, i] : relays.instances()) {
+    InstanceInfo info;
+    info.id = id;
+    info.app = i.app;
+    info.proto = i.bind.proto;
+    info.bound = {i.bind.requested, i.bind.p1};
+    info.real = {i.bind.ipv6 ? *vpm::IpAddr::parse("::1") : *vpm::IpAddr::parse("127.0.0.1"),
+                 i.bind.real_port};
+    info.relayed = i.relayed;
+    info.open = i.open;
+    info.refusals = i.refusals;
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+std::vector<InstanceInfo> InstanceRegistry::instances() const {
+  std::unordered_map<uint64_t, const Peer*> by_id;
+  for (auto& [fd, p] : peers_) by_id[p->id] = p.get();
+  std::vector<InstanceInfo> out = infos_of(relays_);
+  for (auto& i : out) {
+    const Peer& p = *by_id.at(i.id);
     i.pid = p.pid;
     i.uid = p.uid;
     i.command = p.command;
-    i.proto = p.bind.proto;
-    i.bound = {p.bind.requested, p.bind.p1};
-    i.real = {p.bind.ipv6 ? *vpm::IpAddr::parse("::1") : *vpm::IpAddr::parse("127.0.0.1"),
-              p.bind.real_port};
-    i.relayed = p.relayed;
-    i.open = p.open;
-    i.refusals = p.refusals;
-    out.push_back(std::move(i));
   }
   return out;
 }

@@ -17,10 +17,13 @@
 // that takes the client (protocol, p1, address family, the address it
 // bound), connects a loopback socket to the instance's real port and
 // writes the client into the slot of the socket's own port; closing()
-// clears the slot. An instance whose port refuses stays registered (it may
-// not have called listen() yet) and the next one is tried; one that still
-// refuses kSettleMs after it registered is closed and dropped (a process
-// exec'd without the socket may hold its registration open).
+// clears the slot (tun/relays.hpp). An instance whose port refuses stays
+// registered (it may not have called listen() yet) and the next one is
+// tried; one that still refuses Relays::kSettleMs after it registered is
+// closed and dropped (a process exec'd without the socket may hold its
+// registration open). With workers, this registry is the supervisor's and
+// the workers relay (tun/instance_channel.hpp): watch() tells of every
+// instance added and gone, and dead() of one a worker found dead.
 //
 // A Dial (cooperative mode) carries the program's socket too, so the client
 // address:port negotiated for is the one the kernel gave it; CoopClient
@@ -35,6 +38,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -43,21 +47,22 @@
 
 #include "stack/stack.hpp"
 #include "tun/log_budget.hpp"
+#include "tun/relays.hpp"
 #include "vpm/app_wire.hpp"
-#include "vpm/rules.hpp"
+#include "vpm/config.hpp"
 
 namespace tun {
 
 struct InstanceCounters {
-  uint64_t registered = 0;         // Binds taken
-  uint64_t refused = 0;            // Hellos and Binds refused (app, user, port)
-  uint64_t bad_messages = 0;       // malformed, out of order, or without the socket
-  uint64_t peers_dropped = 0;      // connections closed: too many, or silent past kHelloMs
-  uint64_t instance_refusals = 0;  // relays an instance's port refused
+  uint64_t registered = 0;     // Binds taken
+  uint64_t refused = 0;        // Hellos and Binds refused (app, user, port)
+  uint64_t bad_messages = 0;   // malformed, out of order, or without the socket
+  uint64_t peers_dropped = 0;  // connections closed: too many, or silent past kHelloMs
 };
 
 // One registered socket, for `vpmtun apps` and the metrics.
 struct InstanceInfo {
+  uint64_t id = 0;
   std::string app;
   pid_t pid = 0;
   uid_t uid = 0;
@@ -70,6 +75,9 @@ struct InstanceInfo {
   uint64_t refusals = 0;
 };
 
+// The instances of `relays`, with what relays know (no pid, uid or command).
+std::vector<InstanceInfo> infos_of(const Relays& relays);
+
 class CoopClient;
 
 class InstanceRegistry : public stack::Instances {
@@ -77,10 +85,11 @@ class InstanceRegistry : public stack::Instances {
   static constexpr size_t kMaxPeers = 4096;
   static constexpr size_t kMaxUnregisteredPerUser = 64;  // so no one user fills kMaxPeers
   static constexpr uint64_t kHelloMs = 10000;
-  static constexpr uint64_t kSettleMs = 5000;  // a registered port may refuse this long
 
-  // Listens at `path`. Throws std::runtime_error when it cannot.
-  InstanceRegistry(const std::string& path, stack::IoLoop& io, const vpm::Ruleset& rules);
+  // Listens at `path`; `config` gives the rules in force. Throws
+  // std::runtime_error when it cannot.
+  InstanceRegistry(const std::string& path, stack::IoLoop& io,
+                   std::function<const vpm::Config&()> config);
   ~InstanceRegistry() override;
   InstanceRegistry(const InstanceRegistry&) = delete;
   InstanceRegistry& operator=(const InstanceRegistry&) = delete;
@@ -89,10 +98,26 @@ class InstanceRegistry : public stack::Instances {
   // Cooperative mode: who negotiates the Dials of client apps' programs.
   void dial_with(CoopClient* coop) { coop_ = coop; }
 
+  // stack::Instances, for the stack of this process (tun/relays.hpp).
   int open(uint16_t app, vpm::Proto proto, const vpm::IpAddr& client, uint16_t cport,
            const vpm::IpAddr& vaddr, uint16_t p1) override;
   void refused(int fd) override;
   void closing(int fd) override;
+
+  // Workers: `changed` is called with each instance registered and with
+  // the id of each one gone (nullptr).
+  using Watcher = std::function<void(uint64_t id, const Instance* added)>;
+  void watch(Watcher changed) { watcher_ = std::move(changed); }
+  // A worker found instance `id` dead: it is dropped at the next expire().
+  void dead(uint64_t id);
+  const Relays& relays() const { return relays_; }
+  // Each app's peer table, by app name.
+  std::map<std::string, vpm::appwire::PeerTable*> tables() const;
+  // Workers map the peer tables writable before they are sealed (an
+  // instance gets one only sealed): prepare() makes the tables of `cfg`'s
+  // apps that have none yet and returns them (app, memfd), seal_all() seals.
+  std::vector<std::pair<std::string, int>> prepare(const vpm::Config& cfg);
+  void seal_all();
 
   // Closes library connections that never registered, and registrations
   // whose socket is gone (call now and then).
@@ -104,16 +129,6 @@ class InstanceRegistry : public stack::Instances {
  private:
   struct AppTable;
   struct Peer;
-  struct Relay {
-    Peer* peer;  // nullptr once the instance is gone
-    vpm::Proto proto;
-    bool ipv6;
-    uint16_t local_port;
-    vpm::IpAddr client;
-    uint16_t cport;
-    AppTable* table;
-    bool opened = false;  // counted in the instance's open relays
-  };
 
   void accept_peers();
   void serve(int fd);
@@ -123,6 +138,7 @@ class InstanceRegistry : public stack::Instances {
   void dial(Peer& p, const vpm::appwire::Dial& d, int sock);
   bool send(Peer& p, const vpm::appwire::Message& m, int fd_to_pass = -1);
   AppTable* table_for(const std::string& app);
+  bool seal(AppTable& t);
   bool allowed(const vpm::AppConfig& app, uid_t uid) const;
   const vpm::AppConfig* app_for(const Peer& p, const std::string& name,
                                 vpm::appwire::Status& status, std::string& reason) const;
@@ -132,14 +148,16 @@ class InstanceRegistry : public stack::Instances {
   // Refusals are logged at most 10 a second (anyone may connect).
   LogBudget log_{"library socket", 10};
 
+  const vpm::Config& config() const { return config_(); }
+
   std::string path_;
   stack::IoLoop& io_;
-  const vpm::Ruleset& rules_;
+  std::function<const vpm::Config&()> config_;
   int fd_ = -1;
   std::map<int, std::unique_ptr<Peer>> peers_;
   std::map<std::string, std::unique_ptr<AppTable>> tables_;
-  std::unordered_map<int, Relay> relays_;  // by the relay socket's fd
-  std::map<std::string, uint64_t> turn_;   // per app: the next instance to try
+  Relays relays_;  // by the peer's id
+  Watcher watcher_;
   InstanceCounters counters_;
   uid_t daemon_uid_;
   CoopClient* coop_ = nullptr;

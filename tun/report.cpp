@@ -177,8 +177,9 @@ std::string render_table(const Daemon& d, const TableFilter& filter, bool json) 
       if (!filter.app.empty() && app.name != filter.app) continue;
       if (filter.client && !filter.client->contains(e.client.addr)) continue;
       if (coop_rows++ == 0 && !json)
-        text += fmt::format("cooperative translations:\n{:<11} {:<41} {:<41} {:<12} {:>6} {:>5} {:>10}\n",
-                            "state", "client", "virtual", "app", "aid", "p2", "until s");
+        text += fmt::format(
+            "cooperative translations:\n{:<11} {:<41} {:<41} {:<12} {:>6} {:>5} {:>10}\n", "state",
+            "client", "virtual", "app", "aid", "p2", "until s");
       double until = static_cast<double>(static_cast<int64_t>(e.until_ms) - wall) / 1000;
       if (json)
         j.open('{')
@@ -235,8 +236,7 @@ std::string join_tables(const std::vector<std::string>& parts, bool json) {
 std::string render_apps(const Daemon& d, const Figures& f, bool json) {
   const auto& cfg = d.engine().rules().config();
   const auto& rules = d.engine().rules();
-  std::vector<InstanceInfo> instances;
-  if (d.instances()) instances = d.instances()->instances();
+  const auto& instances = f.instances;
   Json j;
   j.open('[');
   std::string text;
@@ -397,16 +397,14 @@ std::string render_metrics(const Daemon& d, const Figures& f) {
           [&](size_t a) { return f.apps[a].syn_cookies; });
   per_app("vpmtun_app_backend_failures_total", "counter", "Backend connects that failed per app",
           [&](size_t a) { return f.apps[a].backend_failures; });
-  if (d.instances()) {
-    auto instances = d.instances()->instances();
+  if (std::any_of(cfg.apps.begin(), cfg.apps.end(), vpm::runs_programs))
     per_app("vpmtun_app_instances", "gauge",
             "Sockets registered by programs under vpmtun exec per app (serve = \"exec\")",
             [&](size_t a) {
-              return std::count_if(instances.begin(), instances.end(), [&](const InstanceInfo& i) {
-                return i.app == cfg.apps[a].name;
-              });
+              return std::count_if(
+                  f.instances.begin(), f.instances.end(),
+                  [&](const InstanceInfo& i) { return i.app == cfg.apps[a].name; });
             });
-  }
   family("vpmtun_uptime_seconds", "gauge", "Seconds since the daemon started");
   out += fmt::format("vpmtun_uptime_seconds {}\n", f.uptime_s);
   return out;

@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "tun/instances.hpp"
 #include "vpm/address.hpp"
 
 namespace tun {
@@ -43,11 +44,17 @@ struct Figures {
   std::vector<App> apps;                      // per app of the configuration
   std::vector<uint64_t> ports_in_use, ports;  // per listen (per-connection allocation)
   std::map<std::pair<std::string, std::string>, uint64_t> flows_by_state;  // (proto, state)
+  std::vector<InstanceInfo> instances;  // the registry's (a worker has none: its supervisor has)
 };
 
 Figures figures_of(const Daemon& d);
-// Adds `more` into `sum`: counts add up, the uptime is the longest, and a
-// backend is up when it is up for any worker. False when the two do not
+// The "library" counters of `stats`: the registry's (tun/instances.hpp;
+// none in a worker) and those of this process's relays.
+std::vector<Figures::Counter> library_counters(const InstanceRegistry* registry,
+                                               const Relays& relays);
+// Adds `more` into `sum`: counts add up, the uptime is the longest, a
+// backend is up when it is up for any worker, and an instance's counts
+// are summed by its id. False when the two do not
 // match (another configuration).
 bool add(Figures& sum, const Figures& more);
 // One line per figure, and back (std::nullopt for what encode did not make).

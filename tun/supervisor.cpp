@@ -13,14 +13,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
 #include <utility>
+#include <vector>
 
 #include "tun/config_file.hpp"
 #include "tun/control.hpp"
 #include "tun/hooks.hpp"
+#include "tun/instance_channel.hpp"
+#include "tun/instances.hpp"
 #include "tun/metrics.hpp"
 #include "tun/report.hpp"
 
@@ -105,13 +109,25 @@ Supervisor::Supervisor(const vpm::Config& cfg, TunDevice& device, const DaemonOp
       opt_(opt),
       workers_(device.queues()),
       hooks_(std::make_unique<Hooks>(cfg, device.name())),
-      self_(::getpid()) {}
+      self_(::getpid()) {
+  if (!std::any_of(cfg.apps.begin(), cfg.apps.end(), vpm::runs_programs)) return;
+  instances_ = std::make_unique<InstanceRegistry>(vpm::app_socket_path(cfg.vpm), *this,
+                                                  [this]() -> const vpm::Config& { return cfg_; });
+  // The workers inherit the tables' mappings, made before the seals.
+  instances_->prepare(cfg_);
+  instances_->seal_all();
+  instances_->watch([this](uint64_t id, const Instance* added) {
+    tell_workers([&](int channel) { return tell_instance(channel, id, added); });
+  });
+}
 
 Supervisor::~Supervisor() {
   metrics_.reset();
   control_.reset();
-  for (auto& w : workers_)
-    if (w.channel >= 0) ::close(w.channel);
+  for (size_t q = 0; q < workers_.size(); ++q) {
+    end_instances(q);
+    if (workers_[q].channel >= 0) ::close(workers_[q].channel);
+  }
 }
 
 void Supervisor::serve_control(const std::string& path) {
@@ -124,34 +140,73 @@ void Supervisor::serve_metrics(const vpm::Endpoint& listen) {
 }
 
 void Supervisor::start(size_t q, uint64_t now_ms) {
-  int pair[2];
+  int pair[2], inst[2] = {-1, -1};
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0) {
     spdlog::error("worker {}: socketpair: {}", q, std::strerror(errno));
+    workers_[q].restart_at_ms = now_ms + kRestartMs;
+    return;
+  }
+  timeval second{1, 0};
+  if (instances_ && (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, inst) < 0 ||
+                     ::setsockopt(inst[0], SOL_SOCKET, SO_SNDTIMEO, &second, sizeof second) < 0)) {
+    spdlog::error("worker {}: socketpair: {}", q, std::strerror(errno));
+    ::close(pair[0]);
+    ::close(pair[1]);
+    if (inst[0] >= 0) ::close(inst[0]), ::close(inst[1]);
     workers_[q].restart_at_ms = now_ms + kRestartMs;
     return;
   }
   pid_t pid = ::fork();
   if (pid == 0) {
     ::close(pair[0]);
-    work(q, pair[1]);
+    if (inst[0] >= 0) ::close(inst[0]);
+    work(q, pair[1], inst[1]);
   }
   ::close(pair[1]);
+  if (inst[1] >= 0) ::close(inst[1]);
   Worker& w = workers_[q];
   if (pid < 0) {
     spdlog::error("worker {}: fork: {}", q, std::strerror(errno));
     ::close(pair[0]);
+    if (inst[0] >= 0) ::close(inst[0]);
     w.restart_at_ms = now_ms + kRestartMs;
     return;
   }
-  w = {pid, pair[0], now_ms, 0};
+  w = {pid, pair[0], inst[0], now_ms, 0};
+  if (w.instances >= 0) watch(w.instances, EPOLLIN, [this, q](uint32_t) { serve_instances(q); });
+}
+
+void Supervisor::serve_instances(size_t q) {
+  Worker& w = workers_[q];
+  if (w.instances >= 0 && !serve_instance_channel(w.instances, *instances_, static_cast<int>(q)))
+    end_instances(q);
+}
+
+void Supervisor::end_instances(size_t q) {
+  Worker& w = workers_[q];
+  if (w.instances < 0) return;
+  unwatch(w.instances);
+  ::close(w.instances);
+  w.instances = -1;
+}
+
+void Supervisor::tell_workers(const std::function<bool(int channel)>& tell) {
+  for (size_t q = 0; q < workers_.size(); ++q) {
+    Worker& w = workers_[q];
+    if (w.instances < 0 || tell(w.instances)) continue;
+    spdlog::error("worker {} (pid {}) could not be told of an instance within a second; killing it",
+                  q, w.pid);
+    ::kill(w.pid, SIGKILL);
+    end_instances(q);
+  }
 }
 
 // In the new process: a daemon on queue q.
-void Supervisor::work(size_t q, int channel) {
+void Supervisor::work(size_t q, int channel, int instances) {
   ::prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (::getppid() != self_) ::_exit(1);  // the supervisor died before the line above
   device_.use_queue(q);
-  close_inherited({device_.fd(), channel});
+  close_inherited({device_.fd(), channel, instances});
   sigset_t child;
   sigemptyset(&child);
   sigaddset(&child, SIGCHLD);
@@ -161,6 +216,8 @@ void Supervisor::work(size_t q, int channel) {
   try {
     DaemonOptions opt = opt_;
     opt.share = {static_cast<uint32_t>(q), static_cast<uint32_t>(workers_.size())};
+    if (instances_)
+      opt.instances = {instances, instances_->tables(), instances_->relays().instances()};
     Daemon daemon(cfg_, device_, opt);
     daemon.serve_supervisor(channel);
     code = daemon.run();
@@ -192,6 +249,7 @@ void Supervisor::reap(uint64_t now_ms) {
     int status = 0;
     if (w.pid <= 0 || ::waitpid(w.pid, &status, WNOHANG) != w.pid) continue;
     ::close(w.channel);
+    end_instances(q);
     pid_t pid = std::exchange(w.pid, -1);
     w.channel = -1;
     if (stopping_) continue;
@@ -253,6 +311,22 @@ std::optional<Figures> Supervisor::summed(std::string& why) {
     if (it == list.end()) it = list.insert(last + 1, {"daemon", std::string(wanted), 0});
     it->value = value;
     last = it;
+  }
+  // The registry is here: its counters join the workers' relays', and
+  // its instances take the workers' counts.
+  if (instances_) {
+    for (const auto& more : library_counters(instances_.get(), instances_->relays()))
+      for (auto& c : list)
+        if (c.group == more.group && c.name == more.name) c.value += more.value;
+    auto mine = instances_->instances();
+    for (auto& i : mine)
+      for (const auto& theirs : sum->instances)
+        if (theirs.id == i.id) {
+          i.relayed += theirs.relayed;
+          i.open += theirs.open;
+          i.refusals += theirs.refusals;
+        }
+    sum->instances = std::move(mine);
   }
   return sum;
 }
@@ -355,11 +429,16 @@ std::pair<bool, std::string> Supervisor::reload_all() {
     std::string why;
     auto b = busy(why);
     std::string request = "reload" + (b ? b->words() : "");
+    // The peer tables of apps it adds, for the workers to map first.
+    if (instances_ && b)
+      for (auto& [app, memfd] : instances_->prepare(std::get<vpm::Config>(parsed)))
+        tell_workers([&](int channel) { return tell_table(channel, app, memfd); });
     outcome = b ? ask(0, request) : std::make_pair(false, why);
     for (size_t q = 1; q < workers_.size() && outcome.first; ++q) {
       auto [ok, said] = ask(q, request);
       if (!ok) outcome = {false, fmt::format("worker {}: {}", q, said)};
     }
+    if (instances_) instances_->seal_all();
     if (outcome.first) {
       cfg_ = std::get<vpm::Config>(parsed);
       hooks_->configure(cfg_);
@@ -410,6 +489,7 @@ int Supervisor::run() {
         while (::read(tfd, &expirations, sizeof expirations) > 0) {
         }
         hooks_->poll(now);
+        if (instances_) instances_->expire(now);
         if (withdrawing && !hooks_->busy()) {
           withdrawing = false;
           stop_workers(signal_name);

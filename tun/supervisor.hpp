@@ -22,13 +22,18 @@
 // supervisor holds every queue open. A worker whose supervisor dies gets
 // SIGTERM (PR_SET_PDEATHSIG).
 //
-// What one worker cannot share yet: serve = "exec" apps, cooperative mode
-// and captures run with queues = 1 (the configuration says so).
+// Apps run by programs (serve = "exec"): the supervisor has the library
+// socket and the registry of instances, and each worker relays to them
+// with a mirror of the registrations (tun/instance_channel.hpp).
+//
+// What one worker cannot share yet: cooperative mode and captures run with
+// queues = 1 (the configuration says so).
 #pragma once
 
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -69,16 +74,22 @@ class Supervisor : public EventLoop {
   struct Worker {
     pid_t pid = -1;
     int channel = -1;
+    int instances = -1;  // our end of its instance channel, when programs run apps
     uint64_t started_ms = 0;
     uint64_t restart_at_ms = 0;  // when it is to start again (0: not to)
   };
   void start(size_t q, uint64_t now_ms);
-  [[noreturn]] void work(size_t q, int channel);
+  [[noreturn]] void work(size_t q, int channel, int instances);
   void reap(uint64_t now_ms);
   void signal_workers(int sig);
   size_t running() const;
   // Worker q's answer to `request`: (ok, body); false with why when it did not answer.
   std::pair<bool, std::string> ask(size_t q, const std::string& request);
+  // The instance channels (tun/instance_channel.hpp).
+  void serve_instances(size_t q);
+  void end_instances(size_t q);
+  // Tells every worker; one that cannot be told is killed (and restarted).
+  void tell_workers(const std::function<bool(int channel)>& tell);
   std::optional<Figures> summed(std::string& why);
   // Each app's flows summed over the workers, and whether it drains; or
   // std::nullopt with why.
@@ -99,6 +110,7 @@ class Supervisor : public EventLoop {
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<MetricsServer> metrics_;
   std::unique_ptr<Hooks> hooks_;
+  std::unique_ptr<InstanceRegistry> instances_;  // when an app runs programs
   SupervisorCounters counters_;
   bool stopping_ = false;
   uint64_t settled_ms_ = 0;

@@ -347,10 +347,11 @@ bool PeerTable::index_udp(bool ipv6, uint16_t port, const IpAddr& client, uint16
   for (size_t i = 0; i < kProbe; ++i) {
     uint32_t* e = index_at(h + i);
     uint32_t v = __atomic_load_n(e, __ATOMIC_RELAXED);
-    if (v == 0 || v == kTombstone) {
-      __atomic_store_n(e, index_value(ipv6, port), __ATOMIC_RELEASE);
+    // Workers write one table at once (tun/instance_channel.hpp): an entry is taken once.
+    if ((v == 0 || v == kTombstone) &&
+        __atomic_compare_exchange_n(e, &v, index_value(ipv6, port), false, __ATOMIC_RELEASE,
+                                    __ATOMIC_RELAXED))
       return true;
-    }
   }
   return false;
 }

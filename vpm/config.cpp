@@ -488,17 +488,10 @@ void cross_check(Checker& c, const toml::table& root, Config& cfg) {
                 "a secret of at least 32 bytes that both VPMs share");
 
   // Workers: what they do not share yet.
-  if (cfg.tun.queues > 1) {
-    const toml::node* n = root.at_path("tun.queues").node();
-    for (auto& app : cfg.apps)
-      if (runs_programs(app))
-        c.fail(n, "tun.queues",
-               "app '" + app.name +
-                   "' runs programs (serve = \"exec\" or remote), which one "
-                   "worker serves for now; set queues = 1");
-    if (cooperates && std::none_of(cfg.apps.begin(), cfg.apps.end(), runs_programs))
-      c.fail(n, "tun.queues", "cooperative mode is served by one worker for now; set queues = 1");
-  }
+  if (cfg.tun.queues > 1 && cooperates)
+    c.fail(root.at_path("tun.queues").node(), "tun.queues",
+           "cooperative mode (cooperative = true, or remote) is served by one worker for now; "
+           "set queues = 1");
 
   // Capacity of the hidden range per virtual address.
   size_t range = size_t{cfg.vpm.range_hi} - cfg.vpm.range_lo + 1;

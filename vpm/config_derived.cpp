@@ -19,8 +19,6 @@ bool uses_cooperation(const Config& cfg) {
 
 std::string_view needs_one_worker(const Config& cfg) {
   if (uses_cooperation(cfg)) return "cooperative mode needs one";
-  if (std::any_of(cfg.apps.begin(), cfg.apps.end(), runs_programs))
-    return "apps that run programs need one";
   return {};
 }
 

@@ -47,6 +47,7 @@ app_socket = "$work/app.sock"
 name = "vpm0"
 address = "10.99.0.1/24"
 address6 = "fd00:99::1/64"
+queues = ${VPMTUN_TEST_QUEUES:-1}
 [[app]]
 name = "blue"
 aid = 101
@@ -121,6 +122,11 @@ instance web-blue blue "$py" -m http.server --bind :: 9000
 instance web-green green "$py" -m http.server --bind :: 9000
 check "both registered" registered blue 1
 check "green registered" registered green 1
+queues="${VPMTUN_TEST_QUEUES:-1}"
+if [ "$queues" -gt 1 ]; then
+  check "$queues workers serve, the library socket is the supervisor's" \
+    bash -c "'$vpmtun' stats -s '$work/vpm.sock' | grep -qE '^  workers +$queues\$'"
+fi
 check "c1 reaches blue on 10.99.0.10:9000" has "$(in_ns "$c1" curl -s -m 5 http://10.99.0.10:9000/who)" blue
 check "c2 reaches green on 10.99.0.10:9000" has "$(in_ns "$c2" curl -s -m 5 http://10.99.0.10:9000/who)" green
 check "c1 reaches blue on [fd00:99::10]:9000" has "$(in_ns "$c1" curl -s -m 5 -g 'http://[fd00:99::10]:9000/who')" blue
@@ -310,6 +316,23 @@ instance after blue "$py" "$probe" tcp 0.0.0.0 9000
 check "an instance registers after all that" registered blue 1
 check "and is reached" has "$(ask "$c1" TCP 10.99.0.10 9000)" "peer=10.200.1.5:"
 stop "$pid_after"
+
+echo "== an app added by reload (with workers: its peer table reaches each one)"
+cat >>"$work/vpm.toml" <<TOML
+[[app]]
+name = "red"
+aid = 103
+listen = ["10.99.0.10:7000"]
+clients = ["10.200.1.0/24"]
+serve = "exec"
+TOML
+check "vpmtun reload adds red" "$vpmtun" reload -s "$work/vpm.sock"
+instance red red "$py" "$probe" tcp 0.0.0.0 7000
+check "red registered" registered red 1
+r=""
+for _ in $(seq 8); do r+="$(ask "$c1" TCP 10.99.0.10 7000)"$'\n'; done
+check "c1 reaches red on 7000, every time" test "$(grep -c 'peer=10.200.1.5' <<<"$r")" = 8
+stop "$pid_red"
 
 echo "== never fail open"
 out=$(in_ns "$d" "$vpmtun" exec --app nosuch -s "$work/app.sock" -- "$py" "$probe" tcp 0.0.0.0 9000 2>&1; echo "exit=$?")

@@ -186,18 +186,23 @@ check "both workers carried traffic" spread
 check "no TUN left behind" bash -c "! ip -n '$d' link show vpm0 2>/dev/null"
 
 # What one worker alone does for now.
-cat >"$work/exec.toml" <<TOML
+head -c 40 /dev/urandom | base64 >"$work/coop.key"
+chmod 600 "$work/coop.key"
+cat >"$work/coop.toml" <<TOML
 [tun]
 queues = 2
+[cooperative]
+key_file = "$work/coop.key"
 [[app]]
 name = "prog"
 aid = 1
 listen = ["10.99.0.10:9000"]
 clients = ["10.200.0.0/16"]
 serve = "exec"
+cooperative = true
 TOML
-check "queues = 2 with an exec app: refused, naming the key and the app" \
-  bash -c "out=\$('$vpmtun' check -c '$work/exec.toml' 2>&1); [ \$? -ne 0 ] && grep -q \"tun.queues: app 'prog' runs programs\" <<<\"\$out\""
+check "queues = 2 with cooperative mode: refused, naming the key" \
+  bash -c "out=\$('$vpmtun' check -c '$work/coop.toml' 2>&1); [ \$? -ne 0 ] && grep -q 'tun.queues: cooperative mode' <<<\"\$out\""
 check "queues = 2 with --capture-tun: refused with the reason" \
   bash -c "out=\$(ip netns exec '$d' '$vpmtun' run -c '$work/vpm.toml' --capture-tun '$work/x.pcap' 2>&1); [ \$? -ne 0 ] && grep -q 'need one worker' <<<\"\$out\""
 grep -iE "assert" "$work/vpm.log" && { echo "FAIL lwIP assertions in the log"; fail=$((fail + 1)); }

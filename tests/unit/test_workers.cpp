@@ -85,6 +85,48 @@ TEST_CASE("figures travel as text, add up over workers, and refuse another confi
   CHECK_FALSE(tun::decode("c tun packets_in\n"));
 }
 
+TEST_CASE("instances travel with the figures, their command whole, and add up by id") {
+  tun::Figures f;
+  tun::InstanceInfo i;
+  i.id = 7;
+  i.app = "blue";
+  i.pid = 4242;
+  i.uid = 1000;
+  i.proto = vpm::Proto::udp;
+  std::string why;
+  i.bound = *vpm::Endpoint::parse("[::]:9000", &why);
+  i.real = *vpm::Endpoint::parse("[::1]:41234", &why);
+  i.relayed = 5;
+  i.open = 2;
+  i.refusals = 1;
+  i.command = "nginx: worker  process  -g x";
+  f.instances = {i};
+  auto again = tun::decode(tun::encode(f));
+  REQUIRE(again);
+  REQUIRE(again->instances.size() == 1);
+  const auto& j = again->instances[0];
+  CHECK(j.id == 7);
+  CHECK(j.app == "blue");
+  CHECK(j.pid == 4242);
+  CHECK(j.uid == 1000);
+  CHECK(j.proto == vpm::Proto::udp);
+  CHECK(j.bound == i.bound);
+  CHECK(j.real == i.real);
+  CHECK(j.command == i.command);
+  CHECK(tun::encode(*again) == tun::encode(f));
+  // A worker's counts join the same instance; another id is listed beside it.
+  tun::Figures more = f;
+  more.instances[0].relayed = 10;
+  more.instances.push_back(i);
+  more.instances[1].id = 8;
+  REQUIRE(tun::add(f, more));
+  REQUIRE(f.instances.size() == 2);
+  CHECK(f.instances[0].relayed == 15);
+  CHECK(f.instances[0].open == 4);
+  CHECK(f.instances[1].id == 8);
+  CHECK_FALSE(tun::decode("i 7 blue 1 2 tcp nowhere [::1]:1 0 0 0 x\n"));
+}
+
 TEST_CASE("the tables of workers join into one, as text and as JSON") {
   std::string header = "proto client ...\n";
   std::vector<std::string> text = {header + "tcp a\ntcp b\n2 flows\n", header + "0 flows\n",
@@ -107,8 +149,10 @@ TEST_CASE("[tun] queues: what workers do not serve yet, and too many, are errors
       "[[app]]\nname = \"prog\"\naid = 1\nlisten = [\"192.0.2.10:9000\"]\n"
       "clients = [\"198.51.100.0/24\"]\n";
   CHECK(errors_of("[tun]\nqueues = 2\n" + app + "serve = \"echo\"\n").empty());
-  CHECK(errors_of("[tun]\nqueues = 2\n" + app + "serve = \"exec\"\n")
-            .find("w.toml:2: tun.queues: app 'prog' runs programs") != std::string::npos);
+  CHECK(errors_of("[tun]\nqueues = 2\n" + app + "serve = \"exec\"\n").empty());
+  CHECK(errors_of("[tun]\nqueues = 2\n[cooperative]\nkey_file = \"/k\"\n" + app +
+                  "serve = \"exec\"\ncooperative = true\n")
+            .find("w.toml:2: tun.queues: cooperative mode") != std::string::npos);
   CHECK(errors_of("[tun]\nqueues = 17\n" + app + "serve = \"echo\"\n").find("tun.queues") !=
         std::string::npos);
   // Per-connection: every worker needs a port of each slice.
@@ -137,9 +181,11 @@ TEST_CASE("[tun] queues = \"auto\", the default: one worker per core where worke
   CHECK_FALSE(fixed.tun.queues_auto);
   CHECK(fixed.tun.queues == 3);
   // What workers cannot serve yet: one.
-  CHECK(vpm::auto_queues(parse(app + "serve = \"exec\"\n"), 8) == 1);
-  CHECK(vpm::needs_one_worker(parse(app + "serve = \"exec\"\n")) ==
-        "apps that run programs need one");
+  std::string coop =
+      "[cooperative]\nkey_file = \"/k\"\n" + app + "serve = \"exec\"\ncooperative = true\n";
+  CHECK(vpm::auto_queues(parse(coop), 8) == 1);
+  CHECK(vpm::needs_one_worker(parse(coop)) == "cooperative mode needs one");
+  CHECK(vpm::auto_queues(parse(app + "serve = \"exec\"\n"), 8) == 8);
   CHECK(vpm::needs_one_worker(plain).empty());
   // Per-connection: no more workers than each slice has ports (two p1s share 5 ports).
   vpm::Config narrow =

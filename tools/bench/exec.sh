@@ -14,6 +14,7 @@
 #                                                         (IPv4, as the forward backend is reached)
 #
 #   tools/bench/exec.sh [BUILD_DIR] [SECONDS] [RUNS]   (defaults: build-bench, 5, 3)
+#   QUEUES=N sets [tun] queues (default "auto": a worker per core).
 #
 # Requests per second: ab, a new connection per request, 32 in flight, a
 # 1 KiB page. Single stream: iperf3 receiver Gbit/s, both directions.
@@ -63,6 +64,7 @@ app_socket = "$work/app.sock"
 [tun]
 name = "vpmx0"
 address = "10.99.0.1/24"
+queues = ${QUEUES:-\"auto\"}
 [[app]]
 name = "web-forward"
 aid = 1
