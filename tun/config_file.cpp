@@ -48,10 +48,6 @@ vpm::ConfigResult read_config(const std::string& path) {
   return parsed;
 }
 
-void one_worker_for_captures(vpm::Config& cfg, bool capturing) {
-  if (capturing && cfg.tun.queues_auto) cfg.tun.queues = 1;
-}
-
 std::vector<std::string> error_report(const std::string& path,
                                       const std::vector<vpm::ConfigError>& errors,
                                       const std::string& outcome) {

@@ -16,10 +16,6 @@ namespace tun {
 // process may run on.
 vpm::ConfigResult read_config(const std::string& path);
 
-// Captures record what one process sees, so with queues = "auto" they make
-// it one worker, at start and at every reload (an explicit count above one
-// is refused by vpmtun run).
-void one_worker_for_captures(vpm::Config& cfg, bool capturing);
 
 // Lines that report them: each error as FILE:LINE: KEY: message, then
 // "FILE: N errors; OUTCOME" (OUTCOME says what follows from them).

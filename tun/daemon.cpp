@@ -6,7 +6,6 @@
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
-#include <sys/time.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -15,6 +14,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "tun/capture.hpp"
 #include "tun/config_file.hpp"
 #include "tun/control.hpp"
 #include "tun/coop.hpp"
@@ -35,34 +35,6 @@ uint64_t monotonic_ms() {
       duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count());
 }
 
-// A live pcap of raw IP packets (libpcap's writer; flushed by libpcap's stdio).
-class Daemon::Capture {
- public:
-  explicit Capture(const std::string& path) {
-    dead_ = pcap_open_dead(DLT_RAW, 262144);
-    dumper_ = dead_ ? pcap_dump_open(dead_, path.c_str()) : nullptr;
-    if (!dumper_) {
-      std::string why = dead_ ? pcap_geterr(dead_) : "out of memory";
-      if (dead_) pcap_close(dead_);
-      throw std::runtime_error(path + ": cannot write capture: " + why);
-    }
-  }
-  ~Capture() {
-    pcap_dump_close(dumper_);
-    pcap_close(dead_);
-  }
-  void write(std::span<const uint8_t> packet) {
-    pcap_pkthdr h{};
-    gettimeofday(&h.ts, nullptr);
-    h.caplen = h.len = static_cast<bpf_u_int32>(packet.size());
-    pcap_dump(reinterpret_cast<u_char*>(dumper_), &h, packet.data());
-  }
-
- private:
-  pcap_t* dead_ = nullptr;
-  pcap_dumper_t* dumper_ = nullptr;
-};
-
 namespace {
 
 // A worker of several runs no hooks: its supervisor does.
@@ -82,8 +54,13 @@ Daemon::Daemon(const vpm::Config& cfg, PacketDevice& device, const DaemonOptions
       file_config_(cfg) {
   auto* tun = dynamic_cast<TunDevice*>(&device);
   hooks_ = std::make_unique<Hooks>(hooks_of(cfg, opt), tun ? tun->name() : "");
-  if (!opt.capture_tun.empty()) capture_tun_ = std::make_unique<Capture>(opt.capture_tun);
-  if (!opt.capture_stack.empty()) capture_stack_ = std::make_unique<Capture>(opt.capture_stack);
+  // A worker's files are its supervisor's, made before it.
+  if (!opt.capture_tun.empty())
+    capture_tun_ = std::make_unique<Capture>(
+        opt.capture_fds[0] >= 0 ? opt.capture_fds[0] : Capture::create(opt.capture_tun));
+  if (!opt.capture_stack.empty())
+    capture_stack_ = std::make_unique<Capture>(
+        opt.capture_fds[1] >= 0 ? opt.capture_fds[1] : Capture::create(opt.capture_stack));
   auto rules = [this]() -> const vpm::Config& { return engine_.rules().config(); };
   stack::Instances* programs = nullptr;
   if (opt.instances.channel >= 0) {
@@ -247,6 +224,8 @@ void Daemon::tick(uint64_t now_ms) {
   release_held(now_ms);
   engine_.expire(now_ms, 4096);
   end_log_second(now_ms);
+  if (capture_tun_) capture_tun_->flush();
+  if (capture_stack_) capture_stack_->flush();
   // Workers drop drained apps together, when their supervisor says so.
   if (opt_.share.count == 1 && now_ms - drained_check_ms_ >= 1000) {
     drained_check_ms_ = now_ms;
@@ -311,7 +290,6 @@ std::pair<bool, std::string> Daemon::read_and_reload(const std::vector<size_t>* 
     return {false, out};
   }
   auto& next = std::get<vpm::Config>(parsed);
-  one_worker_for_captures(next, capture_tun_ || capture_stack_);
   auto [ok, said] = reload(next, busy);
   return {ok, (ok ? "reloaded " + path + ": " : "") + said};
 }

@@ -9,9 +9,9 @@
 // configuration file and takes its rules (vpm/reload.hpp). Each packet read from the
 // device goes through Engine::to_stack; translated or passed, it enters the stack; refused, the
 // client gets a RST or port unreachable built by vpm::build_refusal. Each packet the stack sends
-// goes through Engine::to_tun and out of the device. Optional pcap captures record both views:
-// --capture-tun what crosses the device,
-// --capture-stack what crosses the stack's netifs.
+// goes through Engine::to_tun and out of the device. Optional pcap captures
+// (tun/capture.hpp) record both views: --capture-tun what crosses the
+// device, --capture-stack what crosses the stack's netifs.
 // The same loop serves the control socket (tun/control.hpp), the library
 // socket of `vpmtun exec` when an app is run by programs
 // (tun/instances.hpp), cooperative mode's negotiation both ways
@@ -19,8 +19,6 @@
 // metrics server (tun/metrics.hpp) its snapshots, so no lock guards the data
 // path; refusals and drops are logged at info, at most 10 lines a second.
 #pragma once
-
-#include <pcap/pcap.h>
 
 #include <array>
 #include <cstdint>
@@ -40,6 +38,7 @@
 
 namespace tun {
 
+class Capture;
 class ControlServer;
 class CoopClient;
 class CoopServer;
@@ -51,6 +50,7 @@ struct DaemonOptions {
   vpm::Share share;               // a worker's part (tun/supervisor.hpp); it runs no hooks
   std::string capture_tun;        // pcap of the TUN side, or empty
   std::string capture_stack;      // pcap of the stack side, or empty
+  int capture_fds[2] = {-1, -1};  // a worker's: the files its supervisor made (tun, stack)
   uint64_t drain_ms = 5000;       // how long SIGTERM waits for open connections
   std::vector<uint8_t> coop_key;  // cooperative mode's shared secret (tun::read_coop_key)
   // A worker's mirror of its supervisor's exec-app instances
@@ -125,7 +125,6 @@ class Daemon : public EventLoop {
   const Hooks& hooks() const { return *hooks_; }
 
  private:
-  class Capture;
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<MetricsServer> metrics_;
   std::unique_ptr<InstanceRegistry> instances_;

@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "tun/capture.hpp"
 #include "tun/config_file.hpp"
 #include "tun/control.hpp"
 #include "tun/hooks.hpp"
@@ -110,6 +111,9 @@ Supervisor::Supervisor(const vpm::Config& cfg, TunDevice& device, const DaemonOp
       workers_(device.queues()),
       hooks_(std::make_unique<Hooks>(cfg, device.name())),
       self_(::getpid()) {
+  // One file each, which every worker appends to (tun/capture.hpp).
+  if (!opt.capture_tun.empty()) opt_.capture_fds[0] = Capture::create(opt.capture_tun);
+  if (!opt.capture_stack.empty()) opt_.capture_fds[1] = Capture::create(opt.capture_stack);
   if (!std::any_of(cfg.apps.begin(), cfg.apps.end(), vpm::runs_programs)) return;
   instances_ = std::make_unique<InstanceRegistry>(vpm::app_socket_path(cfg.vpm), *this,
                                                   [this]() -> const vpm::Config& { return cfg_; });
@@ -128,6 +132,8 @@ Supervisor::~Supervisor() {
     end_instances(q);
     if (workers_[q].channel >= 0) ::close(workers_[q].channel);
   }
+  for (int fd : opt_.capture_fds)
+    if (fd >= 0) ::close(fd);
 }
 
 void Supervisor::serve_control(const std::string& path) {
@@ -206,7 +212,7 @@ void Supervisor::work(size_t q, int channel, int instances) {
   ::prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (::getppid() != self_) ::_exit(1);  // the supervisor died before the line above
   device_.use_queue(q);
-  close_inherited({device_.fd(), channel, instances});
+  close_inherited({device_.fd(), channel, instances, opt_.capture_fds[0], opt_.capture_fds[1]});
   sigset_t child;
   sigemptyset(&child);
   sigaddset(&child, SIGCHLD);

@@ -26,8 +26,9 @@
 // socket and the registry of instances, and each worker relays to them
 // with a mirror of the registrations (tun/instance_channel.hpp).
 //
-// What one worker cannot share yet: cooperative mode and captures run with
-// queues = 1 (the configuration says so).
+// Captures: the supervisor makes the files, every worker appends to them
+// (tun/capture.hpp). What one worker cannot share yet: cooperative mode
+// runs with queues = 1 (the configuration says so).
 #pragma once
 
 #include <sys/types.h>
@@ -42,6 +43,7 @@
 
 #include "tun/daemon.hpp"
 #include "tun/event_loop.hpp"
+#include "tun/instances.hpp"
 #include "tun/report.hpp"
 
 namespace tun {
@@ -69,6 +71,8 @@ class Supervisor : public EventLoop {
   int run();
 
   std::pair<bool, std::string> answer(const std::string& request);
+  // The library socket's path, when an app runs programs; else empty.
+  std::string library_socket() const { return instances_ ? instances_->path() : ""; }
 
  private:
   struct Worker {

@@ -86,10 +86,6 @@ std::string serving_line(const vpm::Config& cfg, const std::string& library_sock
 
 // [tun] queues > 1: a supervisor and one worker per queue (tun/supervisor.hpp).
 int run_workers(const vpm::Config& cfg, const tun::DaemonOptions& opt) {
-  if (!opt.capture_tun.empty() || !opt.capture_stack.empty())
-    throw std::runtime_error("--capture-tun and --capture-stack need one worker; " + cfg.file +
-                             " sets [tun] queues = " + std::to_string(cfg.tun.queues) +
-                             " (1 or \"auto\" would do)");
   tun::TunDevice device(cfg.tun);
   tun::Supervisor supervisor(cfg, device, opt);
   std::vector<std::string> sockets;
@@ -97,10 +93,11 @@ int run_workers(const vpm::Config& cfg, const tun::DaemonOptions& opt) {
     supervisor.serve_control(cfg.vpm.control_socket);
     sockets.push_back(cfg.vpm.control_socket);
   }
+  if (!supervisor.library_socket().empty()) sockets.push_back(supervisor.library_socket());
   if (cfg.metrics.listen) supervisor.serve_metrics(*cfg.metrics.listen);
   settle_privileges(cfg, sockets);
   spdlog::info("{}", device_line(cfg, device.name()));
-  spdlog::info("{}", serving_line(cfg, ""));
+  spdlog::info("{}", serving_line(cfg, supervisor.library_socket()));
   notify_systemd("READY=1");
   int code = supervisor.run();
   notify_systemd("STOPPING=1");
@@ -112,11 +109,6 @@ int run_workers(const vpm::Config& cfg, const tun::DaemonOptions& opt) {
 
 int run_daemon(vpm::Config cfg, tun::DaemonOptions opt) {
   try {
-    bool capturing = !opt.capture_tun.empty() || !opt.capture_stack.empty();
-    if (capturing && cfg.tun.queues_auto && cfg.tun.queues > 1)
-      spdlog::info("captures: one worker ([tun] queues = \"auto\" would be {} here)",
-                   cfg.tun.queues);
-    tun::one_worker_for_captures(cfg, capturing);
     bool listens = std::any_of(cfg.apps.begin(), cfg.apps.end(),
                                [](const vpm::AppConfig& a) { return !a.listen.empty(); });
     if (!cfg.tun.present && listens)
