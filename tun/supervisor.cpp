@@ -437,8 +437,8 @@ std::pair<bool, std::string> Supervisor::reload_all() {
     std::string request = "reload" + (b ? b->words() : "");
     // The peer tables of apps it adds, for the workers to map first.
     if (instances_ && b)
-      for (auto& [app, memfd] : instances_->prepare(std::get<vpm::Config>(parsed)))
-        tell_workers([&](int channel) { return tell_table(channel, app, memfd); });
+      for (const auto& table : instances_->prepare(std::get<vpm::Config>(parsed)))
+        tell_workers([&](int channel) { return tell_table(channel, table.first, table.second); });
     outcome = b ? ask(0, request) : std::make_pair(false, why);
     for (size_t q = 1; q < workers_.size() && outcome.first; ++q) {
       auto [ok, said] = ask(q, request);
