@@ -3,11 +3,13 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/bpf.h>
 #include <linux/if_tun.h>
 #include <linux/ipv6.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -16,6 +18,7 @@
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <vector>
 
 #include "vpm/checksum.hpp"
 
@@ -136,6 +139,72 @@ TunDevice::TunDevice(const vpm::TunConfig& cfg) : mtu_(cfg.mtu), name_(cfg.name)
 
 TunDevice::~TunDevice() {
   for (int fd : queues_) ::close(fd);
+}
+
+namespace {
+
+bpf_insn instruction(uint8_t code, uint8_t dst, uint8_t src, int32_t imm) {
+  bpf_insn i{};
+  i.code = code;
+  i.dst_reg = dst & 0xf;
+  i.src_reg = src & 0xf;
+  i.imm = imm;
+  return i;
+}
+
+// A socket filter that returns a hash of the packet's two addresses (the
+// kernel takes it modulo the queues). r6 holds the context, as the
+// packet loads need; r7 gathers the addresses' words by XOR; a packet that
+// is neither IPv4 nor IPv6 returns its version, and one too short for a
+// load ends the program, which returns 0.
+std::vector<bpf_insn> address_hash() {
+  std::vector<bpf_insn> p;
+  auto gather = [&p](int32_t offset) {
+    p.push_back(instruction(BPF_LD | BPF_ABS | BPF_W, 0, 0, offset));
+    p.push_back(instruction(BPF_ALU64 | BPF_XOR | BPF_X, 7, 0, 0));
+  };
+  auto jump = [&p](uint8_t code, int32_t imm) {
+    p.push_back(instruction(BPF_JMP | code, 0, 0, imm));
+    return p.size() - 1;
+  };
+  auto land = [&p](size_t from) { p[from].off = static_cast<int16_t>(p.size() - from - 1); };
+  p.push_back(instruction(BPF_ALU64 | BPF_MOV | BPF_X, 6, 1, 0));
+  p.push_back(instruction(BPF_ALU64 | BPF_MOV | BPF_K, 7, 0, 0));
+  p.push_back(instruction(BPF_LD | BPF_ABS | BPF_B, 0, 0, 0));
+  p.push_back(instruction(BPF_ALU64 | BPF_RSH | BPF_K, 0, 0, 4));
+  size_t to_v6 = jump(BPF_JEQ | BPF_K, 6);
+  size_t other = jump(BPF_JNE | BPF_K, 4);
+  for (int32_t offset : {12, 16}) gather(offset);  // IPv4 source and destination
+  size_t to_mix = jump(BPF_JA, 0);
+  land(to_v6);
+  for (int32_t offset = 8; offset < 40; offset += 4) gather(offset);  // IPv6's
+  land(to_mix);
+  // Spread the bits into the low 16 the kernel keeps.
+  p.push_back(instruction(BPF_ALU64 | BPF_MOV | BPF_X, 0, 7, 0));
+  p.push_back(instruction(BPF_ALU | BPF_MUL | BPF_K, 0, 0, static_cast<int32_t>(0x9e3779b1u)));
+  p.push_back(instruction(BPF_ALU | BPF_RSH | BPF_K, 0, 0, 16));
+  land(other);
+  p.push_back(instruction(BPF_JMP | BPF_EXIT, 0, 0, 0));
+  return p;
+}
+
+}  // namespace
+
+void TunDevice::steer_by_addresses() {
+  std::vector<bpf_insn> program = address_hash();
+  bpf_attr attr{};
+  attr.prog_type = BPF_PROG_TYPE_SOCKET_FILTER;
+  attr.insns = reinterpret_cast<uint64_t>(program.data());
+  attr.insn_cnt = static_cast<uint32_t>(program.size());
+  attr.license = reinterpret_cast<uint64_t>("Dual MIT/GPL");
+  int prog = static_cast<int>(::syscall(__NR_bpf, BPF_PROG_LOAD, &attr, sizeof attr));
+  if (prog < 0) throw sys_error(name_ + ": loading the queue-steering program (bpf)");
+  // The device keeps its own reference to the program.
+  int rc = ::ioctl(queues_.at(0), TUNSETSTEERINGEBPF, &prog);
+  int saved = errno;
+  ::close(prog);
+  errno = saved;
+  if (rc < 0) throw sys_error(name_ + ": TUNSETSTEERINGEBPF");
 }
 
 void TunDevice::use_queue(size_t q) {

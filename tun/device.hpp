@@ -70,6 +70,10 @@ class TunDevice : public PacketDevice {
   // only (a worker's), and reads and writes there.
   size_t queues() const { return queues_.size(); }
   void use_queue(size_t q);
+  // Has the kernel pick each packet's queue by its addresses alone (an
+  // eBPF steering program), not by its flow: every connection of a client
+  // address reaches one worker. Throws std::runtime_error when it cannot.
+  void steer_by_addresses();
 
  private:
   std::vector<int> queues_;  // every queue's fd while all are kept

@@ -100,17 +100,8 @@ std::vector<Counter> counters_of(const Daemon& d) {
                 });
   }
   if (const auto* cc = d.coop_client()) {
-    const auto& c = cc->counters();
-    list.insert(list.end(), {
-                                {"cooperative_client", "dials", c.dials},
-                                {"cooperative_client", "negotiated", c.negotiated},
-                                {"cooperative_client", "refused", c.refused},
-                                {"cooperative_client", "unreachable", c.unreachable},
-                                {"cooperative_client", "timed_out", c.timed_out},
-                                {"cooperative_client", "in_flight", cc->in_flight()},
-                                {"cooperative_client", "links", cc->links()},
-                                {"cooperative_client", "links_opened", c.links_opened},
-                            });
+    auto more = coop_client_counters(*cc);
+    list.insert(list.end(), more.begin(), more.end());
   }
   for (size_t r = 1; r < vpm::kDropCount; ++r)
     list.push_back({"drops", vpm::drop_name(static_cast<vpm::Drop>(r)), e.by_reason[r]});
@@ -142,6 +133,20 @@ bool decode_instance(const std::vector<std::string_view>& w, std::string_view li
 }
 
 }  // namespace
+
+std::vector<Counter> coop_client_counters(const CoopClient& cc) {
+  const auto& c = cc.counters();
+  return {
+      {"cooperative_client", "dials", c.dials},
+      {"cooperative_client", "negotiated", c.negotiated},
+      {"cooperative_client", "refused", c.refused},
+      {"cooperative_client", "unreachable", c.unreachable},
+      {"cooperative_client", "timed_out", c.timed_out},
+      {"cooperative_client", "in_flight", cc.in_flight()},
+      {"cooperative_client", "links", cc.links()},
+      {"cooperative_client", "links_opened", c.links_opened},
+  };
+}
 
 std::vector<Counter> library_counters(const InstanceRegistry* reg, const Relays& relays) {
   InstanceCounters ic = reg ? reg->counters() : InstanceCounters{};

@@ -48,6 +48,9 @@ struct Figures {
 };
 
 Figures figures_of(const Daemon& d);
+class CoopClient;
+// The "cooperative_client" counters of `stats`.
+std::vector<Figures::Counter> coop_client_counters(const CoopClient& client);
 // The "library" counters of `stats`: the registry's (tun/instances.hpp;
 // none in a worker) and those of this process's relays.
 std::vector<Figures::Counter> library_counters(const InstanceRegistry* registry,

@@ -23,6 +23,7 @@
 #include "tun/capture.hpp"
 #include "tun/config_file.hpp"
 #include "tun/control.hpp"
+#include "tun/coop.hpp"
 #include "tun/hooks.hpp"
 #include "tun/instance_channel.hpp"
 #include "tun/instances.hpp"
@@ -123,6 +124,10 @@ Supervisor::Supervisor(const vpm::Config& cfg, TunDevice& device, const DaemonOp
   instances_->watch([this](uint64_t id, const Instance* added) {
     tell_workers([&](int channel) { return tell_instance(channel, id, added); });
   });
+  if (vpm::uses_cooperation(cfg)) {
+    coop_client_ = std::make_unique<CoopClient>(*this, opt.coop_key);
+    instances_->dial_with(coop_client_.get());
+  }
 }
 
 Supervisor::~Supervisor() {
@@ -318,21 +323,27 @@ std::optional<Figures> Supervisor::summed(std::string& why) {
     it->value = value;
     last = it;
   }
-  // The registry is here: its counters join the workers' relays', and
-  // its instances take the workers' counts.
+  // The registry and the Dials are here: their counters join the
+  // workers', and the instances take the workers' counts.
+  std::vector<Figures::Counter> mine;
+  if (instances_) mine = library_counters(instances_.get(), instances_->relays());
+  if (coop_client_) {
+    auto more = coop_client_counters(*coop_client_);
+    mine.insert(mine.end(), more.begin(), more.end());
+  }
+  for (const auto& more : mine)
+    for (auto& c : list)
+      if (c.group == more.group && c.name == more.name) c.value += more.value;
   if (instances_) {
-    for (const auto& more : library_counters(instances_.get(), instances_->relays()))
-      for (auto& c : list)
-        if (c.group == more.group && c.name == more.name) c.value += more.value;
-    auto mine = instances_->instances();
-    for (auto& i : mine)
+    auto listed = instances_->instances();
+    for (auto& i : listed)
       for (const auto& theirs : sum->instances)
         if (theirs.id == i.id) {
           i.relayed += theirs.relayed;
           i.open += theirs.open;
           i.refusals += theirs.refusals;
         }
-    sum->instances = std::move(mine);
+    sum->instances = std::move(listed);
   }
   return sum;
 }
@@ -496,6 +507,7 @@ int Supervisor::run() {
         }
         hooks_->poll(now);
         if (instances_) instances_->expire(now);
+        if (coop_client_) coop_client_->expire(now);
         if (withdrawing && !hooks_->busy()) {
           withdrawing = false;
           stop_workers(signal_name);

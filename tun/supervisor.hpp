@@ -27,8 +27,15 @@
 // with a mirror of the registrations (tun/instance_channel.hpp).
 //
 // Captures: the supervisor makes the files, every worker appends to them
-// (tun/capture.hpp). What one worker cannot share yet: cooperative mode
-// runs with queues = 1 (the configuration says so).
+// (tun/capture.hpp).
+//
+// Cooperative mode: a negotiation on p1 and the connection it is for, on
+// p2, have the same client address but not the same ports, and each
+// worker has its own negotiations. So when anything cooperates the kernel
+// picks queues by the packet's addresses alone (TunDevice::
+// steer_by_addresses): both reach the worker that negotiated. The client
+// side's Dials come through the library socket, so they are the
+// supervisor's (its own CoopClient).
 #pragma once
 
 #include <sys/types.h>
@@ -115,6 +122,7 @@ class Supervisor : public EventLoop {
   std::unique_ptr<MetricsServer> metrics_;
   std::unique_ptr<Hooks> hooks_;
   std::unique_ptr<InstanceRegistry> instances_;  // when an app runs programs
+  std::unique_ptr<CoopClient> coop_client_;      // the Dials of their programs (remote apps)
   SupervisorCounters counters_;
   bool stopping_ = false;
   uint64_t settled_ms_ = 0;

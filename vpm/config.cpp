@@ -487,12 +487,6 @@ void cross_check(Checker& c, const toml::table& root, Config& cfg) {
                 "cooperative mode (cooperative = true, or remote) needs [cooperative] key_file, "
                 "a secret of at least 32 bytes that both VPMs share");
 
-  // Workers: what they do not share yet.
-  if (cfg.tun.queues > 1 && cooperates)
-    c.fail(root.at_path("tun.queues").node(), "tun.queues",
-           "cooperative mode (cooperative = true, or remote) is served by one worker for now; "
-           "set queues = 1");
-
   // Capacity of the hidden range per virtual address.
   size_t range = size_t{cfg.vpm.range_hi} - cfg.vpm.range_lo + 1;
   std::map<IpAddr, std::set<std::pair<uint16_t, uint32_t>>> keys;

@@ -147,13 +147,9 @@ struct Config {
 bool runs_programs(const AppConfig& app);
 bool uses_cooperation(const Config& cfg);
 // What queues = "auto" means with `cores` cores: one worker each (at most
-// kMaxQueues), but one in all where workers cannot serve yet (cooperative
-// mode), and no more than every per-connection slice
-// can give each a port.
+// kMaxQueues), and no more than every per-connection slice can give each a
+// port.
 uint32_t auto_queues(const Config& cfg, unsigned cores);
-// Why workers cannot serve `cfg` yet ("cooperative mode needs one"),
-// or empty when they can.
-std::string_view needs_one_worker(const Config& cfg);
 
 // The application library's socket: [vpm] app_socket, or the control
 // socket's path with "-app" before its ".sock" ("/run/vpmtun-app.sock").

@@ -17,13 +17,7 @@ bool uses_cooperation(const Config& cfg) {
                      [](const AppConfig& a) { return a.cooperative || !a.remote.empty(); });
 }
 
-std::string_view needs_one_worker(const Config& cfg) {
-  if (uses_cooperation(cfg)) return "cooperative mode needs one";
-  return {};
-}
-
 uint32_t auto_queues(const Config& cfg, unsigned cores) {
-  if (!needs_one_worker(cfg).empty()) return 1;
   size_t n = std::clamp<size_t>(cores, 1, kMaxQueues);
   if (cfg.vpm.allocation == Allocation::per_connection) {
     size_t range = size_t{cfg.vpm.range_hi} - cfg.vpm.range_lo + 1;

@@ -50,6 +50,7 @@ key_file = "$work/key"
 [tun]
 name = "vpm0"
 address = "10.99.0.1/24"
+queues = ${VPMTUN_TEST_QUEUES:-1}
 [[app]]
 name = "web"
 aid = 101
@@ -140,6 +141,11 @@ stats() { in_ns "$d" "$vpmtun" stats -s "$work/server.sock"; }
 stat_of() { stats | awk -v k="$1" '$1 == k { print $2; exit }'; }
 export -f in_ns stats stat_of
 export d vpmtun work
+queues="${VPMTUN_TEST_QUEUES:-1}"
+if [ "$queues" -gt 1 ]; then
+  check "the server's VPM runs $queues workers, its queues picked by client address" \
+    bash -c "stats | grep -qE '^  workers +$queues\$' && grep -q 'picked by their addresses' '$work/server.log'"
+fi
 
 tshark_pid=""
 timeout 60 ip netns exec "$c1" tshark -q -i eth0 -w "$work/link.pcap" -f "tcp and host 10.99.0.10" 2>"$work/tshark.log" &

@@ -137,7 +137,7 @@ TEST_CASE("the tables of workers join into one, as text and as JSON") {
   CHECK(tun::join_tables({"[]\n", "[]\n"}, true) == "[]\n");
 }
 
-TEST_CASE("[tun] queues: what workers do not serve yet, and too many, are errors naming the key") {
+TEST_CASE("[tun] queues: too many are errors naming the key; every kind of app takes workers") {
   auto errors_of = [](const std::string& text) {
     std::string out;
     auto r = vpm::parse_config(text, "w.toml");
@@ -152,7 +152,7 @@ TEST_CASE("[tun] queues: what workers do not serve yet, and too many, are errors
   CHECK(errors_of("[tun]\nqueues = 2\n" + app + "serve = \"exec\"\n").empty());
   CHECK(errors_of("[tun]\nqueues = 2\n[cooperative]\nkey_file = \"/k\"\n" + app +
                   "serve = \"exec\"\ncooperative = true\n")
-            .find("w.toml:2: tun.queues: cooperative mode") != std::string::npos);
+            .empty());
   CHECK(errors_of("[tun]\nqueues = 17\n" + app + "serve = \"echo\"\n").find("tun.queues") !=
         std::string::npos);
   // Per-connection: every worker needs a port of each slice.
@@ -162,7 +162,7 @@ TEST_CASE("[tun] queues: what workers do not serve yet, and too many, are errors
             .find("needs at least 2 ports") != std::string::npos);
 }
 
-TEST_CASE("[tun] queues = \"auto\", the default: one worker per core where workers can serve") {
+TEST_CASE("[tun] queues = \"auto\", the default: one worker per core") {
   auto parse = [](const std::string& text) {
     auto r = vpm::parse_config(text, "w.toml");
     REQUIRE(std::holds_alternative<vpm::Config>(r));
@@ -180,13 +180,11 @@ TEST_CASE("[tun] queues = \"auto\", the default: one worker per core where worke
   vpm::Config fixed = parse("[tun]\nqueues = 3\n" + app + "serve = \"echo\"\n");
   CHECK_FALSE(fixed.tun.queues_auto);
   CHECK(fixed.tun.queues == 3);
-  // What workers cannot serve yet: one.
+  // Every kind of app: one per core.
   std::string coop =
       "[cooperative]\nkey_file = \"/k\"\n" + app + "serve = \"exec\"\ncooperative = true\n";
-  CHECK(vpm::auto_queues(parse(coop), 8) == 1);
-  CHECK(vpm::needs_one_worker(parse(coop)) == "cooperative mode needs one");
+  CHECK(vpm::auto_queues(parse(coop), 8) == 8);
   CHECK(vpm::auto_queues(parse(app + "serve = \"exec\"\n"), 8) == 8);
-  CHECK(vpm::needs_one_worker(plain).empty());
   // Per-connection: no more workers than each slice has ports (two p1s share 5 ports).
   vpm::Config narrow =
       parse("[vpm]\nallocation = \"per-connection\"\nport_range = \"20000-20004\"\n" + app +

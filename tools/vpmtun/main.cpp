@@ -96,14 +96,14 @@ void describe_config(const vpm::Config& cfg) {
   if (cfg.tun.queues > 1)
     fmt::print(
         "  {} workers{}, one per TUN queue, each with 1/{} of max_flows, stack_memory_mb and "
-        "pending handshakes\n",
+        "pending handshakes{}\n",
         cfg.tun.queues, cfg.tun.queues_auto ? " (queues = \"auto\": one per core)" : "",
-        cfg.tun.queues);
-  else if (cfg.tun.present && cfg.tun.queues_auto) {
-    std::string_view why = vpm::needs_one_worker(cfg);
-    fmt::print("  one worker (queues = \"auto\": {})\n",
-               why.empty() ? "one core, or a per-connection slice too small for more" : why);
-  }
+        cfg.tun.queues,
+        vpm::uses_cooperation(cfg) ? "; queues by client address (cooperative mode)" : "");
+  else if (cfg.tun.present && cfg.tun.queues_auto)
+    fmt::print(
+        "  one worker (queues = \"auto\": one core, or a per-connection slice too small for "
+        "more)\n");
 }
 
 // A question for the running daemon over its control socket: the answer
@@ -196,10 +196,11 @@ int main(int argc, char** argv) {
       "With [tun] queues = N (N > 1) the TUN has N queues and one worker process\n"
       "serves each (its own engine and embedded stack; the kernel keeps each flow on\n"
       "one queue); this process supervises them and answers for all of them. Signal\n"
-      "this process, not a worker. The default, queues = \"auto\", is one per core,\n"
-      "or one in all when an app cooperates (vpmtun check says so). Programs under\n"
-      "vpmtun exec register with this process, once for every worker. Workers write\n"
-      "their packets to the same capture files, 50 ms at a time (reordercap sorts).\n\n"
+      "this process, not a worker. The default, queues = \"auto\", is one per core.\n"
+      "Programs under vpmtun exec register with this process, once for every worker.\n"
+      "Workers write their packets to the same capture files, 50 ms at a time\n"
+      "(reordercap sorts). In cooperative mode the kernel picks a client's worker by\n"
+      "its address, so its negotiation and its connection meet in one worker.\n\n"
       "Examples:\n"
       "  vpmtun run -c /etc/vpmtun/vpm.toml\n"
       "  vpmtun run -c vpm.toml --log-level debug --log-format json\n"

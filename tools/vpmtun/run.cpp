@@ -87,6 +87,13 @@ std::string serving_line(const vpm::Config& cfg, const std::string& library_sock
 // [tun] queues > 1: a supervisor and one worker per queue (tun/supervisor.hpp).
 int run_workers(const vpm::Config& cfg, const tun::DaemonOptions& opt) {
   tun::TunDevice device(cfg.tun);
+  if (vpm::uses_cooperation(cfg)) {
+    device.steer_by_addresses();
+    spdlog::info(
+        "{}: a client's packets reach one worker, picked by their addresses "
+        "(cooperative mode)",
+        device.name());
+  }
   tun::Supervisor supervisor(cfg, device, opt);
   std::vector<std::string> sockets;
   if (!cfg.vpm.control_socket.empty()) {
@@ -116,12 +123,12 @@ int run_daemon(vpm::Config cfg, tun::DaemonOptions opt) {
                                ": apps listen, but there is no [tun] section to serve them "
                                "(a daemon without [tun] only negotiates for its programs' "
                                "cooperative connections)");
-    if (cfg.tun.present && cfg.tun.queues > 1) return run_workers(cfg, opt);
     if (vpm::uses_cooperation(cfg)) {
       std::string warning;
       opt.coop_key = tun::read_coop_key(cfg, &warning);
       if (!warning.empty()) spdlog::warn("{}", warning);
     }
+    if (cfg.tun.present && cfg.tun.queues > 1) return run_workers(cfg, opt);
     std::unique_ptr<tun::PacketDevice> made;
     if (cfg.tun.present)
       made = std::make_unique<tun::TunDevice>(cfg.tun);
