@@ -198,7 +198,10 @@ void TunDevice::steer_by_addresses() {
   attr.insn_cnt = static_cast<uint32_t>(program.size());
   attr.license = reinterpret_cast<uint64_t>("Dual MIT/GPL");
   int prog = static_cast<int>(::syscall(__NR_bpf, BPF_PROG_LOAD, &attr, sizeof attr));
-  if (prog < 0) throw sys_error(name_ + ": loading the queue-steering program (bpf)");
+  if (prog < 0)
+    throw sys_error(name_ +
+                    ": loading the queue-steering program that cooperative mode needs with "
+                    "workers (bpf; [tun] queues = 1 does without)");
   // The device keeps its own reference to the program.
   int rc = ::ioctl(queues_.at(0), TUNSETSTEERINGEBPF, &prog);
   int saved = errno;

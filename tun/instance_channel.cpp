@@ -101,6 +101,20 @@ void RemoteInstances::refused(int fd) {
 
 void RemoteInstances::closing(int fd) { relays_.closing(fd); }
 
+void RemoteInstances::map_table(const std::string& app, int memfd) {
+  auto m = std::make_unique<Mapping>();
+  m->map = ::mmap(nullptr, PeerTable::kTableBytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+  if (m->map == MAP_FAILED) {
+    m->map = nullptr;
+    spdlog::error("instance channel: the peer table of app {} does not map: {}", app,
+                  std::strerror(errno));
+    return;
+  }
+  m->table = PeerTable({static_cast<uint8_t*>(m->map), PeerTable::kTableBytes});
+  tables_[app] = &m->table;
+  mapped_.push_back(std::move(m));
+}
+
 void RemoteInstances::hear() {
   Heard h;
   for (;;) {
@@ -115,19 +129,8 @@ void RemoteInstances::hear() {
     uint64_t id = 0, since = 0;
     uint16_t p1 = 0, real = 0;
     auto addr = w.size() == 10 ? vpm::IpAddr::parse(w[6]) : std::nullopt;
-    if (w.size() == 2 && w[0] == "t" && h.fds.size() == 1 && !tables_.count(std::string(w[1]))) {
-      auto m = std::make_unique<Mapping>();
-      m->map =
-          ::mmap(nullptr, PeerTable::kTableBytes, PROT_READ | PROT_WRITE, MAP_SHARED, h.fds[0], 0);
-      if (m->map == MAP_FAILED) {
-        m->map = nullptr;
-        spdlog::error("instance channel: the peer table of app {} does not map: {}", w[1],
-                      std::strerror(errno));
-      } else {
-        m->table = PeerTable({static_cast<uint8_t*>(m->map), PeerTable::kTableBytes});
-        tables_[std::string(w[1])] = &m->table;
-        mapped_.push_back(std::move(m));
-      }
+    if (w.size() == 2 && w[0] == "t" && h.fds.size() == 1) {
+      if (!tables_.count(std::string(w[1]))) map_table(std::string(w[1]), h.fds[0]);
     } else if (w.size() == 10 && w[0] == "+" && number(w[1], id) &&
                tables_.count(std::string(w[2])) && (w[3] == "tcp" || w[3] == "udp") &&
                (w[4] == "0" || w[4] == "1") && (w[5] == "0" || w[5] == "1") && addr &&

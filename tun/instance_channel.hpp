@@ -68,6 +68,7 @@ class RemoteInstances : public stack::Instances {
 
  private:
   struct Mapping;
+  void map_table(const std::string& app, int memfd);
   int channel_;
   bool channel_open_ = true;
   stack::IoLoop& io_;
