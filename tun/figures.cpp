@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <unordered_map>
 
 #include "stack/stack_memory.hpp"
 #include "tun/coop.hpp"
@@ -231,16 +232,18 @@ bool add(Figures& sum, const Figures& more) {
     if (it == more.flows_by_state.end()) return false;
     n += it->second;
   }
+  std::unordered_map<uint64_t, size_t> at;  // instance id -> its place in sum.instances
+  for (size_t k = 0; k < sum.instances.size(); ++k) at.emplace(sum.instances[k].id, k);
   for (const auto& i : more.instances) {
-    auto same = std::find_if(sum.instances.begin(), sum.instances.end(),
-                             [&](const InstanceInfo& s) { return s.id == i.id; });
-    if (same == sum.instances.end()) {
+    auto [it, fresh] = at.try_emplace(i.id, sum.instances.size());
+    if (fresh) {
       sum.instances.push_back(i);
-    } else {
-      same->relayed += i.relayed;
-      same->open += i.open;
-      same->refusals += i.refusals;
+      continue;
     }
+    InstanceInfo& same = sum.instances[it->second];
+    same.relayed += i.relayed;
+    same.open += i.open;
+    same.refusals += i.refusals;
   }
   return true;
 }

@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -335,14 +336,15 @@ std::optional<Figures> Supervisor::summed(std::string& why) {
     for (auto& c : list)
       if (c.group == more.group && c.name == more.name) c.value += more.value;
   if (instances_) {
+    std::unordered_map<uint64_t, const InstanceInfo*> theirs;
+    for (const auto& t : sum->instances) theirs.emplace(t.id, &t);
     auto listed = instances_->instances();
     for (auto& i : listed)
-      for (const auto& theirs : sum->instances)
-        if (theirs.id == i.id) {
-          i.relayed += theirs.relayed;
-          i.open += theirs.open;
-          i.refusals += theirs.refusals;
-        }
+      if (auto it = theirs.find(i.id); it != theirs.end()) {
+        i.relayed += it->second->relayed;
+        i.open += it->second->open;
+        i.refusals += it->second->refusals;
+      }
     sum->instances = std::move(listed);
   }
   return sum;
