@@ -240,10 +240,7 @@ bool add(Figures& sum, const Figures& more) {
       sum.instances.push_back(i);
       continue;
     }
-    InstanceInfo& same = sum.instances[it->second];
-    same.relayed += i.relayed;
-    same.open += i.open;
-    same.refusals += i.refusals;
+    sum.instances[it->second].add_counts(i);
   }
   return true;
 }

@@ -73,6 +73,13 @@ struct InstanceInfo {
   uint64_t relayed = 0;  // connections (TCP) or client sessions (UDP) relayed to it
   uint64_t open = 0;     // of those, open now
   uint64_t refusals = 0;
+
+  // Adds what another process counted for the same instance (workers' relays).
+  void add_counts(const InstanceInfo& o) {
+    relayed += o.relayed;
+    open += o.open;
+    refusals += o.refusals;
+  }
 };
 
 // The instances of `relays`, with what relays know (no pid, uid or command).

@@ -340,11 +340,7 @@ std::optional<Figures> Supervisor::summed(std::string& why) {
     for (const auto& t : sum->instances) theirs.emplace(t.id, &t);
     auto listed = instances_->instances();
     for (auto& i : listed)
-      if (auto it = theirs.find(i.id); it != theirs.end()) {
-        i.relayed += it->second->relayed;
-        i.open += it->second->open;
-        i.refusals += it->second->refusals;
-      }
+      if (auto it = theirs.find(i.id); it != theirs.end()) i.add_counts(*it->second);
     sum->instances = std::move(listed);
   }
   return sum;
