@@ -38,6 +38,9 @@ fi
 # vpmtun exec finds the installed application library by itself: then it
 # only misses the daemon.
 expect "$(cd "$dest" && ls lib*/vpmtun/libvpmtun-app.so lib/*/vpmtun/libvpmtun-app.so 2>/dev/null | head -1)"
+# The metrics module: forward.toml has [metrics] listen, and vpmtun check
+# above loaded the module for it.
+expect "$(cd "$dest" && ls lib*/vpmtun/vpmtun-metrics.so lib/*/vpmtun/vpmtun-metrics.so 2>/dev/null | head -1)"
 out=$("$dest/bin/vpmtun" exec --app x -s "$dest/no.sock" -- true 2>&1 || true)
 if grep -q "no vpmtun daemon" <<<"$out"; then
   echo "ok   the installed vpmtun exec finds its library"

@@ -79,6 +79,7 @@ std::vector<uint8_t> read_coop_key(const vpm::Config& cfg, std::string* warning)
                              " bytes; a key needs at least " +
                              std::to_string(vpm::coop::kMinKeyBytes) +
                              " (e.g. head -c 32 /dev/urandom | base64 > FILE)");
+  vpm::coop::load_crypto();
   if (warning && (st.st_mode & (S_IRGRP | S_IROTH)))
     *warning = where + ": others may read it (chmod 600)";
   return key;

@@ -1,21 +1,46 @@
-// The metrics HTTP server and its hand-off to the event loop.
+// The metrics server's hand-off to the event loop; the HTTP server itself is
+// in the module vpmtun-metrics.so (metrics_http.hpp), loaded from here.
 #include "tun/metrics.hpp"
 
-#include <httplib.h>
-#include <pthread.h>
-#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
+#include <filesystem>
 #include <list>
 #include <mutex>
 #include <stdexcept>
-#include <thread>
+
+#include "tun/metrics_http.hpp"
+#include "vpm/lazy_library.hpp"
 
 namespace tun {
+
+namespace {
+
+// Installed: ${libdir}/vpmtun/, reached from the directory of this program;
+// else the module this build made.
+std::string module_path() {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  fs::path installed = self.parent_path() / VPMTUN_PRIVATE_LIBDIR / "vpmtun-metrics.so";
+  if (!ec && fs::exists(installed, ec)) return installed.lexically_normal();
+  if (fs::exists(VPMTUN_METRICS_MODULE_BUILT, ec)) return VPMTUN_METRICS_MODULE_BUILT;
+  return installed.lexically_normal();  // for the error: where it should be
+}
+
+decltype(&vpmtun_metrics_serve) serve_function() {
+  static vpm::LazyLibrary module(module_path(), "[metrics] listen");
+  static auto* serve = module.function<decltype(vpmtun_metrics_serve)>("vpmtun_metrics_serve");
+  return serve;
+}
+
+}  // namespace
+
+void load_metrics_module() { serve_function(); }
 
 struct MetricsServer::Impl {
   struct Scrape {
@@ -25,8 +50,7 @@ struct MetricsServer::Impl {
 
   stack::IoLoop& io;
   std::function<std::string()> render;
-  httplib::Server server;
-  std::thread thread;
+  std::unique_ptr<HttpMetrics> http;
   int wake = -1;  // eventfd: scrapes are waiting
   std::mutex mutex;
   std::condition_variable answered;
@@ -50,7 +74,7 @@ struct MetricsServer::Impl {
   }
 
   // On a server thread.
-  void scrape(httplib::Response& res) {
+  int scrape(std::string& body) {
     Scrape s;
     std::unique_lock lock(mutex);
     pending.push_back(&s);
@@ -59,17 +83,16 @@ struct MetricsServer::Impl {
     }  // a full counter still wakes the loop
     if (!answered.wait_for(lock, std::chrono::seconds(5), [&] { return s.done || stopping; })) {
       pending.remove(&s);
-      res.status = 503;
-      res.set_content("the daemon did not answer in time\n", "text/plain");
-      return;
+      body = "the daemon did not answer in time\n";
+      return 503;
     }
     if (!s.done) {
       pending.remove(&s);
-      res.status = 503;
-      res.set_content("the daemon is stopping\n", "text/plain");
-      return;
+      body = "the daemon is stopping\n";
+      return 503;
     }
-    res.set_content(s.body, "text/plain; version=0.0.4; charset=utf-8");
+    body = std::move(s.body);
+    return 200;
   }
 };
 
@@ -77,24 +100,17 @@ MetricsServer::MetricsServer(const vpm::Endpoint& listen, stack::IoLoop& io,
                              std::function<std::string()> render)
     : impl_(std::make_unique<Impl>(io, std::move(render))) {
   Impl& m = *impl_;
-  m.server.Get("/metrics",
-               [&m](const httplib::Request&, httplib::Response& res) { m.scrape(res); });
-  m.server.Get("/", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content("vpmtun: metrics are at /metrics\n", "text/plain");
-  });
-  if (!m.server.bind_to_port(listen.addr.str(), listen.port))
-    throw std::runtime_error("[metrics] listen = \"" + listen.str() +
-                             "\": cannot listen there (address in use, or not local?)");
+  auto* serve = serve_function();
   m.wake = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (m.wake < 0) throw std::runtime_error("metrics: eventfd failed");
+  ScrapeFn scrape = [&m](std::string& body) { return m.scrape(body); };
+  std::string error;
+  m.http.reset(serve(listen.addr.str().c_str(), listen.port, &scrape, &error));
+  if (!m.http) {
+    ::close(m.wake);
+    throw std::runtime_error("[metrics] listen = \"" + listen.str() + "\": " + error);
+  }
   io.watch(m.wake, EPOLLIN, [&m](uint32_t) { m.answer(); });
-  // The server's threads must not take SIGTERM and friends: the event loop
-  // reads them from a signalfd, which works only while every thread blocks them.
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, &old);
-  m.thread = std::thread([&m] { m.server.listen_after_bind(); });
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
 MetricsServer::~MetricsServer() {
@@ -104,8 +120,7 @@ MetricsServer::~MetricsServer() {
     m.stopping = true;
     m.answered.notify_all();
   }
-  m.server.stop();
-  m.thread.join();
+  m.http.reset();
   m.io.unwatch(m.wake);
   ::close(m.wake);
 }

@@ -1,4 +1,5 @@
-// [metrics] listen: the Prometheus text exposition over HTTP (cpp-httplib).
+// [metrics] listen: the Prometheus text exposition over HTTP (cpp-httplib,
+// in the module vpmtun-metrics.so: metrics_http.hpp).
 //
 // The HTTP server runs on its own threads, but the counters belong to the
 // event loop: each scrape posts a request through an eventfd that the loop
@@ -15,6 +16,10 @@
 #include "vpm/address.hpp"
 
 namespace tun {
+
+// Loads the module unless it is; throws std::runtime_error saying where it
+// should be when it cannot (`vpmtun check` calls it for [metrics] listen).
+void load_metrics_module();
 
 class MetricsServer {
  public:

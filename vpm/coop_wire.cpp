@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "vpm/lazy_library.hpp"
 #include "vpm/wire_io.hpp"
 
 namespace vpm::coop {
@@ -30,11 +31,28 @@ namespace {
 using wire::Reader;
 using wire::Writer;
 
+// The three functions of libcrypto that cooperative mode uses, from the
+// library loaded when first needed (VPMTUN_LIBCRYPTO is its SONAME).
+struct Crypto {
+  decltype(&HMAC) hmac;
+  decltype(&EVP_sha256) sha256;
+  decltype(&CRYPTO_memcmp) equal;
+};
+
+const Crypto& crypto() {
+  static LazyLibrary lib(VPMTUN_LIBCRYPTO, "cooperative mode (HMAC-SHA256)");
+  static const Crypto c{lib.function<decltype(HMAC)>("HMAC"),
+                        lib.function<decltype(EVP_sha256)>("EVP_sha256"),
+                        lib.function<decltype(CRYPTO_memcmp)>("CRYPTO_memcmp")};
+  return c;
+}
+
 std::array<uint8_t, kMacBytes> mac_of(std::span<const uint8_t> key, std::span<const uint8_t> data) {
   std::array<uint8_t, kMacBytes> out{};
   unsigned len = 0;
-  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), data.data(), data.size(), out.data(),
-       &len);
+  const Crypto& c = crypto();
+  c.hmac(c.sha256(), key.data(), static_cast<int>(key.size()), data.data(), data.size(),
+         out.data(), &len);
   return out;
 }
 
@@ -45,6 +63,8 @@ Nonce nonce(Reader& r) {
 }
 
 }  // namespace
+
+void load_crypto() { crypto(); }
 
 const Header& header_of(const Message& m) {
   return std::visit([](const auto& x) -> const Header& { return x.h; }, m);
@@ -101,7 +121,7 @@ std::optional<Message> open(std::span<const uint8_t> bytes, std::span<const uint
   // The MAC first: nothing of a message that fails it is looked at.
   auto body = bytes.first(bytes.size() - kMacBytes);
   auto want = mac_of(key, body);
-  if (CRYPTO_memcmp(want.data(), bytes.data() + body.size(), kMacBytes) != 0)
+  if (crypto().equal(want.data(), bytes.data() + body.size(), kMacBytes) != 0)
     return bad("MAC does not match (another key, or altered)");
   Reader r(body.subspan(4));
   Header h;

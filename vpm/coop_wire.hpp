@@ -107,6 +107,11 @@ std::optional<Message> open(std::span<const uint8_t> bytes, std::span<const uint
 
 const Header& header_of(const Message& m);
 
+// Loads libcrypto, which seal() and open() use, unless it is loaded. Throws
+// std::runtime_error naming the library when it cannot; call it at start, so
+// that a missing library stops the daemon there and not at a connection.
+void load_crypto();
+
 // The size of the message a byte stream starts with (messages follow each
 // other on a negotiation connection): 0 while its header is incomplete;
 // kNotOurs when the stream does not start with one of ours (another

@@ -1,5 +1,6 @@
 // The capture rewriter over many chunks: records that straddle buffers, the
-// largest records, drops squeezed out, edits kept, order kept.
+// largest records, drops squeezed out, edits kept, order kept. And libpcap,
+// loaded only when needed.
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -9,6 +10,7 @@
 #include <sstream>
 
 #include "tools/vpmtun/pcap_io.hpp"
+#include "vpm/lazy_library.hpp"
 
 namespace {
 
@@ -76,4 +78,15 @@ TEST_CASE("a capture of many chunks comes out whole, edited, in order") {
   ::unlink(in.c_str());
   ::unlink(out.c_str());
   ::rmdir(dir);
+}
+
+TEST_CASE("a library loaded when needed is found by its SONAME, or named in the error") {
+  vpm::LazyLibrary missing("libvpmtun-no-such.so.9", "the test");
+  CHECK_THROWS_WITH(missing.function<void()>("f"),
+                    Catch::Contains("the test needs libvpmtun-no-such.so.9"));
+  vpm::LazyLibrary pcap(VPMTUN_LIBPCAP, "the test");
+  auto* version = pcap.function<decltype(pcap_lib_version)>("pcap_lib_version");
+  CHECK(std::string(version()).starts_with("libpcap version"));
+  CHECK_THROWS_WITH(pcap.function<void()>("no_such_function"),
+                    Catch::Contains("has no no_such_function"));
 }

@@ -18,10 +18,6 @@
 #include "tun/control.hpp"
 #include "vpm/app_wire.hpp"
 
-#ifndef VPMTUN_APP_LIBDIR
-#define VPMTUN_APP_LIBDIR "../lib/vpmtun"
-#endif
-
 namespace vpmtun {
 
 namespace {
@@ -101,7 +97,7 @@ std::optional<fs::path> find_library() {
   fs::path self = fs::read_symlink("/proc/self/exe", ec);
   if (ec) return std::nullopt;
   fs::path dir = self.parent_path();
-  for (fs::path p : {dir / VPMTUN_APP_LIBDIR / "libvpmtun-app.so",  // installed
+  for (fs::path p : {dir / VPMTUN_PRIVATE_LIBDIR / "libvpmtun-app.so",  // installed
                      dir / "vpmtun-app" / "libvpmtun-app.so"})      // the build tree
     if (fs::exists(p, ec)) return fs::canonical(p, ec);
   return std::nullopt;

@@ -12,6 +12,7 @@
 #include "replay.hpp"
 #include "run.hpp"
 #include "tun/control.hpp"
+#include "tun/metrics.hpp"
 #include "vpm/rules.hpp"
 
 #ifndef VPMTUN_VERSION
@@ -359,6 +360,14 @@ int main(int argc, char** argv) {
   if (!cfg) return 1;
   if (*check) {
     describe_config(*cfg);
+    if (cfg->metrics.listen) {
+      try {
+        tun::load_metrics_module();  // a broken install shows here, not when the daemon starts
+      } catch (const std::exception& e) {
+        spdlog::error("{}", e.what());
+        return 1;
+      }
+    }
     return 0;
   }
   if (*rep) return vpmtun::replay(*cfg, ropt);

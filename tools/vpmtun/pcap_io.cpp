@@ -18,7 +18,24 @@
 #include <thread>
 #include <vector>
 
+#include "vpm/lazy_library.hpp"
+
 namespace vpmtun {
+
+const Libpcap& libpcap() {
+  static vpm::LazyLibrary lib(VPMTUN_LIBPCAP, "reading captures other than classic pcap");
+  static const Libpcap p{
+      lib.function<decltype(pcap_open_offline_with_tstamp_precision)>(
+          "pcap_open_offline_with_tstamp_precision"),
+      lib.function<decltype(pcap_next_ex)>("pcap_next_ex"),
+      lib.function<decltype(pcap_datalink)>("pcap_datalink"),
+      lib.function<decltype(pcap_snapshot)>("pcap_snapshot"),
+      lib.function<decltype(pcap_file)>("pcap_file"),
+      lib.function<decltype(pcap_geterr)>("pcap_geterr"),
+      lib.function<decltype(pcap_close)>("pcap_close"),
+      lib.function<decltype(pcap_datalink_val_to_name)>("pcap_datalink_val_to_name")};
+  return p;
+}
 
 namespace {
 
@@ -139,19 +156,19 @@ CaptureRewriter::CaptureRewriter(const std::string& input, const std::string& ou
     linktype_ = lt == 101 ? DLT_RAW : static_cast<int>(lt);
   } else {
     char err[PCAP_ERRBUF_SIZE] = {};
-    pcap_ = pcap_open_offline_with_tstamp_precision(input.c_str(), PCAP_TSTAMP_PRECISION_NANO, err);
+    pcap_ = libpcap().open(input.c_str(), PCAP_TSTAMP_PRECISION_NANO, err);
     if (!pcap_)
       throw std::runtime_error(input + ": not a capture file libpcap can read (" + err + ")");
     nano_ = true;
-    linktype_ = pcap_datalink(pcap_);
-    snaplen_ = pcap_snapshot(pcap_);
+    linktype_ = libpcap().datalink(pcap_);
+    snaplen_ = libpcap().snapshot(pcap_);
   }
   out_fd_ = ::open(output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (out_fd_ < 0) throw std::runtime_error(output + ": cannot write: " + std::strerror(errno));
 }
 
 CaptureRewriter::~CaptureRewriter() {
-  if (pcap_) pcap_close(pcap_);
+  if (pcap_) libpcap().close(pcap_);
   if (in_fd_ >= 0) ::close(in_fd_);
   if (out_fd_ >= 0) ::close(out_fd_);
 }
@@ -355,7 +372,7 @@ void CaptureRewriter::run_libpcap(const RecordFn& fn) {
   pcap_pkthdr* ph = nullptr;
   const uint8_t* data = nullptr;
   int rc;
-  while ((rc = pcap_next_ex(pcap_, &ph, &data)) == 1) {
+  while ((rc = libpcap().next(pcap_, &ph, &data)) == 1) {
     size_t at = out.size();
     uint32_t rec[4] = {static_cast<uint32_t>(ph->ts.tv_sec), static_cast<uint32_t>(ph->ts.tv_usec),
                        ph->caplen, ph->len};
@@ -366,10 +383,10 @@ void CaptureRewriter::run_libpcap(const RecordFn& fn) {
       write_all(out.data(), out.size());
       out.clear();
     }
-    if (FILE* f = pcap_file(pcap_)) consumed_ = static_cast<uint64_t>(std::max(0L, std::ftell(f)));
+    if (FILE* f = libpcap().file(pcap_)) consumed_ = static_cast<uint64_t>(std::max(0L, std::ftell(f)));
   }
   if (rc != PCAP_ERROR_BREAK)
-    throw std::runtime_error(in_path_ + ": damaged capture: " + pcap_geterr(pcap_));
+    throw std::runtime_error(in_path_ + ": damaged capture: " + libpcap().geterr(pcap_));
   write_all(out.data(), out.size());
 }
 

@@ -12,6 +12,21 @@
 
 namespace vpmtun {
 
+// The functions of libpcap that replay uses. libpcap is loaded the first time
+// this is called (vpm/lazy_library.hpp), which a classic pcap never needs;
+// throws std::runtime_error when it cannot be loaded.
+struct Libpcap {
+  decltype(&pcap_open_offline_with_tstamp_precision) open;
+  decltype(&pcap_next_ex) next;
+  decltype(&pcap_datalink) datalink;
+  decltype(&pcap_snapshot) snapshot;
+  decltype(&pcap_file) file;
+  decltype(&pcap_geterr) geterr;
+  decltype(&pcap_close) close;
+  decltype(&pcap_datalink_val_to_name) link_name;
+};
+const Libpcap& libpcap();
+
 // Where the IP header starts in a frame of this link type, or nullopt for a
 // frame that carries no IP packet (ARP, say). Handles 802.1Q/802.1ad tags.
 std::optional<size_t> ip_offset(int linktype, std::span<const uint8_t> frame);

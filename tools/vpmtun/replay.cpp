@@ -81,7 +81,7 @@ int replay(const vpm::Config& cfg, const ReplayOptions& opt) {
   try {
     CaptureRewriter capture(opt.input, opt.output);
     if (!linktype_supported(capture.linktype())) {
-      const char* name = pcap_datalink_val_to_name(capture.linktype());
+      const char* name = libpcap().link_name(capture.linktype());
       spdlog::error(
           "{}: link type {} ({}) is not supported; replay reads raw IP, Ethernet, "
           "Linux cooked (SLL, SLL2) and loopback captures",
