@@ -8,12 +8,16 @@
 // (stack/patches/0001-tcp-active-pcb-index.patch, 0002-tcp-time-wait-index)
 // call these hooks where a pcb joins a list (always at its head), leaves
 // it, or is looked up.
-// Invariants, per list: `by_tuple` holds exactly the pcbs on it, and
-// `prev[p]` is the pcb before p on it (nullptr for the head). A pcb's
-// addresses and ports never change while it is on either list.
-#include <array>
+//
+// The predecessor lives in the pcb itself, in the ext_args slot lwIP keeps
+// for such uses (LWIP_TCP_PCB_NUM_EXT_ARGS): the pointer, with bit 0 set
+// while the pcb is on a list and bit 1 saying which. A pcb's slot is zero
+// from tcp_alloc() until it first joins a list.
+// Invariants, per list: `by_tuple` holds exactly the pcbs on it, and a
+// listed pcb's slot names the pcb before it on it (nullptr for the head). A
+// pcb's addresses and ports never change while it is on either list.
+#include <cstdint>
 #include <cstring>
-#include <string_view>
 #include <unordered_map>
 
 #include "lwip/priv/tcp_priv.h"
@@ -22,63 +26,94 @@
 
 namespace {
 
-using Key = std::array<uint8_t, 37>;  // remote ip, local ip, ports, family
+// Remote address, local address, then both ports and the family in one word.
+struct Key {
+  uint64_t w[5] = {};
+  bool operator==(const Key& o) const {
+    return ((w[0] ^ o.w[0]) | (w[1] ^ o.w[1]) | (w[2] ^ o.w[2]) | (w[3] ^ o.w[3]) |
+            (w[4] ^ o.w[4])) == 0;
+  }
+};
 
 Key key_of(const ip_addr_t* remote, u16_t rport, const ip_addr_t* local, u16_t lport) {
-  Key k{};
-  auto put = [&](size_t at, const ip_addr_t* a) {
+  Key k;
+  auto put = [&](uint64_t* at, const ip_addr_t* a) {
     if (IP_IS_V6(a))
-      std::memcpy(&k[at], ip_2_ip6(a)->addr, 16);
+      std::memcpy(at, ip_2_ip6(a)->addr, 16);
     else
-      std::memcpy(&k[at], &ip_2_ip4(a)->addr, 4);
+      std::memcpy(at, &ip_2_ip4(a)->addr, 4);
   };
-  put(0, remote);
-  put(16, local);
-  std::memcpy(&k[32], &rport, 2);
-  std::memcpy(&k[34], &lport, 2);
-  k[36] = IP_IS_V6(remote) ? 6 : 4;
+  put(&k.w[0], remote);
+  put(&k.w[2], local);
+  k.w[4] = uint64_t{rport} | uint64_t{lport} << 16 | uint64_t{IP_IS_V6(remote) ? 6u : 4u} << 32;
   return k;
 }
 
 struct KeyHash {
   size_t operator()(const Key& k) const {
-    return std::hash<std::string_view>{}({reinterpret_cast<const char*>(k.data()), k.size()});
+    uint64_t h = (k.w[0] * 0x9e3779b97f4a7c15ull) ^ (k.w[1] * 0xc2b2ae3d27d4eb4full) ^
+                 (k.w[2] * 0x165667b19e3779f9ull) ^ (k.w[3] * 0xd6e8feb86659fd93ull) ^
+                 (k.w[4] * 0xff51afd7ed558ccdull);
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ull;
+    return h ^ (h >> 32);
   }
 };
 
+constexpr uintptr_t kListed = 1, kTimeWait = 2, kTagBits = 3;
+static_assert(MEM_ALIGNMENT >= 4, "the tag bits need pcbs aligned to 4");
+
+u8_t slot() {
+  static const u8_t id = tcp_ext_arg_alloc_id();
+  return id;
+}
+
 struct Index {
   tcp_pcb** head;
+  uintptr_t tag;  // kListed, and kTimeWait for that list
   std::unordered_map<Key, tcp_pcb*, KeyHash> by_tuple;
-  std::unordered_map<tcp_pcb*, tcp_pcb*> prev;
+  size_t size = 0;
+
+  bool holds(const tcp_pcb* pcb) const {
+    return (reinterpret_cast<uintptr_t>(pcb->ext_args[slot()].data) & kTagBits) == tag;
+  }
+  void set_prev(tcp_pcb* pcb, tcp_pcb* before) const {
+    pcb->ext_args[slot()].data = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(before) | tag);
+  }
+  static tcp_pcb* prev_of(const tcp_pcb* pcb) {
+    return reinterpret_cast<tcp_pcb*>(reinterpret_cast<uintptr_t>(pcb->ext_args[slot()].data) &
+                                      ~kTagBits);
+  }
 };
 
 Index& active() {
-  static Index i{&tcp_active_pcbs, {}, {}};
+  static Index i{&tcp_active_pcbs, kListed, {}};
   return i;
 }
 
 Index& time_wait() {
-  static Index i{&tcp_tw_pcbs, {}, {}};
+  static Index i{&tcp_tw_pcbs, kListed | kTimeWait, {}};
   return i;
 }
 
 void added(Index& i, tcp_pcb* pcb) {
-  i.prev[pcb] = nullptr;
-  if (pcb->next) i.prev[pcb->next] = pcb;
+  i.set_prev(pcb, nullptr);
+  if (pcb->next) i.set_prev(pcb->next, pcb);
   i.by_tuple[key_of(&pcb->remote_ip, pcb->remote_port, &pcb->local_ip, pcb->local_port)] = pcb;
+  ++i.size;
 }
 
 // Leaves pcb->next as it was: lwIP's slow timer walks on from it.
 void unlink(Index& i, tcp_pcb* pcb) {
-  auto at = i.prev.find(pcb);
-  if (at == i.prev.end()) return;  // not on the list
-  tcp_pcb* before = at->second;
+  if (!i.holds(pcb)) return;  // not on this list
+  tcp_pcb* before = Index::prev_of(pcb);
   if (before)
     before->next = pcb->next;
   else
     *i.head = pcb->next;
-  if (pcb->next) i.prev[pcb->next] = before;
-  i.prev.erase(at);
+  if (pcb->next) i.set_prev(pcb->next, before);
+  pcb->ext_args[slot()].data = nullptr;
+  --i.size;
   auto found =
       i.by_tuple.find(key_of(&pcb->remote_ip, pcb->remote_port, &pcb->local_ip, pcb->local_port));
   if (found != i.by_tuple.end() && found->second == pcb) i.by_tuple.erase(found);
@@ -107,5 +142,5 @@ tcp_pcb* vpmtun_tcp_tw_find(const ip_addr_t* remote_ip, u16_t remote_port,
                             const ip_addr_t* local_ip, u16_t local_port) {
   return find(time_wait(), remote_ip, remote_port, local_ip, local_port);
 }
-size_t vpmtun_tcp_tw_count(void) { return time_wait().prev.size(); }
+size_t vpmtun_tcp_tw_count(void) { return time_wait().size; }
 }

@@ -100,6 +100,9 @@
  * stack/pcb_index.cpp); the stack also lets a newer SYN reuse a TIME_WAIT
  * 4-tuple and keeps at most 1024 of them (handshake.cpp). */
 #define TCP_MSL 10000UL
+/* One pointer per pcb for us: its predecessor on the list the index keeps
+ * (stack/pcb_index.cpp). */
+#define LWIP_TCP_PCB_NUM_EXT_ARGS 1
 /* SO_REUSEADDR for the endpoints' listeners (and the connections they
  * accept): a reload may bind a p2 again while connections of its last
  * endpoint are still in TIME_WAIT (or closing); lwIP refuses that without it. */
