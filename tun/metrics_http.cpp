@@ -30,8 +30,8 @@ extern "C" __attribute__((visibility("default"))) tun::HttpMetrics* vpmtun_metri
   s->http.Get("/metrics", [scrape = *scrape](const httplib::Request&, httplib::Response& res) {
     std::string body;
     res.status = scrape(body);
-    res.set_content(body, res.status == 200 ? "text/plain; version=0.0.4; charset=utf-8"
-                                            : "text/plain");
+    res.set_content(body,
+                    res.status == 200 ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain");
   });
   s->http.Get("/", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("vpmtun: metrics are at /metrics\n", "text/plain");

@@ -51,8 +51,8 @@ std::array<uint8_t, kMacBytes> mac_of(std::span<const uint8_t> key, std::span<co
   std::array<uint8_t, kMacBytes> out{};
   unsigned len = 0;
   const Crypto& c = crypto();
-  c.hmac(c.sha256(), key.data(), static_cast<int>(key.size()), data.data(), data.size(),
-         out.data(), &len);
+  c.hmac(c.sha256(), key.data(), static_cast<int>(key.size()), data.data(), data.size(), out.data(),
+         &len);
   return out;
 }
 

@@ -20,7 +20,8 @@ class LazyLibrary {
  public:
   // `name`: a SONAME the dynamic linker finds ("libcrypto.so.3") or a path;
   // `what`: what needs it, for the error when it is missing.
-  LazyLibrary(std::string name, std::string what) : name_(std::move(name)), what_(std::move(what)) {}
+  LazyLibrary(std::string name, std::string what)
+      : name_(std::move(name)), what_(std::move(what)) {}
 
   // Loads the library unless it is; throws std::runtime_error saying what
   // needs it and why it did not load.

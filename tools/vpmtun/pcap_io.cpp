@@ -383,7 +383,8 @@ void CaptureRewriter::run_libpcap(const RecordFn& fn) {
       write_all(out.data(), out.size());
       out.clear();
     }
-    if (FILE* f = libpcap().file(pcap_)) consumed_ = static_cast<uint64_t>(std::max(0L, std::ftell(f)));
+    if (FILE* f = libpcap().file(pcap_))
+      consumed_ = static_cast<uint64_t>(std::max(0L, std::ftell(f)));
   }
   if (rc != PCAP_ERROR_BREAK)
     throw std::runtime_error(in_path_ + ": damaged capture: " + libpcap().geterr(pcap_));
