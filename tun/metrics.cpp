@@ -8,32 +8,21 @@
 
 #include <chrono>
 #include <condition_variable>
-#include <filesystem>
 #include <list>
 #include <mutex>
 #include <stdexcept>
 
 #include "tun/metrics_http.hpp"
+#include "tun/own_library.hpp"
 #include "vpm/lazy_library.hpp"
 
 namespace tun {
 
 namespace {
 
-// Installed: ${libdir}/vpmtun/, reached from the directory of this program;
-// else the module this build made.
-std::string module_path() {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  fs::path installed = self.parent_path() / VPMTUN_PRIVATE_LIBDIR / "vpmtun-metrics.so";
-  if (!ec && fs::exists(installed, ec)) return installed.lexically_normal();
-  if (fs::exists(VPMTUN_METRICS_MODULE_BUILT, ec)) return VPMTUN_METRICS_MODULE_BUILT;
-  return installed.lexically_normal();  // for the error: where it should be
-}
-
 decltype(&vpmtun_metrics_serve) serve_function() {
-  static vpm::LazyLibrary module(module_path(), "[metrics] listen");
+  static vpm::LazyLibrary module(own_library("vpmtun-metrics.so", VPMTUN_METRICS_MODULE_BUILT),
+                                 "[metrics] listen");
   static auto* serve = module.function<decltype(vpmtun_metrics_serve)>("vpmtun_metrics_serve");
   return serve;
 }

@@ -16,6 +16,7 @@
 #include <optional>
 
 #include "tun/control.hpp"
+#include "tun/own_library.hpp"
 #include "vpm/app_wire.hpp"
 
 namespace vpmtun {
@@ -89,17 +90,13 @@ std::string unloadable(const fs::path& program, int depth = 0) {
          "binds could not be redirected";
 }
 
-// The library: $VPMTUN_LIBRARY, else beside this program, installed or in
+// The library: $VPMTUN_LIBRARY, else installed beside this program, or in
 // the build tree.
 std::optional<fs::path> find_library() {
   if (const char* env = std::getenv("VPMTUN_LIBRARY"); env && *env) return fs::path(env);
   std::error_code ec;
-  fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  if (ec) return std::nullopt;
-  fs::path dir = self.parent_path();
-  for (fs::path p : {dir / VPMTUN_PRIVATE_LIBDIR / "libvpmtun-app.so",  // installed
-                     dir / "vpmtun-app" / "libvpmtun-app.so"})      // the build tree
-    if (fs::exists(p, ec)) return fs::canonical(p, ec);
+  fs::path p = tun::own_library("libvpmtun-app.so", VPMTUN_APP_LIBRARY_BUILT);
+  if (fs::exists(p, ec)) return fs::canonical(p, ec);
   return std::nullopt;
 }
 
