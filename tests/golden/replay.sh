@@ -59,6 +59,34 @@ editcap -F pcapng tcp-http.pcap "$tmp/tcp-http.pcapng"
 same_packets() { diff <(tcpdump -nn -xx -r "$1" 2>/dev/null) <(tcpdump -nn -xx -r "$2" 2>/dev/null) >/dev/null; }
 check "pcapng input: same packets out as from the pcap" same_packets "$tmp/ng.stack.pcap" expected/tcp-http.demo.stack.pcap
 
+# "-" is standard input and output: the same bytes as through files, the
+# summary on standard error; pcapng through a pipe too; and a record fed into
+# a pipe comes out before the input ends (a live capture flows through).
+piped() { "$vpmtun" replay - -c demo.toml -o - 2>"$tmp/piped.err" <"$1"; }
+piped tcp-http.pcap >"$tmp/piped.pcap" || true
+check "pipe in, pipe out: output equals expected/tcp-http.demo.stack.pcap" \
+  cmp -s "$tmp/piped.pcap" expected/tcp-http.demo.stack.pcap
+check "pipe out: the summary goes to standard error" grep -q "^standard input -> standard output" "$tmp/piped.err"
+check "pcapng through a pipe: same packets out as from the pcap" \
+  same_packets <(piped "$tmp/tcp-http.pcapng") expected/tcp-http.demo.stack.pcap
+check "--print with -o - is refused" \
+  bash -c '! "$1" replay udp.pcap -c demo.toml -o - -p >/dev/null 2>&1' _ "$vpmtun"
+live_record() {  # the header and one record, and the pipe kept open: the record must come out
+  $py - "$vpmtun" <<'PY'
+import select, struct, subprocess, sys
+data = open("udp.pcap", "rb").read()
+first = 24 + 16 + struct.unpack("<I", data[32:36])[0]
+p = subprocess.Popen([sys.argv[1], "replay", "-", "-c", "demo.toml", "-o", "-", "-q"],
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+p.stdin.write(data[:first]); p.stdin.flush()
+ready = select.select([p.stdout], [], [], 5)[0]
+p.stdin.write(data[first:]); p.stdin.close()
+out = p.stdout.read()
+sys.exit(0 if ready and p.wait() == 0 and len(out) == len(data) else 1)
+PY
+}
+check "a record written into a pipe comes out before the pipe ends" live_record
+
 # A capture cut short is reported with the record that is cut, not silently shortened.
 head -c 5000 tcp-http.pcap >"$tmp/cut.pcap"
 cut_error() {

@@ -210,11 +210,14 @@ int main(int argc, char** argv) {
   vpmtun::ReplayOptions ropt;
   auto* rep =
       app.add_subcommand("replay", "Translate a capture file offline with the daemon's engine");
-  rep->add_option("input", ropt.input, "Capture to read (pcap or pcapng)")
+  rep->add_option("input", ropt.input, "Capture to read (pcap or pcapng); - reads standard input")
       ->required()
-      ->check(CLI::ExistingFile);
+      ->check(CLI::Validator(
+          [](std::string& path) { return path == "-" ? std::string() : CLI::ExistingFile(path); },
+          "FILE or -"));
   rep->add_option("-c,--config", config_path, "Configuration file (TOML)")->required();
-  rep->add_option("-o,--output", ropt.output, "Capture to write (pcap, same link type)")
+  rep->add_option("-o,--output", ropt.output,
+                  "Capture to write (pcap, same link type); - writes standard output")
       ->required();
   rep->add_flag("-r,--reverse", ropt.reverse,
                 "Input is a stack-side capture (p2); map it back to the TUN side (p1)");
@@ -229,8 +232,10 @@ int main(int argc, char** argv) {
       "of the output and counted by reason in the summary; flows expire on the\n"
       "capture's own clock. Reads raw IP, Ethernet, Linux cooked and loopback captures.\n\n"
       "Examples:\n"
-      "  vpmtun replay pcaps/two-clients.pcap -c pcaps/demo.toml -o /tmp/stack.pcap -p\n"
-      "  vpmtun replay /tmp/stack.pcap -c pcaps/demo.toml -o /tmp/tun.pcap --reverse");
+      "  vpmtun replay pcaps/tcp-http.pcap -c pcaps/demo.toml -o /tmp/stack.pcap -p\n"
+      "  vpmtun replay /tmp/stack.pcap -c pcaps/demo.toml -o /tmp/tun.pcap --reverse\n"
+      "  tcpdump -U -w - -i eth0 port 9000 | vpmtun replay - -c vpm.toml -o - | tshark -r -\n"
+      "With -o - the summary goes to standard error.");
 
   // Verbs that ask a running daemon over its control socket.
   std::string socket;

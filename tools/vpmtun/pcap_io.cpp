@@ -25,12 +25,11 @@ namespace vpmtun {
 const Libpcap& libpcap() {
   static vpm::LazyLibrary lib(VPMTUN_LIBPCAP, "reading captures other than classic pcap");
   static const Libpcap p{
-      lib.function<decltype(pcap_open_offline_with_tstamp_precision)>(
-          "pcap_open_offline_with_tstamp_precision"),
+      lib.function<decltype(pcap_fopen_offline_with_tstamp_precision)>(
+          "pcap_fopen_offline_with_tstamp_precision"),
       lib.function<decltype(pcap_next_ex)>("pcap_next_ex"),
       lib.function<decltype(pcap_datalink)>("pcap_datalink"),
       lib.function<decltype(pcap_snapshot)>("pcap_snapshot"),
-      lib.function<decltype(pcap_file)>("pcap_file"),
       lib.function<decltype(pcap_geterr)>("pcap_geterr"),
       lib.function<decltype(pcap_close)>("pcap_close"),
       lib.function<decltype(pcap_datalink_val_to_name)>("pcap_datalink_val_to_name")};
@@ -128,18 +127,73 @@ std::string damaged(const std::string& path, uint64_t record, const std::string&
   return path + ": damaged capture: record " + std::to_string(record) + " " + what;
 }
 
+// Reads until `n` bytes or the end; returns how many were read, or -1.
+ssize_t read_full(int fd, uint8_t* at, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = ::read(fd, at + got, n - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return -1;
+    if (r == 0) break;
+    got += static_cast<size_t>(r);
+  }
+  return static_cast<ssize_t>(got);
+}
+
+// A stream for libpcap that gives back the bytes already read to tell the
+// format, then the rest of the descriptor, which may be a pipe (no seeking).
+struct PrefixedInput {
+  int fd;
+  uint8_t prefix[24];
+  size_t prefix_len, prefix_at = 0;
+  uint64_t* consumed;  // bytes handed to libpcap so far
+};
+
+ssize_t prefixed_read(void* cookie, char* buf, size_t n) {
+  auto* in = static_cast<PrefixedInput*>(cookie);
+  ssize_t r;
+  if (in->prefix_at < in->prefix_len) {
+    r = static_cast<ssize_t>(std::min(n, in->prefix_len - in->prefix_at));
+    std::memcpy(buf, in->prefix + in->prefix_at, static_cast<size_t>(r));
+    in->prefix_at += static_cast<size_t>(r);
+  } else {
+    do r = ::read(in->fd, buf, n);
+    while (r < 0 && errno == EINTR);
+  }
+  if (r > 0) *in->consumed += static_cast<uint64_t>(r);
+  return r;
+}
+
+int prefixed_close(void* cookie) {
+  delete static_cast<PrefixedInput*>(cookie);
+  return 0;
+}
+
 }  // namespace
 
 CaptureRewriter::CaptureRewriter(const std::string& input, const std::string& output)
-    : in_path_(input), out_path_(output) {
-  in_fd_ = ::open(input.c_str(), O_RDONLY | O_CLOEXEC);
-  if (in_fd_ < 0) throw std::runtime_error(input + ": " + std::strerror(errno));
+    : in_path_(input == "-" ? "standard input" : input),
+      out_path_(output == "-" ? "standard output" : output) {
+  if (input == "-") {
+    if (::isatty(STDIN_FILENO))
+      throw std::runtime_error("standard input is a terminal; pipe a capture into it");
+    in_fd_ = ::fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 3);
+  } else {
+    in_fd_ = ::open(input.c_str(), O_RDONLY | O_CLOEXEC);
+  }
+  if (in_fd_ < 0) throw std::runtime_error(in_path_ + ": " + std::strerror(errno));
   struct stat st {};
   ::fstat(in_fd_, &st);
-  size_ = static_cast<uint64_t>(st.st_size);
+  if (S_ISREG(st.st_mode))
+    size_ = static_cast<uint64_t>(st.st_size);
+  else
+    streaming_ = true;
+  // Read, not pread: the input may be a pipe, and classic pcap goes on from here.
+  ssize_t got = read_full(in_fd_, file_header_, sizeof file_header_);
+  if (got < 0) throw std::runtime_error(in_path_ + ": " + std::strerror(errno));
   uint32_t magic = 0;
   bool classic = false;
-  if (::pread(in_fd_, file_header_, 24, 0) == 24) {
+  if (got == 24) {
     std::memcpy(&magic, file_header_, 4);
     classic = magic == 0xa1b2c3d4u || magic == 0xa1b23c4du;
     swapped_ = magic == 0xd4c3b2a1u || magic == 0x4d3cb2a1u;
@@ -155,16 +209,31 @@ CaptureRewriter::CaptureRewriter(const std::string& input, const std::string& ou
     lt &= 0xffff;
     linktype_ = lt == 101 ? DLT_RAW : static_cast<int>(lt);
   } else {
+    auto* cookie = new PrefixedInput{in_fd_, {}, static_cast<size_t>(got), 0, &consumed_};
+    std::memcpy(cookie->prefix, file_header_, static_cast<size_t>(got));
+    FILE* f = ::fopencookie(cookie, "r", {prefixed_read, nullptr, nullptr, prefixed_close});
+    if (!f) {
+      delete cookie;
+      throw std::runtime_error(in_path_ + ": " + std::strerror(errno));
+    }
     char err[PCAP_ERRBUF_SIZE] = {};
-    pcap_ = libpcap().open(input.c_str(), PCAP_TSTAMP_PRECISION_NANO, err);
-    if (!pcap_)
-      throw std::runtime_error(input + ": not a capture file libpcap can read (" + err + ")");
+    pcap_ = libpcap().fopen(f, PCAP_TSTAMP_PRECISION_NANO, err);
+    if (!pcap_) {
+      std::fclose(f);
+      throw std::runtime_error(in_path_ + ": not a capture file libpcap can read (" + err + ")");
+    }
     nano_ = true;
     linktype_ = libpcap().datalink(pcap_);
     snaplen_ = libpcap().snapshot(pcap_);
   }
-  out_fd_ = ::open(output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (out_fd_ < 0) throw std::runtime_error(output + ": cannot write: " + std::strerror(errno));
+  if (output == "-") {
+    if (::isatty(STDOUT_FILENO))
+      throw std::runtime_error("standard output is a terminal; redirect it or pipe it on");
+    out_fd_ = ::fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+  } else {
+    out_fd_ = ::open(output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  }
+  if (out_fd_ < 0) throw std::runtime_error(out_path_ + ": cannot write: " + std::strerror(errno));
 }
 
 CaptureRewriter::~CaptureRewriter() {
@@ -244,9 +313,9 @@ void CaptureRewriter::run_classic(const RecordFn& fn) {
   constexpr size_t kHeadroom = kMaxRecord + 16;
   constexpr int kBuffers = 4;
   struct Filled {
-    int buf;     // -1: the end of the input
-    size_t n;    // bytes read into it after the headroom
-    int error;   // errno of a failed read
+    int buf;    // -1: the end of the input
+    size_t n;   // bytes read into it after the headroom
+    int error;  // errno of a failed read
   };
   struct Write {
     int buf;
@@ -259,7 +328,6 @@ void CaptureRewriter::run_classic(const RecordFn& fn) {
   Channel<Filled> filled;
   Channel<Write> writes;
   for (int i = 0; i < kBuffers; ++i) free_bufs.push(i);
-  ::lseek(in_fd_, 24, SEEK_SET);
 
   std::thread reader([&] {
     for (;;) {
@@ -267,18 +335,23 @@ void CaptureRewriter::run_classic(const RecordFn& fn) {
       if (!b) return;
       uint8_t* at = bufs[*b].get() + kHeadroom;
       size_t n = 0;
-      while (n < kChunk) {
+      bool end = false;
+      // A file fills whole chunks; a pipe's records go on as they come.
+      while (n < kChunk && !(n > 0 && streaming_)) {
         ssize_t r = ::read(in_fd_, at + n, kChunk - n);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) {
           filled.push({*b, n, errno});
           return;
         }
-        if (r == 0) break;
+        if (r == 0) {
+          end = true;
+          break;
+        }
         n += static_cast<size_t>(r);
       }
       if (n > 0) filled.push({*b, n, 0});
-      if (n < kChunk) {
+      if (end) {
         filled.push({-1, 0, 0});
         return;
       }
@@ -379,12 +452,10 @@ void CaptureRewriter::run_libpcap(const RecordFn& fn) {
     out.insert(out.end(), reinterpret_cast<uint8_t*>(rec), reinterpret_cast<uint8_t*>(rec) + 16);
     out.insert(out.end(), data, data + ph->caplen);
     if (!fn(*ph, {out.data() + at + 16, ph->caplen})) out.resize(at);
-    if (out.size() >= kChunk) {
+    if (out.size() >= kChunk || streaming_) {
       write_all(out.data(), out.size());
       out.clear();
     }
-    if (FILE* f = libpcap().file(pcap_))
-      consumed_ = static_cast<uint64_t>(std::max(0L, std::ftell(f)));
   }
   if (rc != PCAP_ERROR_BREAK)
     throw std::runtime_error(in_path_ + ": damaged capture: " + libpcap().geterr(pcap_));

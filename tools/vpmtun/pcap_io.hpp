@@ -16,11 +16,10 @@ namespace vpmtun {
 // this is called (vpm/lazy_library.hpp), which a classic pcap never needs;
 // throws std::runtime_error when it cannot be loaded.
 struct Libpcap {
-  decltype(&pcap_open_offline_with_tstamp_precision) open;
+  decltype(&pcap_fopen_offline_with_tstamp_precision) fopen;
   decltype(&pcap_next_ex) next;
   decltype(&pcap_datalink) datalink;
   decltype(&pcap_snapshot) snapshot;
-  decltype(&pcap_file) file;
   decltype(&pcap_geterr) geterr;
   decltype(&pcap_close) close;
   decltype(&pcap_datalink_val_to_name) link_name;
@@ -41,11 +40,16 @@ bool linktype_supported(int linktype);
 // thread write(2)s the chunks. File and record headers are kept as they are,
 // so an untouched record comes out byte for byte. Anything else libpcap can
 // read (pcapng) is read through libpcap and written as classic pcap.
+//
+// "-" names standard input or output. A pipe is read as it comes: each
+// read(2) is edited and written at once, so a live capture (tcpdump -U -w -)
+// flows through record by record.
 class CaptureRewriter {
  public:
   using RecordFn = std::function<bool(const pcap_pkthdr&, std::span<uint8_t>)>;
 
-  // Opens both files; throws std::runtime_error naming the file on failure.
+  // Opens both ("-": standard input, output); throws std::runtime_error naming
+  // the file on failure.
   CaptureRewriter(const std::string& input, const std::string& output);
   ~CaptureRewriter();
   CaptureRewriter(const CaptureRewriter&) = delete;
@@ -73,7 +77,8 @@ class CaptureRewriter {
   int linktype_ = 0;
   int snaplen_ = 0;
   bool nano_ = false;
-  uint64_t size_ = 0;
+  uint64_t size_ = 0;       // 0 when the input is not a file
+  bool streaming_ = false;  // a pipe or the like: records are passed on as they arrive
   uint64_t consumed_ = 0;
 };
 

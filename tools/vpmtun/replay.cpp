@@ -7,6 +7,7 @@
 
 #include <array>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <stdexcept>
 
@@ -30,10 +31,14 @@ class Progress {
     auto now = std::chrono::steady_clock::now();
     if (now - last_ < std::chrono::milliseconds(200)) return;
     last_ = now;
-    double frac = total_ ? static_cast<double>(position()) / static_cast<double>(total_) : 0.0;
-    int filled = static_cast<int>(frac * 30);
-    fmt::print(stderr, "\r[{:<30}] {:3.0f}% {} packets",
-               std::string(static_cast<size_t>(filled), '#'), frac * 100, packets);
+    if (total_ == 0) {  // a pipe: no end known
+      fmt::print(stderr, "\r{} packets", packets);
+    } else {
+      double frac = static_cast<double>(position()) / static_cast<double>(total_);
+      int filled = static_cast<int>(frac * 30);
+      fmt::print(stderr, "\r[{:<30}] {:3.0f}% {} packets",
+                 std::string(static_cast<size_t>(filled), '#'), frac * 100, packets);
+    }
     shown_ = true;
   }
   ~Progress() {
@@ -47,34 +52,43 @@ class Progress {
   std::chrono::steady_clock::time_point last_{};
 };
 
-void print_summary(const ReplayOptions& opt, const vpm::Engine& engine, uint64_t records,
-                   uint64_t non_ip, uint64_t snapped) {
+void print_summary(std::FILE* to, const ReplayOptions& opt, const vpm::Engine& engine,
+                   uint64_t records, uint64_t non_ip, uint64_t snapped) {
   const auto& c = engine.counters();
-  fmt::print("{} -> {} ({} view to {} view)\n", opt.input, opt.output,
-             opt.reverse ? "stack" : "TUN", opt.reverse ? "TUN" : "stack");
-  fmt::print("  {:<22}{:>12}\n", "packets read", records);
-  fmt::print("  {:<22}{:>12}\n", "translated", c.translated);
-  fmt::print("  {:<22}{:>12}\n", "passed untouched", c.passed + non_ip);
-  if (non_ip) fmt::print("    {:<20}{:>12}\n", "of which not IP", non_ip);
-  fmt::print("  {:<22}{:>12}\n", "dropped", c.dropped);
-  fmt::print("  {:<22}{:>12}\n", "refused", c.refused);
+  auto name = [](const std::string& path, const char* stream) {
+    return path == "-" ? std::string(stream) : path;
+  };
+  fmt::print(to, "{} -> {} ({} view to {} view)\n", name(opt.input, "standard input"),
+             name(opt.output, "standard output"), opt.reverse ? "stack" : "TUN",
+             opt.reverse ? "TUN" : "stack");
+  fmt::print(to, "  {:<22}{:>12}\n", "packets read", records);
+  fmt::print(to, "  {:<22}{:>12}\n", "translated", c.translated);
+  fmt::print(to, "  {:<22}{:>12}\n", "passed untouched", c.passed + non_ip);
+  if (non_ip) fmt::print(to, "    {:<20}{:>12}\n", "of which not IP", non_ip);
+  fmt::print(to, "  {:<22}{:>12}\n", "dropped", c.dropped);
+  fmt::print(to, "  {:<22}{:>12}\n", "refused", c.refused);
   for (size_t r = 1; r < vpm::kDropCount; ++r)
     if (c.by_reason[r])
-      fmt::print("    {:<20}{:>12}  {}\n", vpm::drop_name(static_cast<vpm::Drop>(r)),
+      fmt::print(to, "    {:<20}{:>12}  {}\n", vpm::drop_name(static_cast<vpm::Drop>(r)),
                  c.by_reason[r], vpm::drop_description(static_cast<vpm::Drop>(r)));
-  if (!opt.reverse) fmt::print("  {:<22}{:>12}\n", "flows created", c.flows_created);
+  if (!opt.reverse) fmt::print(to, "  {:<22}{:>12}\n", "flows created", c.flows_created);
   if (snapped)
-    fmt::print(
-        "  note: {} packets were cut short by the capture's snaplen and could not be "
-        "translated; capture with -s 0\n",
-        snapped);
+    fmt::print(to,
+               "  note: {} packets were cut short by the capture's snaplen and could not be "
+               "translated; capture with -s 0\n",
+               snapped);
 }
 
 }  // namespace
 
 int replay(const vpm::Config& cfg, const ReplayOptions& opt) {
+  if (opt.print && opt.output == "-") {
+    spdlog::error("--print and -o - would both write to standard output; choose one");
+    return 2;
+  }
   std::error_code ec;
-  if (std::filesystem::equivalent(opt.input, opt.output, ec)) {
+  if (opt.input != "-" && opt.output != "-" &&
+      std::filesystem::equivalent(opt.input, opt.output, ec)) {
     spdlog::error("{}: the output would overwrite the input; choose another -o", opt.output);
     return 2;
   }
@@ -136,7 +150,9 @@ int replay(const vpm::Config& cfg, const ReplayOptions& opt) {
       }
       return keep;
     });
-    if (!opt.quiet) print_summary(opt, engine, records, non_ip, snapped);
+    // With -o - the capture owns standard output.
+    if (!opt.quiet)
+      print_summary(opt.output == "-" ? stderr : stdout, opt, engine, records, non_ip, snapped);
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     return 1;
