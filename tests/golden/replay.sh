@@ -87,6 +87,15 @@ PY
 }
 check "a record written into a pipe comes out before the pipe ends" live_record
 
+# A capture replay turns down (here link type 147, USER0) leaves an existing output as it was.
+{ head -c 20 udp.pcap; printf '\x93\x00\x00\x00'; tail -c +25 udp.pcap; } >"$tmp/user0.pcap"
+echo "keep me" >"$tmp/kept.out"
+turned_down() {
+  ! "$vpmtun" replay "$tmp/user0.pcap" -c demo.toml -o "$tmp/kept.out" -q 2>/dev/null &&
+    [ "$(cat "$tmp/kept.out")" = "keep me" ]
+}
+check "an unsupported link type leaves the output file untouched" turned_down
+
 # A capture cut short is reported with the record that is cut, not silently shortened.
 head -c 5000 tcp-http.pcap >"$tmp/cut.pcap"
 cut_error() {

@@ -173,7 +173,8 @@ int prefixed_close(void* cookie) {
 
 CaptureRewriter::CaptureRewriter(const std::string& input, const std::string& output)
     : in_path_(input == "-" ? "standard input" : input),
-      out_path_(output == "-" ? "standard output" : output) {
+      out_path_(output == "-" ? "standard output" : output),
+      to_stdout_(output == "-") {
   if (input == "-") {
     if (::isatty(STDIN_FILENO))
       throw std::runtime_error("standard input is a terminal; pipe a capture into it");
@@ -226,14 +227,6 @@ CaptureRewriter::CaptureRewriter(const std::string& input, const std::string& ou
     linktype_ = libpcap().datalink(pcap_);
     snaplen_ = libpcap().snapshot(pcap_);
   }
-  if (output == "-") {
-    if (::isatty(STDOUT_FILENO))
-      throw std::runtime_error("standard output is a terminal; redirect it or pipe it on");
-    out_fd_ = ::fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
-  } else {
-    out_fd_ = ::open(output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  }
-  if (out_fd_ < 0) throw std::runtime_error(out_path_ + ": cannot write: " + std::strerror(errno));
 }
 
 CaptureRewriter::~CaptureRewriter() {
@@ -253,6 +246,15 @@ void CaptureRewriter::write_all(const uint8_t* data, size_t n) {
 }
 
 void CaptureRewriter::run(const RecordFn& fn) {
+  // Opened only now: a capture the caller turns down leaves an existing output as it was.
+  if (to_stdout_) {
+    if (::isatty(STDOUT_FILENO))
+      throw std::runtime_error("standard output is a terminal; redirect it or pipe it on");
+    out_fd_ = ::fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+  } else {
+    out_fd_ = ::open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  }
+  if (out_fd_ < 0) throw std::runtime_error(out_path_ + ": cannot write: " + std::strerror(errno));
   if (pcap_)
     run_libpcap(fn);
   else

@@ -48,8 +48,9 @@ class CaptureRewriter {
  public:
   using RecordFn = std::function<bool(const pcap_pkthdr&, std::span<uint8_t>)>;
 
-  // Opens both ("-": standard input, output); throws std::runtime_error naming
-  // the file on failure.
+  // Opens the input ("-": standard input) and reads its header; the output
+  // ("-": standard output) is opened by run(). Throws std::runtime_error
+  // naming the file on failure.
   CaptureRewriter(const std::string& input, const std::string& output);
   ~CaptureRewriter();
   CaptureRewriter(const CaptureRewriter&) = delete;
@@ -60,8 +61,8 @@ class CaptureRewriter {
   uint64_t input_size() const { return size_; }
   uint64_t position() const { return consumed_; }  // input bytes read so far
 
-  // Runs fn over every record and finishes the output. Throws on a damaged
-  // input (naming the record) or a failed write.
+  // Opens the output, runs fn over every record and finishes the output.
+  // Throws on a damaged input (naming the record) or a failed write.
   void run(const RecordFn& fn);
 
  private:
@@ -70,6 +71,7 @@ class CaptureRewriter {
   void write_all(const uint8_t* data, size_t n);
 
   std::string in_path_, out_path_;
+  bool to_stdout_;
   int in_fd_ = -1, out_fd_ = -1;
   pcap_t* pcap_ = nullptr;  // set when the input is not classic pcap
   uint8_t file_header_[24] = {};
