@@ -169,8 +169,16 @@ stop_daemon() {  # stop_daemon: SIGTERM, then its exit code
 queues="${VPMTUN_TEST_QUEUES:-1}"
 start_daemon "$work/vpm.toml" --capture-tun "$work/tun.pcap" --capture-stack "$work/stack.pcap"
 workers_running() {  # one process, or a supervisor and its workers
-  local n; n=$(pgrep -P "$daemon_pid" -c -x vpmtun || true)
-  [ "$queues" -eq 1 ] && [ "$n" -eq 0 ] || [ "$n" -eq "$queues" ]
+  # The supervisor forks its workers once the TUN (and so the route that
+  # start_daemon waits for) is up: give them up to 5 s to appear.
+  local n
+  for _ in $(seq 50); do
+    n=$(pgrep -P "$daemon_pid" -c -x vpmtun || true)
+    if [ "$queues" -eq 1 ]; then [ "$n" -eq 0 ] && return 0; else [ "$n" -eq "$queues" ] && return 0; fi
+    sleep 0.1
+  done
+  echo "     $n worker processes"
+  return 1
 }
 check "$queues worker(s) serve, capturing" workers_running
 
